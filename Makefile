@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` and `make test`.
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint typecheck unit bench install
+
+$(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
+	bash scripts/bootstrap.sh
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/driftline demo
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	bash scripts/typecheck.sh
+
+typecheck: $(VENV)/.installed
+	bash scripts/typecheck.sh
+
+# The whole suite, integration tests against a real Apache Kafka broker included.
+test: $(VENV)/.installed
+	$(BIN)/driftline broker --fetch-only
+	$(BIN)/ruff check .
+	bash scripts/typecheck.sh
+	$(BIN)/python -m pytest -q
+
+unit: $(VENV)/.installed
+	$(BIN)/python -m pytest -q tests/unit tests/contract
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/throughput.py --events 100000

@@ -1,0 +1,1 @@
+"""Drift detectors and domain-adaptation policies (issue: drift detection triggers adaptation)."""

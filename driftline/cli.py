@@ -1,0 +1,221 @@
+"""The `driftline` command line: run, produce, demo, broker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from driftline import __version__
+from driftline.errors import DriftlineError
+
+log = logging.getLogger("driftline")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, getattr(logging, level)))
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    """``key=value`` with value parsed as JSON when it parses (numbers, bools), else a string."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def _install_stop_handlers(stop: Any) -> None:
+    """First SIGTERM/SIGINT: graceful stop. A second SIGINT: exit at once."""
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s: finishing the batch, flushing, committing", signal.Signals(signum).name)
+        stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+# -- run ------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from driftline.learners.river_head import build_learner
+    from driftline.settings import load_settings
+    from driftline.stream.loop import Service
+
+    settings = load_settings(args.config)
+    if args.metrics_port is not None or args.bootstrap_servers:
+        kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers}) \
+            if args.bootstrap_servers else settings.kafka
+        metrics = settings.metrics.model_copy(update={"port": args.metrics_port}) \
+            if args.metrics_port is not None else settings.metrics
+        settings = settings.model_copy(update={"kafka": kafka, "metrics": metrics})
+    _setup_logging(settings.log_level)
+    learner = build_learner(settings.model)
+    service = Service(settings, learner)
+    _install_stop_handlers(service.stop)
+    service.run()
+    return 0
+
+
+# -- produce --------------------------------------------------------------------------------
+def _source(args: argparse.Namespace) -> Any:
+    from driftline.stream import sources
+
+    prefix = args.id_prefix if args.id_prefix is not None else f"{int(time.time())}-"
+    if args.dataset:
+        return sources.from_dataset(args.dataset, id_prefix=prefix)
+    if args.generator:
+        return sources.from_generator(
+            args.generator, params=dict(args.param or []), seed=args.seed, drift_at=args.drift_at,
+            drift_params=dict(args.drift_param or []), id_prefix=prefix,
+        )
+    return sources.from_file(args.file, label_column=args.label_column, id_column=args.id_column,
+                             id_prefix=prefix)
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from driftline.settings import load_settings
+    from driftline.stream.kafka_io import ensure_topics
+    from driftline.stream.publisher import publish
+
+    settings = load_settings(args.config)
+    _setup_logging(settings.log_level)
+    kafka = settings.kafka
+    if args.bootstrap_servers:
+        kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
+    topic = args.topic or settings.topics.input
+    if args.generator and args.limit is None:
+        log.info("synthetic generators are endless: producing until Ctrl-C (set --limit N to stop)")
+    events = _source(args)
+    ensure_topics(kafka, [topic], partitions=args.partitions)
+    stop = threading.Event()
+    _install_stop_handlers(stop.set)
+    n = publish(events, topic, kafka, limit=args.limit, rate=args.rate,
+                progress=False if args.no_progress else None, stop=stop)
+    print(f"produced {n} events to {topic} at {kafka.bootstrap_servers}", file=sys.stderr)
+    return 0
+
+
+# -- demo -----------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from driftline.demo import run_demo
+
+    _setup_logging("INFO")
+    return run_demo(
+        events=args.events, rate=args.rate, drift_at=args.drift_at, metrics_port=args.metrics_port,
+        kafka_port=args.kafka_port, duration=args.duration, model=args.model,
+    )
+
+
+# -- broker ---------------------------------------------------------------------------------
+def cmd_broker(args: argparse.Namespace) -> int:
+    from driftline.stream.broker import LocalKafkaBroker, fetch_kafka
+
+    _setup_logging("INFO")
+    libs = fetch_kafka(args.kafka_version)
+    if args.fetch_only:
+        print(f"Apache Kafka {args.kafka_version} jars ready in {libs}")
+        return 0
+    stop = threading.Event()
+    _install_stop_handlers(stop.set)
+    with LocalKafkaBroker(port=args.port, version=args.kafka_version) as broker:
+        print(f"Kafka {args.kafka_version} broker at {broker.bootstrap_servers} (logs: {broker.log_file}); "
+              "Ctrl-C stops it", flush=True)
+        while not stop.wait(1.0):
+            if not broker.running:
+                print(f"broker exited:\n{broker.tail_log()}", file=sys.stderr)
+                return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from driftline.stream.broker import KAFKA_VERSION
+
+    p = argparse.ArgumentParser(
+        prog="driftline",
+        description="Continual learning on Kafka event streams: predict every event, learn once its label "
+                    "is known, expose quality and latency to Prometheus.",
+    )
+    p.add_argument("--version", action="version", version=f"driftline {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run the long-running consumer (test-then-train service)",
+                       description="Consume the input topic in batches; predict each event and publish the "
+                                   "prediction; learn from labeled events; commit offsets after outputs are "
+                                   "flushed. SIGTERM/SIGINT finish the batch, flush, commit and exit 0.")
+    r.add_argument("--config", "-c", help="YAML config file (environment DRIFTLINE_* overrides it)")
+    r.add_argument("--bootstrap-servers", help="override kafka.bootstrap_servers")
+    r.add_argument("--metrics-port", type=int, help="override metrics.port (0: pick a free port)")
+    r.set_defaults(func=cmd_run)
+
+    pr = sub.add_parser("produce", help="publish labeled events from a dataset, generator or file",
+                        description="Publish labeled events (JSON, key = event id) to a topic.")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="a River bundled dataset (e.g. Phishing, Bananas, TrumpApproval)")
+    src.add_argument("--generator", help="a River synthetic generator (e.g. Agrawal, SEA, STAGGER, Hyperplane)")
+    src.add_argument("--file", help="a .jsonl file of events or a .csv file (columns -> features)")
+    pr.add_argument("--topic", help="target topic (default: topics.input of the config)")
+    pr.add_argument("--config", "-c", help="YAML config file for Kafka connection settings")
+    pr.add_argument("--bootstrap-servers", help="override kafka.bootstrap_servers")
+    pr.add_argument("--param", type=_kv, action="append", metavar="KEY=VALUE",
+                    help="generator parameter (repeatable), e.g. classification_function=0")
+    pr.add_argument("--drift-at", type=int, help="switch to the drift parameters after this many events")
+    pr.add_argument("--drift-param", type=_kv, action="append", metavar="KEY=VALUE",
+                    help="generator parameter after the drift point (repeatable)")
+    pr.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
+    pr.add_argument("--limit", type=int, help="stop after this many events")
+    pr.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    pr.add_argument("--id-prefix", help="prefix of generated event ids (default: the current unix time + '-')")
+    pr.add_argument("--label-column", default="label", help="CSV column holding the label (default 'label')")
+    pr.add_argument("--id-column", default="id", help="CSV column holding the event id (default 'id')")
+    pr.add_argument("--partitions", type=int, default=1, help="partitions if the topic is created (default 1)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pr.set_defaults(func=cmd_produce)
+
+    d = sub.add_parser("demo", help="local broker + drifting synthetic stream + the service, in one command",
+                       description="Start a local Apache Kafka broker, produce a drifting synthetic stream "
+                                   "(Agrawal, concept 0 -> 4) and run the service on it with metrics on HTTP. "
+                                   "Ctrl-C stops everything.")
+    d.add_argument("--events", type=int, help="stop producing after this many events (default: endless)")
+    d.add_argument("--rate", type=float, default=500.0, help="events per second (default 500)")
+    d.add_argument("--drift-at", type=int, default=5000, help="event index of the concept drift (default 5000)")
+    d.add_argument("--metrics-port", type=int, default=9464, help="metrics HTTP port (default 9464)")
+    d.add_argument("--kafka-port", type=int, help="local broker port (default: a free port)")
+    d.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    d.add_argument("--model", default="HoeffdingAdaptiveTreeClassifier", help="River classifier name")
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("broker", help="run (or just fetch) a local single-node Apache Kafka broker",
+                       description="Fetch Apache Kafka's broker from Maven Central (once, into "
+                                   "~/.cache/driftline) and run it in KRaft mode on 127.0.0.1.")
+    b.add_argument("--port", type=int, help="listener port (default: a free port)")
+    b.add_argument("--kafka-version", default=KAFKA_VERSION, help=f"Kafka version (default {KAFKA_VERSION})")
+    b.add_argument("--fetch-only", action="store_true", help="only download the jars into the cache")
+    b.set_defaults(func=cmd_broker)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except DriftlineError as exc:
+        print(f"driftline: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

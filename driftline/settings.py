@@ -1,0 +1,172 @@
+"""Validated, frozen configuration: YAML file + environment overrides (pydantic-settings).
+
+Precedence (highest first): explicit keyword arguments, environment variables
+(``DRIFTLINE_`` prefix, ``__`` between nested names, e.g. ``DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS``),
+the YAML file, then the defaults below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from driftline.errors import ConfigError
+from driftline.learners.registry import CLASSIFIERS, REGRESSORS
+
+Label = bool | int | str
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Frozen):
+    """Connection and client tuning shared by the consumer and the producers."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "driftline"
+    group_id: str = "driftline"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    # consumer
+    max_poll_records: int = Field(1000, ge=1, le=100_000)
+    poll_timeout_ms: int = Field(200, ge=1, le=60_000)
+    fetch_min_bytes: int = Field(1, ge=1)
+    fetch_max_wait_ms: int = Field(100, ge=0)
+    max_partition_fetch_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    session_timeout_ms: int = Field(45_000, ge=1000)
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    # producer
+    acks: Literal["all", "1", "0"] = "all"
+    linger_ms: int = Field(5, ge=0)
+    batch_size: int = Field(256 * 1024, ge=1024)
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+    request_timeout_ms: int = Field(30_000, ge=1000)
+
+
+class TopicSettings(_Frozen):
+    input: str = "driftline.events"
+    predictions: str = "driftline.predictions"
+    dead_letter: str = "driftline.dead-letter"
+
+    @field_validator("input", "predictions", "dead_letter")
+    @classmethod
+    def _valid_topic(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", v):
+            raise ValueError(f"invalid Kafka topic name {v!r} (letters, digits, '.', '_', '-'; 1-249 chars)")
+        return v
+
+
+class ModelSettings(_Frozen):
+    """Which River model learns, and its preprocessing."""
+
+    task: Literal["classification", "regression"] = "classification"
+    name: str = "LogisticRegression"
+    params: dict[str, Any] = Field(default_factory=dict)
+    # Fixed class set: labels outside it are dead-lettered (reason unknown_label). Required to use a
+    # binary-only model (e.g. LogisticRegression) without one-vs-rest: exactly two classes.
+    classes: list[Label] | None = None
+    scale: bool = True
+    one_hot: bool = True
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _known_model(self) -> ModelSettings:
+        valid = CLASSIFIERS if self.task == "classification" else REGRESSORS
+        if self.name not in valid:
+            raise ValueError(
+                f"unknown {self.task} model {self.name!r}; valid names: {', '.join(sorted(valid))}"
+            )
+        if self.classes is not None:
+            if self.task != "classification":
+                raise ValueError("classes is only valid for task 'classification'")
+            if len(self.classes) < 2 or len(set(map(repr, self.classes))) != len(self.classes):
+                raise ValueError(f"classes must list at least two distinct labels, got {self.classes!r}")
+        return self
+
+
+class MetricsSettings(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+    rolling_window: int = Field(1000, ge=10, le=1_000_000)
+    lag_interval_s: float = Field(2.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """The whole service configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DRIFTLINE_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        yaml_file=None,
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    max_payload_bytes: int = Field(1_000_000, ge=64)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``dotted.path: message (got value)``."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        value = err.get("input")
+        got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {value!r})"
+        lines.append(f"  {loc}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from an optional YAML file, the environment and keyword overrides.
+
+    Raises ConfigError naming every invalid setting.
+    """
+    cls: type[Settings] = Settings
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist or is not a file")
+        try:
+            content = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+        if content is not None and not isinstance(content, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+        cls = type(
+            "Settings", (Settings,), {"model_config": SettingsConfigDict(**{**Settings.model_config, "yaml_file": p})}
+        )
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        where = f" in {str(path)!r}" if path is not None else ""
+        raise ConfigError(f"invalid configuration{where}:\n{format_validation_error(exc)}") from exc

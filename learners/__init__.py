@@ -1,0 +1,11 @@
+"""Learners: the `Learner` protocol and its implementations.
+
+`driftline.learners.river_head.RiverLearner` wraps River online models; `build_learner` picks
+the implementation a model config asks for.
+"""
+
+from __future__ import annotations
+
+from driftline.learners.base import LabelError, Learner, Prediction
+
+__all__ = ["LabelError", "Learner", "Prediction"]

@@ -1,0 +1,32 @@
+"""Names of the River models a config may choose, mapped to their import paths.
+
+Kept free of heavy imports so settings validation can list valid names cheaply.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+CLASSIFIERS: dict[str, str] = {
+    "LogisticRegression": "river.linear_model:LogisticRegression",
+    "SoftmaxRegression": "river.linear_model:SoftmaxRegression",
+    "Perceptron": "river.linear_model:Perceptron",
+    "GaussianNB": "river.naive_bayes:GaussianNB",
+    "HoeffdingTreeClassifier": "river.tree:HoeffdingTreeClassifier",
+    "HoeffdingAdaptiveTreeClassifier": "river.tree:HoeffdingAdaptiveTreeClassifier",
+    "ARFClassifier": "river.forest:ARFClassifier",
+}
+
+REGRESSORS: dict[str, str] = {
+    "LinearRegression": "river.linear_model:LinearRegression",
+    "HoeffdingTreeRegressor": "river.tree:HoeffdingTreeRegressor",
+    "HoeffdingAdaptiveTreeRegressor": "river.tree:HoeffdingAdaptiveTreeRegressor",
+    "ARFRegressor": "river.forest:ARFRegressor",
+}
+
+
+def resolve(path: str) -> Any:
+    """Import ``module:attr``."""
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,178 @@
+"""River online models (optionally behind scaling and one-hot encoding) as a `Learner`.
+
+Binary-only River classifiers (LogisticRegression, Perceptron) learn booleans: with exactly two
+configured classes the first maps to False and the second to True; without a class set they are
+wrapped in one-vs-rest so any labels work. A configured class set is enforced: other labels raise
+`LabelError("unknown_label")`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+import pickle
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from driftline.learners.base import LabelError, Prediction, Task
+from driftline.learners.registry import CLASSIFIERS, REGRESSORS, resolve
+from driftline.stream.event import Event, Label
+
+from driftline.errors import ConfigError
+from driftline.settings import ModelSettings
+
+STATE_KIND = "driftline.river/1"
+
+
+def _build_estimator(cfg: ModelSettings) -> Any:
+    registry = CLASSIFIERS if cfg.task == "classification" else REGRESSORS
+    cls = resolve(registry[cfg.name])
+    accepted = inspect.signature(cls).parameters
+    params: dict[str, Any] = {}
+    for key, value in cfg.params.items():
+        if key not in accepted:
+            raise ConfigError(
+                f"model.params.{key}: {cfg.name} has no parameter {key!r}; accepted: {', '.join(accepted)}"
+            )
+        if key == "optimizer" and isinstance(value, Mapping):
+            params[key] = _build_optimizer(dict(value))
+        else:
+            params[key] = value
+    if "seed" in accepted and "seed" not in params:
+        params["seed"] = cfg.seed
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model.params: {cfg.name}({params!r}) failed: {exc}") from exc
+
+
+def _build_optimizer(spec: dict[str, Any]) -> Any:
+    from river import optim
+
+    name = spec.pop("name", "SGD")
+    cls = getattr(optim, str(name), None)
+    if cls is None or not isinstance(cls, type):
+        raise ConfigError(f"model.params.optimizer.name: unknown River optimizer {name!r}")
+    try:
+        return cls(**spec)
+    except TypeError as exc:
+        raise ConfigError(f"model.params.optimizer: {name}({spec!r}) failed: {exc}") from exc
+
+
+def _preprocessing(cfg: ModelSettings) -> Any:
+    from river import compose, preprocessing
+
+    branches: list[Any] = []
+    if cfg.scale:
+        branches.append(compose.SelectType(numbers.Number) | preprocessing.StandardScaler())
+    else:
+        branches.append(compose.SelectType(numbers.Number))
+    if cfg.one_hot:
+        branches.append(compose.SelectType(str) | preprocessing.OneHotEncoder())
+    union = branches[0]
+    for b in branches[1:]:
+        union = union + b
+    return union
+
+
+class RiverLearner:
+    """A River estimator (with preprocessing) behind the `Learner` protocol."""
+
+    def __init__(self, cfg: ModelSettings) -> None:
+        self.cfg = cfg
+        self.task: Task = cfg.task
+        self.name = cfg.name
+        self._classes: tuple[Label, ...] | None = tuple(cfg.classes) if cfg.classes else None
+        self._binary_map: dict[Label, bool] | None = None
+        estimator = _build_estimator(cfg)
+        if self.task == "classification" and not getattr(estimator, "_multiclass", True):
+            if self._classes is not None and len(self._classes) == 2:
+                self._binary_map = {self._classes[0]: False, self._classes[1]: True}
+            else:
+                from river import multiclass
+
+                estimator = multiclass.OneVsRestClassifier(estimator)
+        self._model = _preprocessing(cfg) | estimator
+        self._version = 1
+        self._updates = 0
+
+    # -- identity -------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def updates(self) -> int:
+        return self._updates
+
+    # -- test-then-train ------------------------------------------------------------------
+    def predict_one(self, x: Event) -> Prediction:
+        if self.task == "regression":
+            if self._updates == 0:
+                return Prediction(None)
+            return Prediction(float(self._model.predict_one(dict(x.features))))
+        proba = self._model.predict_proba_one(dict(x.features))
+        if not proba:
+            return Prediction(None, {})
+        if self._binary_map is not None:
+            assert self._classes is not None
+            proba = {self._classes[0]: proba.get(False, 0.0), self._classes[1]: proba.get(True, 0.0)}
+        proba = {k: float(v) for k, v in proba.items()}
+        best = max(proba.items(), key=lambda kv: kv[1])[0]
+        return Prediction(best, proba)
+
+    def learn_one(self, x: Event, y: Label | float) -> None:
+        target = self._check_label(y)
+        self._model.learn_one(dict(x.features), target)
+        self._updates += 1
+
+    def predict_many(self, xs: Sequence[Event]) -> list[Prediction]:
+        return [self.predict_one(x) for x in xs]
+
+    def learn_many(self, xs: Sequence[Event], ys: Sequence[Label | float]) -> None:
+        for x, y in zip(xs, ys, strict=True):
+            self.learn_one(x, y)
+
+    def _check_label(self, y: Label | float) -> Any:
+        if self.task == "regression":
+            if isinstance(y, bool) or not isinstance(y, int | float):
+                raise LabelError("invalid_label", f"regression label must be a number, got {y!r}")
+            return float(y)
+        if isinstance(y, float):
+            raise LabelError("invalid_label", f"classification label must be a string, int or bool, got {y!r}")
+        if self._classes is not None and y not in self._classes:
+            raise LabelError("unknown_label", f"label {y!r} is not one of the configured classes {self._classes!r}")
+        if self._binary_map is not None:
+            return self._binary_map[y]
+        return y
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": STATE_KIND,
+            "task": self.task,
+            "name": self.name,
+            "classes": self._classes,
+            "version": self._version,
+            "updates": self._updates,
+            "model": pickle.dumps(self._model, protocol=pickle.HIGHEST_PROTOCOL),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("kind") != STATE_KIND:
+            raise ValueError(f"not a River learner state: kind={state.get('kind')!r}")
+        if (state["task"], state["name"]) != (self.task, self.name):
+            raise ValueError(
+                f"state is for {state['task']} model {state['name']!r}, "
+                f"this learner is {self.task} model {self.name!r}"
+            )
+        if state["classes"] != self._classes:
+            raise ValueError(f"state has classes {state['classes']!r}, config has {self._classes!r}")
+        self._model = pickle.loads(state["model"])
+        self._version = int(state["version"])
+        self._updates = int(state["updates"])
+
+
+def build_learner(cfg: ModelSettings) -> RiverLearner:
+    """The learner a model config describes (raises ConfigError on bad parameters)."""
+    return RiverLearner(cfg)

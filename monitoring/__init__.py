@@ -1,0 +1,1 @@
+"""Prometheus metrics, prequential quality trackers and the HTTP endpoints."""

@@ -1,0 +1,81 @@
+"""The service's Prometheus metrics, created on a registry passed in (never the global one).
+
+Names carry the ``driftline_`` prefix and their unit; label values are bounded (outcomes,
+reason codes, model names, topic/partition), never event ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from driftline import __version__
+
+# Per-event latencies of in-process work: microseconds to a second.
+_FAST_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 1.0)
+# End-to-end: event timestamp to prediction published.
+_E2E_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+OUTCOMES = ("consumed", "predicted", "learned", "dead_lettered")
+
+
+class ServiceMetrics:
+    """Every metric the run loop updates."""
+
+    def __init__(self, registry: CollectorRegistry, model: str, task: str) -> None:
+        self.registry = registry
+        self.model = model
+        self.events = Counter(
+            "driftline_events", "Events by outcome.", ["outcome"], registry=registry
+        )
+        for outcome in OUTCOMES:
+            self.events.labels(outcome)
+        self.dead_letters = Counter(
+            "driftline_dead_letters", "Records sent to the dead-letter topic, by reason.", ["reason"],
+            registry=registry,
+        )
+        self.publish_errors = Counter(
+            "driftline_output_publish_errors", "Output records Kafka did not acknowledge.", ["topic"],
+            registry=registry,
+        )
+        self.accuracy = Gauge(
+            "driftline_prequential_accuracy_ratio",
+            "Prequential accuracy (prediction made before the label was learned).",
+            ["model", "window"], registry=registry,
+        )
+        self.mae = Gauge("driftline_prequential_mae", "Prequential mean absolute error.", ["model", "window"],
+                         registry=registry)
+        self.rmse = Gauge("driftline_prequential_rmse", "Prequential root mean squared error.",
+                          ["model", "window"], registry=registry)
+        self.labeled = Counter("driftline_labeled_events", "Events whose label was scored.", ["model"],
+                               registry=registry)
+        self.predict_latency = Histogram(
+            "driftline_predict_latency_seconds", "Time to predict one event.", ["model"],
+            buckets=_FAST_BUCKETS, registry=registry,
+        )
+        self.learn_latency = Histogram(
+            "driftline_learn_latency_seconds", "Time to learn one labeled event.", ["model"],
+            buckets=_FAST_BUCKETS, registry=registry,
+        )
+        self.e2e_latency = Histogram(
+            "driftline_end_to_end_latency_seconds",
+            "From the event's Kafka timestamp to its prediction acknowledged by Kafka.",
+            buckets=_E2E_BUCKETS, registry=registry,
+        )
+        self.batch_size = Histogram(
+            "driftline_batch_records", "Records per consumed batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000), registry=registry,
+        )
+        self.lag = Gauge(
+            "driftline_consumer_lag_records", "Records between the consumer position and the log end.",
+            ["topic", "partition"], registry=registry,
+        )
+        self.model_version = Gauge("driftline_model_version", "Model generation in use.", ["model"],
+                                   registry=registry)
+        self.model_updates = Gauge("driftline_model_updates", "Labels the model in use has learned.",
+                                   ["model"], registry=registry)
+        self.info = Info("driftline_build", "driftline version and model.", registry=registry)
+        self.info.info({"version": __version__, "model": model, "task": task})
+        self.last_commit = Gauge(
+            "driftline_last_commit_timestamp_seconds", "Unix time of the last offset commit.", registry=registry
+        )
+        self.up = Gauge("driftline_up", "1 while the run loop is alive.", registry=registry)

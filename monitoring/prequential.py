@@ -1,0 +1,107 @@
+"""Prequential (test-then-train) quality: cumulative and rolling-window accuracy or MAE/RMSE.
+
+Each update takes the prediction made *before* the model saw the label. O(1) per update.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+
+class ClassificationTracker:
+    """Accuracy over everything seen and over the last ``window`` labeled events."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.n = 0
+        self.correct = 0
+        self._recent: deque[bool] = deque(maxlen=window)
+        self._recent_correct = 0
+
+    def update(self, y_true: Any, y_pred: Any) -> bool:
+        ok = y_pred is not None and y_pred == y_true and type(y_pred) is type(y_true)
+        self.n += 1
+        self.correct += ok
+        if len(self._recent) == self.window:
+            self._recent_correct -= self._recent[0]
+        self._recent.append(ok)
+        self._recent_correct += ok
+        return ok
+
+    @property
+    def cumulative_accuracy(self) -> float:
+        return self.correct / self.n if self.n else math.nan
+
+    @property
+    def rolling_accuracy(self) -> float:
+        return self._recent_correct / len(self._recent) if self._recent else math.nan
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"window": self.window, "n": self.n, "correct": self.correct, "recent": list(self._recent)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.__init__(int(state["window"]))  # type: ignore[misc]
+        self.n, self.correct = int(state["n"]), int(state["correct"])
+        for ok in state["recent"]:
+            self._recent.append(bool(ok))
+            self._recent_correct += bool(ok)
+
+
+class RegressionTracker:
+    """MAE and RMSE over everything seen and over the last ``window`` labeled events.
+
+    A missing prediction (model not trained yet) is scored as predicting 0.0.
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.n = 0
+        self.abs_sum = 0.0
+        self.sq_sum = 0.0
+        self._recent: deque[float] = deque(maxlen=window)
+        self._r_abs = 0.0
+        self._r_sq = 0.0
+
+    def update(self, y_true: float, y_pred: float | None) -> float:
+        err = float(y_true) - (0.0 if y_pred is None else float(y_pred))
+        self.n += 1
+        self.abs_sum += abs(err)
+        self.sq_sum += err * err
+        if len(self._recent) == self.window:
+            old = self._recent[0]
+            self._r_abs -= abs(old)
+            self._r_sq -= old * old
+        self._recent.append(err)
+        self._r_abs += abs(err)
+        self._r_sq += err * err
+        return err
+
+    @property
+    def cumulative_mae(self) -> float:
+        return self.abs_sum / self.n if self.n else math.nan
+
+    @property
+    def cumulative_rmse(self) -> float:
+        return math.sqrt(self.sq_sum / self.n) if self.n else math.nan
+
+    @property
+    def rolling_mae(self) -> float:
+        return max(self._r_abs, 0.0) / len(self._recent) if self._recent else math.nan
+
+    @property
+    def rolling_rmse(self) -> float:
+        return math.sqrt(max(self._r_sq, 0.0) / len(self._recent)) if self._recent else math.nan
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"window": self.window, "n": self.n, "abs_sum": self.abs_sum, "sq_sum": self.sq_sum,
+                "recent": list(self._recent)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.__init__(int(state["window"]))  # type: ignore[misc]
+        self.n, self.abs_sum, self.sq_sum = int(state["n"]), float(state["abs_sum"]), float(state["sq_sum"])
+        for err in state["recent"]:
+            self._recent.append(float(err))
+            self._r_abs += abs(err)
+            self._r_sq += err * err

@@ -1,0 +1,1 @@
+"""Stream I/O: the event schema, the JSON codec, Kafka clients, dead letters and the run loop."""

@@ -1,0 +1,82 @@
+"""kafka-python client factories built from `KafkaSettings`, and topic creation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from driftline.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def _acks(cfg: KafkaSettings) -> int | str:
+    return "all" if cfg.acks == "all" else int(cfg.acks)
+
+
+def make_producer(cfg: KafkaSettings, *, client_suffix: str = "producer", **overrides: Any) -> KafkaProducer:
+    """Producer tuned for throughput: batches per partition, short linger, acks per config."""
+    params: dict[str, Any] = dict(
+        bootstrap_servers=cfg.bootstrap_servers.split(","),
+        client_id=f"{cfg.client_id}-{client_suffix}",
+        acks=_acks(cfg),
+        linger_ms=cfg.linger_ms,
+        batch_size=cfg.batch_size,
+        compression_type=cfg.compression_type,
+        request_timeout_ms=cfg.request_timeout_ms,
+        max_in_flight_requests_per_connection=5,
+        retries=2_147_483_647,
+    )
+    if params["acks"] != "all":
+        params["enable_idempotence"] = False
+    params.update(overrides)
+    return KafkaProducer(**params)
+
+
+def make_consumer(cfg: KafkaSettings, **overrides: Any) -> KafkaConsumer:
+    """Consumer of the service's group; offsets are committed by the run loop, never automatically."""
+    params: dict[str, Any] = dict(
+        bootstrap_servers=cfg.bootstrap_servers.split(","),
+        client_id=f"{cfg.client_id}-consumer",
+        group_id=cfg.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=cfg.auto_offset_reset,
+        max_poll_records=cfg.max_poll_records,
+        fetch_min_bytes=cfg.fetch_min_bytes,
+        fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+        max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
+        session_timeout_ms=cfg.session_timeout_ms,
+        max_poll_interval_ms=cfg.max_poll_interval_ms,
+        request_timeout_ms=max(cfg.request_timeout_ms, cfg.session_timeout_ms + 5000),
+    )
+    params.update(overrides)
+    return KafkaConsumer(**params)
+
+
+def make_admin(cfg: KafkaSettings) -> KafkaAdminClient:
+    return KafkaAdminClient(
+        bootstrap_servers=cfg.bootstrap_servers.split(","),
+        client_id=f"{cfg.client_id}-admin",
+        request_timeout_ms=cfg.request_timeout_ms,
+    )
+
+
+def ensure_topics(cfg: KafkaSettings, topics: Iterable[str], partitions: int = 1, replication: int = 1) -> None:
+    """Create the topics that do not exist yet (existing ones are left as they are)."""
+    admin = make_admin(cfg)
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in dict.fromkeys(topics) if t not in existing]
+        if missing:
+            try:
+                admin.create_topics([NewTopic(t, partitions, replication) for t in missing])
+                log.info("created topics %s (%d partitions)", missing, partitions)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()

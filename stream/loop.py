@@ -1,0 +1,163 @@
+"""The run loop: poll a batch -> process it -> flush outputs -> commit offsets. Nothing else.
+
+Offsets are committed only after every output of the batch (predictions and dead letters) is
+acknowledged by Kafka. A stop request (SIGTERM/SIGINT) is honoured between batches: the batch in
+hand is finished, flushed and committed, then the consumer leaves its group.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from driftline.learners.base import Learner
+from driftline.monitoring.http import MetricsServer
+from driftline.monitoring.metrics import ServiceMetrics
+from driftline.stream.kafka_io import ensure_topics, make_consumer, make_producer
+from driftline.stream.processor import BatchResult, EventProcessor
+from driftline.stream.records import InboundRecord
+from driftline.stream.sink import OutputSink
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import CommitFailedError
+from prometheus_client import CollectorRegistry
+
+from driftline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HEALTH_STALL_S = 120.0
+
+
+@dataclass
+class RunTotals:
+    batches: int = 0
+    consumed: int = 0
+    predicted: int = 0
+    learned: int = 0
+    dead_lettered: int = 0
+
+    def add(self, r: BatchResult) -> None:
+        self.batches += 1
+        self.consumed += r.consumed
+        self.predicted += r.predicted
+        self.learned += r.learned
+        self.dead_lettered += r.dead_lettered
+
+
+class Service:
+    """The long-running consumer. `run()` blocks until `stop()` (or a signal handler calling it)."""
+
+    def __init__(self, settings: Settings, learner: Learner, registry: CollectorRegistry | None = None,
+                 *, serve_http: bool = True) -> None:
+        self.settings = settings
+        self.learner = learner
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = ServiceMetrics(self.registry, model=learner.name, task=learner.task)
+        self.totals = RunTotals()
+        self._stop = threading.Event()
+        self._heartbeat = time.monotonic()
+        self._assigned = False
+        self._running = False
+        self._lag_at = 0.0
+        self._lag_keys: set[tuple[str, str]] = set()
+        self.http: MetricsServer | None = None
+        if serve_http:
+            self.http = MetricsServer(self.registry, settings.metrics.host, settings.metrics.port,
+                                      healthy=self._healthy, ready=self._ready)
+
+    # -- probes -----------------------------------------------------------------------------
+    def _healthy(self) -> tuple[bool, str]:
+        stalled = time.monotonic() - self._heartbeat
+        if self._running and stalled > HEALTH_STALL_S:
+            return False, f"run loop stalled for {stalled:.0f}s"
+        return True, "ok"
+
+    def _ready(self) -> tuple[bool, str]:
+        if not self._running:
+            return False, "not running"
+        if self._stop.is_set():
+            return False, "stopping"
+        if not self._assigned:
+            return False, "no partitions assigned yet"
+        return True, "ok"
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, flush, commit and return. Safe from signal handlers."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> RunTotals:
+        s = self.settings
+        ensure_topics(s.kafka, [s.topics.input, s.topics.predictions, s.topics.dead_letter])
+        if self.http is not None:
+            self.http.start()
+            log.info("metrics on http://%s:%d/metrics", self.http.host, self.http.port)
+        producer = make_producer(s.kafka)
+        consumer = make_consumer(s.kafka)
+        sink = OutputSink(producer, s.topics.predictions, s.topics.dead_letter, self.metrics)
+        processor = EventProcessor(self.learner, sink, self.metrics, rolling_window=s.metrics.rolling_window,
+                                   max_payload_bytes=s.max_payload_bytes)
+        self.processor = processor
+        consumer.subscribe([s.topics.input])
+        self._running = True
+        self.metrics.up.set(1)
+        log.info("consuming %s as group %r with model %s (%s)", s.topics.input, s.kafka.group_id,
+                 self.learner.name, self.learner.task)
+        try:
+            while not self._stop.is_set():
+                self._heartbeat = time.monotonic()
+                batch = consumer.poll(timeout_ms=s.kafka.poll_timeout_ms)
+                self._assigned = bool(consumer.assignment())
+                if batch:
+                    records = [InboundRecord.from_kafka(r) for recs in batch.values() for r in recs]
+                    self.totals.add(processor.process(records))
+                    sink.flush()
+                    self._commit(consumer)
+                self._update_lag(consumer)
+        finally:
+            self._running = False
+            self.metrics.up.set(0)
+            self._close(consumer, producer)
+        log.info("stopped: %s", self.totals)
+        return self.totals
+
+    def _commit(self, consumer: KafkaConsumer) -> None:
+        try:
+            consumer.commit()  # positions = one past the last record of the processed batch
+            self.metrics.last_commit.set_to_current_time()
+        except CommitFailedError as exc:
+            # The group rebalanced while we processed; the new owner resumes from the last commit.
+            log.warning("offset commit failed after a rebalance; the batch will be consumed again: %s", exc)
+
+    def _update_lag(self, consumer: KafkaConsumer) -> None:
+        now = time.monotonic()
+        if now - self._lag_at < self.settings.metrics.lag_interval_s:
+            return
+        self._lag_at = now
+        seen: set[tuple[str, str]] = set()
+        for tp in consumer.assignment():
+            hw = consumer.highwater(tp)
+            if hw is None:
+                continue
+            lag = max(hw - consumer.position(tp), 0)
+            key = (tp.topic, str(tp.partition))
+            self.metrics.lag.labels(*key).set(lag)
+            seen.add(key)
+        for key in self._lag_keys - seen:
+            self.metrics.lag.remove(*key)
+        self._lag_keys = seen
+
+    def _close(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
+        try:
+            producer.flush(timeout=30)
+        finally:
+            producer.close(timeout=30)
+            consumer.close(autocommit=False)
+            if self.http is not None:
+                self.http.stop()

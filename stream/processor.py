@@ -1,0 +1,124 @@
+"""Test-then-train over one batch: decode, predict, publish the prediction, score, learn.
+
+Events are handled in stream order: each one is predicted before its own label is learned, and
+after every earlier event's label. A record that fails anywhere goes to the dead-letter topic
+with a reason code; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from driftline.learners.base import LabelError, Learner
+from driftline.monitoring.metrics import ServiceMetrics
+from driftline.monitoring.prequential import ClassificationTracker, RegressionTracker
+from driftline.stream.codec import DecodeError, decode_event, encode_prediction
+from driftline.stream.records import InboundRecord
+from driftline.stream.sink import OutputSink
+
+log = logging.getLogger(__name__)
+
+PREDICT_FAILED = "predict_failed"
+LEARN_FAILED = "learn_failed"
+
+
+@dataclass
+class BatchResult:
+    consumed: int = 0
+    predicted: int = 0
+    learned: int = 0
+    dead_lettered: int = 0
+
+
+class EventProcessor:
+    """Owns the per-event pipeline; the run loop owns polling, flushing and committing."""
+
+    def __init__(self, learner: Learner, sink: OutputSink, metrics: ServiceMetrics, *,
+                 rolling_window: int, max_payload_bytes: int) -> None:
+        self.learner = learner
+        self.sink = sink
+        self.metrics = metrics
+        self.max_payload_bytes = max_payload_bytes
+        self.tracker: ClassificationTracker | RegressionTracker = (
+            ClassificationTracker(rolling_window) if learner.task == "classification"
+            else RegressionTracker(rolling_window)
+        )
+        model = learner.name
+        self._predict_hist = metrics.predict_latency.labels(model)
+        self._learn_hist = metrics.learn_latency.labels(model)
+
+    def process(self, records: Sequence[InboundRecord]) -> BatchResult:
+        res = BatchResult(consumed=len(records))
+        learner, sink, perf = self.learner, self.sink, time.perf_counter
+        for rec in records:
+            try:
+                event = decode_event(rec.value, max_bytes=self.max_payload_bytes)
+            except DecodeError as exc:
+                sink.dead_letter(rec, exc.reason, str(exc))
+                res.dead_lettered += 1
+                continue
+            t0 = perf()
+            try:
+                pred = learner.predict_one(event)
+            except Exception as exc:  # a model bug must not stop the stream: dead-letter the event
+                log.warning("predict failed for event %r at %s: %r", event.id, rec.coordinates, exc)
+                sink.dead_letter(rec, PREDICT_FAILED, f"{type(exc).__name__}: {exc}")
+                res.dead_lettered += 1
+                continue
+            dt = perf() - t0
+            self._predict_hist.observe(dt)
+            sink.prediction(
+                event.id,
+                encode_prediction(
+                    event_id=event.id, prediction=pred.value, proba=pred.proba, model=learner.name,
+                    model_version=learner.version, model_updates=learner.updates, latency_ms=dt * 1000.0,
+                    source=rec.coordinates, predicted_at_ms=int(time.time() * 1000),
+                ),
+                rec.timestamp_ms,
+            )
+            res.predicted += 1
+            if event.label is None:
+                continue
+            t1 = perf()
+            try:
+                learner.learn_one(event, event.label)
+            except LabelError as exc:
+                sink.dead_letter(rec, exc.reason, str(exc))
+                res.dead_lettered += 1
+                continue
+            except Exception as exc:
+                log.warning("learn failed for event %r at %s: %r", event.id, rec.coordinates, exc)
+                sink.dead_letter(rec, LEARN_FAILED, f"{type(exc).__name__}: {exc}")
+                res.dead_lettered += 1
+                continue
+            self._learn_hist.observe(perf() - t1)
+            self.tracker.update(event.label, pred.value)  # type: ignore[arg-type]
+            res.learned += 1
+        self._publish_counts(res)
+        return res
+
+    def _publish_counts(self, res: BatchResult) -> None:
+        m, model = self.metrics, self.learner.name
+        m.events.labels("consumed").inc(res.consumed)
+        m.events.labels("predicted").inc(res.predicted)
+        m.events.labels("learned").inc(res.learned)
+        m.events.labels("dead_lettered").inc(res.dead_lettered)
+        m.labeled.labels(model).inc(res.learned)
+        m.batch_size.observe(res.consumed)
+        m.model_version.labels(model).set(self.learner.version)
+        m.model_updates.labels(model).set(self.learner.updates)
+        t = self.tracker
+        if isinstance(t, ClassificationTracker):
+            if t.n:
+                m.accuracy.labels(model, "rolling").set(t.rolling_accuracy)
+                m.accuracy.labels(model, "cumulative").set(t.cumulative_accuracy)
+        elif t.n:
+            for gauge, roll, cum in ((m.mae, t.rolling_mae, t.cumulative_mae),
+                                     (m.rmse, t.rolling_rmse, t.cumulative_rmse)):
+                if math.isfinite(roll):
+                    gauge.labels(model, "rolling").set(roll)
+                    gauge.labels(model, "cumulative").set(cum)

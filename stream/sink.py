@@ -1,0 +1,76 @@
+"""Outputs of a batch: prediction records and dead letters, sent asynchronously and checked on flush.
+
+`flush()` waits for Kafka to acknowledge every record of the batch and raises `PublishError`
+if any was not delivered, so the run loop never commits offsets past a lost output.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from driftline.monitoring.metrics import ServiceMetrics
+from driftline.stream.records import InboundRecord
+from kafka import KafkaProducer
+
+from driftline.errors import PublishError
+
+REASON_HEADER = "driftline.reason"
+
+
+class OutputSink:
+    """Sends predictions and dead letters for one batch at a time."""
+
+    def __init__(self, producer: KafkaProducer, predictions_topic: str, dead_letter_topic: str,
+                 metrics: ServiceMetrics) -> None:
+        self.producer = producer
+        self.predictions_topic = predictions_topic
+        self.dead_letter_topic = dead_letter_topic
+        self.metrics = metrics
+        self._pending: list[tuple[str, Any]] = []
+        self._event_times_ms: list[int] = []
+
+    def prediction(self, event_id: str, value: bytes, record_timestamp_ms: int) -> None:
+        fut = self.producer.send(self.predictions_topic, key=event_id.encode("utf-8"), value=value)
+        self._pending.append((self.predictions_topic, fut))
+        self._event_times_ms.append(record_timestamp_ms)
+
+    def dead_letter(self, record: InboundRecord, reason: str, error: str) -> None:
+        """Forward the original bytes with headers naming the reason, the error and the source."""
+        headers = [
+            (REASON_HEADER, reason.encode()),
+            ("driftline.error", error[:4000].encode("utf-8", "replace")),
+            ("driftline.source.topic", record.topic.encode()),
+            ("driftline.source.partition", str(record.partition).encode()),
+            ("driftline.source.offset", str(record.offset).encode()),
+            ("driftline.source.timestamp_ms", str(record.timestamp_ms).encode()),
+            ("driftline.failed_at_ms", str(int(time.time() * 1000)).encode()),
+            *[(k, v) for k, v in record.headers if not k.startswith("driftline.")],
+        ]
+        fut = self.producer.send(self.dead_letter_topic, key=record.key, value=record.value, headers=headers)
+        self._pending.append((self.dead_letter_topic, fut))
+        self.metrics.dead_letters.labels(reason).inc()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every output of the batch is acknowledged; raise PublishError otherwise."""
+        pending, self._pending = self._pending, []
+        times, self._event_times_ms = self._event_times_ms, []
+        if not pending:
+            return
+        self.producer.flush(timeout=timeout)
+        failed: dict[str, list[str]] = {}
+        for topic, fut in pending:
+            if not fut.is_done:
+                failed.setdefault(topic, []).append("not acknowledged before the flush timeout")
+            elif fut.failed():
+                failed.setdefault(topic, []).append(repr(fut.exception))
+        if failed:
+            for topic, errs in failed.items():
+                self.metrics.publish_errors.labels(topic).inc(len(errs))
+            detail = "; ".join(f"{t}: {len(e)} failed, first: {e[0]}" for t, e in failed.items())
+            raise PublishError(f"outputs were not delivered, offsets not committed: {detail}")
+        now_ms = time.time() * 1000
+        observe = self.metrics.e2e_latency.observe
+        for ts in times:
+            if ts > 0:
+                observe(max(now_ms - ts, 0.0) / 1000.0)
