@@ -1,0 +1,39 @@
+"""Shared fixtures: a real Apache Kafka broker for the whole session (or DRIFTLINE_KAFKA_BOOTSTRAP)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from driftline.stream.broker import LocalKafkaBroker, bootstrap_from_env
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[LocalKafkaBroker | None]:
+    """The local broker this session started, or None when an external cluster is configured."""
+    if bootstrap_from_env():
+        yield None
+        return
+    broker = LocalKafkaBroker(num_partitions=1)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: LocalKafkaBroker | None) -> str:
+    external = bootstrap_from_env()
+    if external:
+        return external
+    assert kafka_broker is not None
+    return kafka_broker.bootstrap_servers
+
+
+@pytest.fixture
+def topic_prefix(request: pytest.FixtureRequest) -> str:
+    """Unique topic/group names per test, so tests never see each other's records."""
+    name = request.node.name.replace("[", "-").replace("]", "").replace("_", "-")[:40]
+    return f"t-{name}-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from driftline.errors import ConfigError
+from driftline.settings import load_settings
+
+
+def test_defaults_are_valid_and_frozen() -> None:
+    s = load_settings()
+    assert s.model.name == "LogisticRegression"
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError on frozen assignment
+        s.log_level = "DEBUG"  # type: ignore[misc]
+
+
+def test_yaml_then_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("kafka:\n  bootstrap_servers: broker:9092\n  group_id: g1\nmodel:\n  name: GaussianNB\n")
+    s = load_settings(cfg)
+    assert s.kafka.bootstrap_servers == "broker:9092" and s.model.name == "GaussianNB"
+    monkeypatch.setenv("DRIFTLINE_KAFKA__GROUP_ID", "from-env")
+    s2 = load_settings(cfg)
+    assert s2.kafka.group_id == "from-env"
+    assert s2.kafka.bootstrap_servers == "broker:9092"
+
+
+def test_unknown_model_lists_valid_names(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  name: RandomForest\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    msg = str(info.value)
+    assert "model" in msg and "RandomForest" in msg
+    for valid in ("LogisticRegression", "GaussianNB", "HoeffdingAdaptiveTreeClassifier", "ARFClassifier"):
+        assert valid in msg
+
+
+def test_regression_models_are_checked_against_the_task(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  task: regression\n  name: GaussianNB\n")
+    with pytest.raises(ConfigError, match="LinearRegression"):
+        load_settings(cfg)
+    cfg.write_text("model:\n  task: regression\n  name: HoeffdingAdaptiveTreeRegressor\n")
+    assert load_settings(cfg).model.task == "regression"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("kafka:\n  bootstrap_server: x\n", "kafka.bootstrap_server: unknown setting"),
+        ("kafka:\n  max_poll_records: 0\n", "kafka.max_poll_records"),
+        ("topics:\n  input: 'bad topic!'\n", "invalid Kafka topic name"),
+        ("model:\n  classes: [1]\n", "at least two distinct"),
+        ("metrics:\n  port: 70000\n", "metrics.port"),
+        ("- a list\n", "mapping at the top level"),
+        ("kafka: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_invalid_configs_name_the_setting(tmp_path: Path, text: str, fragment: str) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert fragment in str(info.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml")
