@@ -14,12 +14,11 @@ import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from driftline.errors import ConfigError
 from driftline.learners.base import LabelError, Prediction, Task
 from driftline.learners.registry import CLASSIFIERS, REGRESSORS, resolve
-from driftline.stream.event import Event, Label
-
-from driftline.errors import ConfigError
 from driftline.settings import ModelSettings
+from driftline.stream.event import Event, Label
 
 STATE_KIND = "driftline.river/1"
 

@@ -11,8 +11,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from driftline.stream.event import Event
 from pydantic import ValidationError
+
+from driftline.stream.event import Event
 
 # Reason codes: bounded, stable, documented in README ("Dead letters").
 NOT_UTF8 = "not_utf8"

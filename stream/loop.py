@@ -12,18 +12,18 @@ import threading
 import time
 from dataclasses import dataclass
 
-from driftline.learners.base import Learner
-from driftline.monitoring.http import MetricsServer
-from driftline.monitoring.metrics import ServiceMetrics
-from driftline.stream.kafka_io import ensure_topics, make_consumer, make_producer
-from driftline.stream.processor import BatchResult, EventProcessor
-from driftline.stream.records import InboundRecord
-from driftline.stream.sink import OutputSink
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import CommitFailedError
 from prometheus_client import CollectorRegistry
 
+from driftline.learners.base import Learner
+from driftline.monitoring.http import MetricsServer
+from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import Settings
+from driftline.stream.kafka_io import ensure_topics, make_consumer, make_producer
+from driftline.stream.processor import BatchResult, EventProcessor
+from driftline.stream.records import InboundRecord
+from driftline.stream.sink import OutputSink
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,9 @@ import threading
 import time
 from collections.abc import Iterable
 
+from driftline.settings import KafkaSettings
 from driftline.stream.kafka_io import make_producer
 from driftline.stream.sources import EventDict
-
-from driftline.settings import KafkaSettings
 
 
 def publish(

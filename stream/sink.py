@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from driftline.monitoring.metrics import ServiceMetrics
-from driftline.stream.records import InboundRecord
 from kafka import KafkaProducer
 
 from driftline.errors import PublishError
+from driftline.monitoring.metrics import ServiceMetrics
+from driftline.stream.records import InboundRecord
 
 REASON_HEADER = "driftline.reason"
 

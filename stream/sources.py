@@ -17,10 +17,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from driftline.stream.event import Event
 from pydantic import ValidationError
 
 from driftline.errors import ConfigError
+from driftline.stream.event import Event
 
 EventDict = dict[str, Any]
 

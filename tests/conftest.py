@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+
 from driftline.stream.broker import LocalKafkaBroker, bootstrap_from_env
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from driftline.stream.broker import free_port
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+
+from driftline.stream.broker import free_port
 
 
 def produce_raw(bootstrap: str, topic: str, values: Iterable[bytes | None], keys: Iterable[bytes | None] | None = None

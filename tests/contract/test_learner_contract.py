@@ -7,13 +7,13 @@ import pickle
 from typing import Any
 
 import pytest
+
 from driftline.learners.base import LabelError, Learner, Prediction
 from driftline.learners.registry import CLASSIFIERS, REGRESSORS
 from driftline.learners.river_head import build_learner
+from driftline.settings import ModelSettings
 from driftline.stream.event import Event
 from driftline.stream.sources import from_generator
-
-from driftline.settings import ModelSettings
 
 CASES: list[tuple[str, str, list[Any] | None]] = [
     *[("classification", name, None) for name in CLASSIFIERS],

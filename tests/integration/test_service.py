@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+
 from driftline.learners.river_head import build_learner
+from driftline.settings import KafkaSettings, ModelSettings
 from driftline.stream.event import Event
 from driftline.stream.kafka_io import ensure_topics
 from driftline.stream.sources import from_generator
-
-from driftline.settings import KafkaSettings, ModelSettings
 from tests.helpers import (
     ServiceProcess,
     committed_offsets,

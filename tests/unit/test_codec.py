@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from driftline.stream import codec
 from driftline.stream.codec import DecodeError, decode_event, encode_event, encode_prediction
 

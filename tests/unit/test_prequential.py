@@ -4,6 +4,7 @@ import math
 import random
 
 import pytest
+
 from driftline.monitoring.prequential import ClassificationTracker, RegressionTracker
 
 

@@ -5,11 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
-from driftline.stream.event import Event
-from driftline.stream.sources import bundled_datasets, from_dataset, from_file, from_generator
 from river.datasets import synth
 
 from driftline.errors import ConfigError
+from driftline.stream.event import Event
+from driftline.stream.sources import bundled_datasets, from_dataset, from_file, from_generator
 
 
 def test_generator_events_validate_and_are_seeded() -> None:

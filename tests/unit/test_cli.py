@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from driftline import __version__
+from driftline.cli import build_parser, main
+
+COMMANDS = ["run", "produce", "demo", "broker"]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"driftline {__version__}"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: driftline {command}")
+
+
+def test_help_lists_every_command() -> None:
+    text = build_parser().format_help()
+    for command in COMMANDS:
+        assert command in text
+
+
+def test_installed_entry_point() -> None:
+    exe = Path(sys.executable).with_name("driftline")
+    out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"driftline {__version__}"
+
+
+def test_bad_config_is_exit_2_with_the_setting_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  name: NoSuchModel\n")
+    assert main(["run", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "model" in err and "NoSuchModel" in err and "HoeffdingAdaptiveTreeClassifier" in err
+
+
+def test_bad_model_param_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  name: GaussianNB\n  params:\n    learning_rate: 0.1\n")
+    assert main(["run", "--config", str(cfg)]) == 2
+    assert "model.params.learning_rate" in capsys.readouterr().err
+
+
+def test_produce_unknown_generator_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["produce", "--generator", "Nope", "--bootstrap-servers", "127.0.0.1:1", "--limit", "1"]) == 2
+    assert "Agrawal" in capsys.readouterr().err

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+from prometheus_client import CollectorRegistry
+
+from driftline.monitoring.http import MetricsServer
+from driftline.monitoring.metrics import ServiceMetrics
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_endpoints_serve_the_passed_registry_and_probes() -> None:
+    reg = CollectorRegistry()
+    m = ServiceMetrics(reg, model="GaussianNB", task="classification")
+    m.events.labels("predicted").inc(3)
+    m.dead_letters.labels("not_json").inc()
+    state = {"ready": False}
+    srv = MetricsServer(reg, "127.0.0.1", 0, healthy=lambda: (True, "ok"),
+                        ready=lambda: (state["ready"], "ok" if state["ready"] else "no partitions assigned yet"))
+    srv.start()
+    try:
+        code, body = _get(srv.port, "/metrics")
+        assert code == 200
+        assert 'driftline_events_total{outcome="predicted"} 3.0' in body
+        assert 'driftline_dead_letters_total{reason="not_json"} 1.0' in body
+        assert 'driftline_build_info{model="GaussianNB"' in body
+        assert _get(srv.port, "/healthz") == (200, "ok\n")
+        assert _get(srv.port, "/readyz") == (503, "no partitions assigned yet\n")
+        state["ready"] = True
+        assert _get(srv.port, "/readyz")[0] == 200
+        assert _get(srv.port, "/nope")[0] == 404
+    finally:
+        srv.stop()
+
+
+def test_two_metric_sets_do_not_collide() -> None:
+    # metrics live on the registry passed in, never on the global one
+    ServiceMetrics(CollectorRegistry(), model="a", task="classification")
+    ServiceMetrics(CollectorRegistry(), model="b", task="regression")
