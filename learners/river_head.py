@@ -9,18 +9,18 @@ wrapped in one-vs-rest so any labels work. A configured class set is enforced: o
 from __future__ import annotations
 
 import inspect
-import numbers
 import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from driftline.errors import ConfigError
 from driftline.learners.base import LabelError, Prediction, Task
+from driftline.learners.preprocessing import FeaturePrep
 from driftline.learners.registry import CLASSIFIERS, REGRESSORS, resolve
 from driftline.settings import ModelSettings
 from driftline.stream.event import Event, Label
 
-STATE_KIND = "driftline.river/1"
+STATE_KIND = "driftline.river/2"
 
 
 def _build_estimator(cfg: ModelSettings) -> Any:
@@ -58,22 +58,6 @@ def _build_optimizer(spec: dict[str, Any]) -> Any:
         raise ConfigError(f"model.params.optimizer: {name}({spec!r}) failed: {exc}") from exc
 
 
-def _preprocessing(cfg: ModelSettings) -> Any:
-    from river import compose, preprocessing
-
-    branches: list[Any] = []
-    if cfg.scale:
-        branches.append(compose.SelectType(numbers.Number) | preprocessing.StandardScaler())
-    else:
-        branches.append(compose.SelectType(numbers.Number))
-    if cfg.one_hot:
-        branches.append(compose.SelectType(str) | preprocessing.OneHotEncoder())
-    union = branches[0]
-    for b in branches[1:]:
-        union = union + b
-    return union
-
-
 class RiverLearner:
     """A River estimator (with preprocessing) behind the `Learner` protocol."""
 
@@ -91,7 +75,8 @@ class RiverLearner:
                 from river import multiclass
 
                 estimator = multiclass.OneVsRestClassifier(estimator)
-        self._model = _preprocessing(cfg) | estimator
+        self._prep = FeaturePrep(scale=cfg.scale, one_hot=cfg.one_hot)
+        self._model = estimator
         self._version = 1
         self._updates = 0
 
@@ -109,8 +94,8 @@ class RiverLearner:
         if self.task == "regression":
             if self._updates == 0:
                 return Prediction(None)
-            return Prediction(float(self._model.predict_one(dict(x.features))))
-        proba = self._model.predict_proba_one(dict(x.features))
+            return Prediction(float(self._model.predict_one(self._prep.transform_one(x.features))))
+        proba = self._model.predict_proba_one(self._prep.transform_one(x.features))
         if not proba:
             return Prediction(None, {})
         if self._binary_map is not None:
@@ -122,7 +107,7 @@ class RiverLearner:
 
     def learn_one(self, x: Event, y: Label | float) -> None:
         target = self._check_label(y)
-        self._model.learn_one(dict(x.features), target)
+        self._model.learn_one(self._prep.learn_transform_one(x.features), target)
         self._updates += 1
 
     def predict_many(self, xs: Sequence[Event]) -> list[Prediction]:
@@ -154,7 +139,7 @@ class RiverLearner:
             "classes": self._classes,
             "version": self._version,
             "updates": self._updates,
-            "model": pickle.dumps(self._model, protocol=pickle.HIGHEST_PROTOCOL),
+            "model": pickle.dumps((self._prep, self._model), protocol=pickle.HIGHEST_PROTOCOL),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -167,7 +152,7 @@ class RiverLearner:
             )
         if state["classes"] != self._classes:
             raise ValueError(f"state has classes {state['classes']!r}, config has {self._classes!r}")
-        self._model = pickle.loads(state["model"])
+        self._prep, self._model = pickle.loads(state["model"])
         self._version = int(state["version"])
         self._updates = int(state["updates"])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from driftline import __version__
+from driftline.monitoring.histogram import FastHistogram
 
 # Per-event latencies of in-process work: microseconds to a second.
 _FAST_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 1.0)
@@ -48,15 +49,15 @@ class ServiceMetrics:
                           ["model", "window"], registry=registry)
         self.labeled = Counter("driftline_labeled_events", "Events whose label was scored.", ["model"],
                                registry=registry)
-        self.predict_latency = Histogram(
+        self.predict_latency = FastHistogram(
             "driftline_predict_latency_seconds", "Time to predict one event.", ["model"],
             buckets=_FAST_BUCKETS, registry=registry,
         )
-        self.learn_latency = Histogram(
+        self.learn_latency = FastHistogram(
             "driftline_learn_latency_seconds", "Time to learn one labeled event.", ["model"],
             buckets=_FAST_BUCKETS, registry=registry,
         )
-        self.e2e_latency = Histogram(
+        self.e2e_latency = FastHistogram(
             "driftline_end_to_end_latency_seconds",
             "From the event's Kafka timestamp to its prediction acknowledged by Kafka.",
             buckets=_E2E_BUCKETS, registry=registry,

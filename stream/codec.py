@@ -7,10 +7,10 @@ a dead-letter header) and a message naming the offending field and value.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from driftline.stream.event import Event
@@ -67,11 +67,22 @@ def _classify(exc: ValidationError) -> tuple[str, str]:
 
 
 def decode_event(value: bytes | None, *, max_bytes: int = 1_000_000) -> Event:
-    """Parse and validate one record value. Raises DecodeError."""
+    """Parse and validate one record value. Raises DecodeError.
+
+    Valid records take pydantic's native JSON path; anything it rejects is parsed again step by
+    step so the error carries the precise reason (not UTF-8, not JSON, non-finite, ...).
+    """
     if value is None or len(value) == 0:
         raise DecodeError(EMPTY_PAYLOAD, "record has no value (null or empty payload)")
     if len(value) > max_bytes:
         raise DecodeError(PAYLOAD_TOO_LARGE, f"payload is {len(value)} bytes, over the limit of {max_bytes}")
+    try:
+        return Event.model_validate_json(value)
+    except ValidationError:
+        return _decode_precisely(value)
+
+
+def _decode_precisely(value: bytes) -> Event:
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -96,12 +107,6 @@ def encode_event(event: Event) -> bytes:
     return event.model_dump_json(exclude_none=True).encode("utf-8")
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
 def encode_prediction(
     *,
     event_id: str,
@@ -114,16 +119,22 @@ def encode_prediction(
     source: Mapping[str, Any],
     predicted_at_ms: int,
 ) -> bytes:
-    """The prediction record published to the output topic (JSON)."""
-    record = {
-        "id": event_id,
-        "prediction": _jsonable(prediction),
-        "proba": None if proba is None else {str(k): _jsonable(float(p)) for k, p in proba.items()},
-        "model": model,
-        "model_version": model_version,
-        "model_updates": model_updates,
-        "latency_ms": round(latency_ms, 4),
-        "predicted_at_ms": predicted_at_ms,
-        "source": dict(source),
-    }
-    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    """The prediction record published to the output topic (JSON).
+
+    ``proba`` keys are the labels as JSON spells them (``"1"``, ``"true"``, ``"spam"``); a
+    non-finite number is written as null.
+    """
+    return orjson.dumps(
+        {
+            "id": event_id,
+            "prediction": prediction,
+            "proba": proba,
+            "model": model,
+            "model_version": model_version,
+            "model_updates": model_updates,
+            "latency_ms": round(latency_ms, 4),
+            "predicted_at_ms": predicted_at_ms,
+            "source": source,
+        },
+        option=orjson.OPT_NON_STR_KEYS,
+    )

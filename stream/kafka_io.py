@@ -80,3 +80,16 @@ def ensure_topics(cfg: KafkaSettings, topics: Iterable[str], partitions: int = 1
                 pass
     finally:
         admin.close()
+
+
+def topic_partitions(cfg: KafkaSettings, topic: str) -> int:
+    """Number of partitions of an existing topic."""
+    admin = make_admin(cfg)
+    try:
+        desc = admin.describe_topics([topic])
+    finally:
+        admin.close()
+    for d in desc:
+        if d.get("name", d.get("topic")) == topic and d.get("partitions"):
+            return len(d["partitions"])
+    raise ValueError(f"topic {topic!r} has no partitions (does it exist?)")

@@ -20,7 +20,7 @@ from driftline.learners.base import Learner
 from driftline.monitoring.http import MetricsServer
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import Settings
-from driftline.stream.kafka_io import ensure_topics, make_consumer, make_producer
+from driftline.stream.kafka_io import ensure_topics, make_consumer, make_producer, topic_partitions
 from driftline.stream.processor import BatchResult, EventProcessor
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import OutputSink
@@ -37,6 +37,8 @@ class RunTotals:
     predicted: int = 0
     learned: int = 0
     dead_lettered: int = 0
+    first_batch_at: float | None = None  # time.monotonic() when the first batch arrived
+    last_commit_at: float | None = None  # time.monotonic() of the last successful commit
 
     def add(self, r: BatchResult) -> None:
         self.batches += 1
@@ -94,7 +96,10 @@ class Service:
 
     def run(self) -> RunTotals:
         s = self.settings
-        ensure_topics(s.kafka, [s.topics.input, s.topics.predictions, s.topics.dead_letter])
+        ensure_topics(s.kafka, [s.topics.input])
+        # predictions mirror the input's partitioning (see sink.py); dead letters need no order
+        ensure_topics(s.kafka, [s.topics.predictions, s.topics.dead_letter],
+                      partitions=topic_partitions(s.kafka, s.topics.input))
         if self.http is not None:
             self.http.start()
             log.info("metrics on http://%s:%d/metrics", self.http.host, self.http.port)
@@ -115,6 +120,8 @@ class Service:
                 batch = consumer.poll(timeout_ms=s.kafka.poll_timeout_ms)
                 self._assigned = bool(consumer.assignment())
                 if batch:
+                    if self.totals.first_batch_at is None:
+                        self.totals.first_batch_at = time.monotonic()
                     records = [InboundRecord.from_kafka(r) for recs in batch.values() for r in recs]
                     self.totals.add(processor.process(records))
                     sink.flush()
@@ -130,6 +137,7 @@ class Service:
     def _commit(self, consumer: KafkaConsumer) -> None:
         try:
             consumer.commit()  # positions = one past the last record of the processed batch
+            self.totals.last_commit_at = time.monotonic()
             self.metrics.last_commit.set_to_current_time()
         except CommitFailedError as exc:
             # The group rebalanced while we processed; the new owner resumes from the last commit.

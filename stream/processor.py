@@ -79,6 +79,7 @@ class EventProcessor:
                     source=rec.coordinates, predicted_at_ms=int(time.time() * 1000),
                 ),
                 rec.timestamp_ms,
+                rec.partition,
             )
             res.predicted += 1
             if event.label is None:

@@ -1,5 +1,10 @@
 """Outputs of a batch: prediction records and dead letters, sent asynchronously and checked on flush.
 
+Predictions are co-partitioned with the input: the prediction of an event read from input
+partition p is written to partition p of the predictions topic (keyed by event id), so per-partition
+order carries over and a downstream join needs no repartitioning. If the predictions topic has
+fewer partitions than p, the key's hash picks the partition instead.
+
 `flush()` waits for Kafka to acknowledge every record of the batch and raises `PublishError`
 if any was not delivered, so the run loop never commits offsets past a lost output.
 """
@@ -29,9 +34,13 @@ class OutputSink:
         self.metrics = metrics
         self._pending: list[tuple[str, Any]] = []
         self._event_times_ms: list[int] = []
+        parts = producer.partitions_for(predictions_topic)  # waits for the topic's metadata
+        self._out_partitions = len(parts) if parts else 0
 
-    def prediction(self, event_id: str, value: bytes, record_timestamp_ms: int) -> None:
-        fut = self.producer.send(self.predictions_topic, key=event_id.encode("utf-8"), value=value)
+    def prediction(self, event_id: str, value: bytes, record_timestamp_ms: int, input_partition: int) -> None:
+        partition = input_partition if input_partition < self._out_partitions else None
+        fut = self.producer.send(self.predictions_topic, key=event_id.encode("utf-8"), value=value,
+                                 partition=partition)
         self._pending.append((self.predictions_topic, fut))
         self._event_times_ms.append(record_timestamp_ms)
 

@@ -73,3 +73,6 @@ def test_prediction_record_round_trips_as_json() -> None:
     assert rec["proba"] == {"0": 0.25, "1": 0.75}
     assert rec["model_version"] == 1 and rec["model_updates"] == 10
     assert rec["source"] == {"topic": "t", "partition": 0, "offset": 5}
+    raw = encode_prediction(event_id="e2", prediction=True, proba={False: float("nan"), True: 1.0}, model="m",
+                            model_version=1, model_updates=0, latency_ms=1.0, source={}, predicted_at_ms=0)
+    assert json.loads(raw)["proba"] == {"false": None, "true": 1.0}
