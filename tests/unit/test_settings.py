@@ -69,3 +69,10 @@ def test_invalid_configs_name_the_setting(tmp_path: Path, text: str, fragment: s
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.yaml")
+
+
+def test_shipped_example_config_loads() -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy" / "driftline.example.yaml"
+    s = load_settings(example)
+    assert s.model.classes == [0, 1]
+    assert s.topics.dead_letter == "driftline.dead-letter"
