@@ -53,13 +53,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from driftline.settings import load_settings
     from driftline.stream.loop import Service
 
-    settings = load_settings(args.config)
-    if args.metrics_port is not None or args.bootstrap_servers:
-        kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers}) \
-            if args.bootstrap_servers else settings.kafka
-        metrics = settings.metrics.model_copy(update={"port": args.metrics_port}) \
-            if args.metrics_port is not None else settings.metrics
-        settings = settings.model_copy(update={"kafka": kafka, "metrics": metrics})
+    overrides: dict[str, Any] = {}
+    if args.bootstrap_servers:
+        overrides["kafka"] = {"bootstrap_servers": args.bootstrap_servers}
+    if args.metrics_port is not None:
+        overrides["metrics"] = {"port": args.metrics_port}
+    settings = load_settings(args.config, **overrides)  # command-line values are validated too
     _setup_logging(settings.log_level)
     learner = build_learner(settings.model)
     service = Service(settings, learner)
@@ -89,11 +88,10 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from driftline.stream.kafka_io import ensure_topics
     from driftline.stream.publisher import publish
 
-    settings = load_settings(args.config)
+    overrides = {"kafka": {"bootstrap_servers": args.bootstrap_servers}} if args.bootstrap_servers else {}
+    settings = load_settings(args.config, **overrides)
     _setup_logging(settings.log_level)
     kafka = settings.kafka
-    if args.bootstrap_servers:
-        kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
     topic = args.topic or settings.topics.input
     if args.generator and args.limit is None:
         log.info("synthetic generators are endless: producing until Ctrl-C (set --limit N to stop)")

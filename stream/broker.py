@@ -10,6 +10,7 @@ Set ``DRIFTLINE_KAFKA_BOOTSTRAP`` to use an existing cluster instead (see `boots
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import logging
 import os
@@ -17,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -107,6 +109,13 @@ def fetch_kafka(version: str = KAFKA_VERSION, cache_dir: Path | None = None) -> 
             )
         stamp.write_text(version)
     return libs
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM us when the parent dies (Linux), so no broker is orphaned."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -209,7 +218,9 @@ class LocalKafkaBroker:
         stdout = open(self.work_dir / "stdout.log", "ab")  # noqa: SIM115 - owned by the process
         self._proc = subprocess.Popen(
             self._java(libs, "kafka.Kafka", str(props)),
-            stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True,
+            # own session: a terminal's Ctrl-C reaches us first and we stop the broker in order;
+            # and if this process dies, the kernel stops the broker (PR_SET_PDEATHSIG).
+            stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
         )
         stdout.close()
         self._wait_ready(timeout)

@@ -31,12 +31,10 @@ HEALTH_STALL_S = 120.0
 
 
 @dataclass
-class RunTotals:
+class RunTotals(BatchResult):
+    """Counts since the loop started, and when it first consumed and last committed."""
+
     batches: int = 0
-    consumed: int = 0
-    predicted: int = 0
-    learned: int = 0
-    dead_lettered: int = 0
     first_batch_at: float | None = None  # time.monotonic() when the first batch arrived
     last_commit_at: float | None = None  # time.monotonic() of the last successful commit
 

@@ -58,3 +58,8 @@ def test_bad_model_param_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_produce_unknown_generator_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["produce", "--generator", "Nope", "--bootstrap-servers", "127.0.0.1:1", "--limit", "1"]) == 2
     assert "Agrawal" in capsys.readouterr().err
+
+
+def test_command_line_overrides_are_validated(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--metrics-port", "70000"]) == 2
+    assert "metrics.port" in capsys.readouterr().err
