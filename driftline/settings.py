@@ -50,6 +50,9 @@ class KafkaSettings(_Frozen):
     batch_size: int = Field(256 * 1024, ge=1024)
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
     request_timeout_ms: int = Field(30_000, ge=1000)
+    # Where the service's producer runs: "process" (a child process, so publishing uses another
+    # core), "thread" (in the service's process), or "auto" (process when there are 2+ CPUs).
+    publisher: Literal["auto", "process", "thread"] = "auto"
 
 
 class TopicSettings(_Frozen):

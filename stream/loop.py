@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from kafka.errors import CommitFailedError
 from prometheus_client import CollectorRegistry
 
@@ -20,10 +20,11 @@ from driftline.learners.base import Learner
 from driftline.monitoring.http import MetricsServer
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import Settings
-from driftline.stream.kafka_io import ensure_topics, make_consumer, make_producer, topic_partitions
+from driftline.stream.kafka_io import ensure_topics, make_consumer, topic_partitions
 from driftline.stream.processor import BatchResult, EventProcessor
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import OutputSink
+from driftline.stream.writer import RecordWriter, make_writer
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,9 @@ class Service:
         if self.http is not None:
             self.http.start()
             log.info("metrics on http://%s:%d/metrics", self.http.host, self.http.port)
-        producer = make_producer(s.kafka)
+        writer = make_writer(s.kafka)
         consumer = make_consumer(s.kafka)
-        sink = OutputSink(producer, s.topics.predictions, s.topics.dead_letter, self.metrics)
+        sink = OutputSink(writer, s.topics.predictions, s.topics.dead_letter, self.metrics)
         processor = EventProcessor(self.learner, sink, self.metrics, rolling_window=s.metrics.rolling_window,
                                    max_payload_bytes=s.max_payload_bytes)
         self.processor = processor
@@ -128,7 +129,7 @@ class Service:
         finally:
             self._running = False
             self.metrics.up.set(0)
-            self._close(consumer, producer)
+            self._close(consumer, writer)
         log.info("stopped: %s", self.totals)
         return self.totals
 
@@ -159,11 +160,10 @@ class Service:
             self.metrics.lag.remove(*key)
         self._lag_keys = seen
 
-    def _close(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
+    def _close(self, consumer: KafkaConsumer, writer: RecordWriter) -> None:
         try:
-            producer.flush(timeout=30)
+            writer.close(timeout=30)
         finally:
-            producer.close(timeout=30)
             consumer.close(autocommit=False)
             if self.http is not None:
                 self.http.stop()

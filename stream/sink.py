@@ -1,24 +1,22 @@
 """Outputs of a batch: prediction records and dead letters, sent asynchronously and checked on flush.
 
+`flush()` waits for Kafka to acknowledge every record of the batch and raises `PublishError`
+if any was not delivered, so the run loop never commits offsets past a lost output.
+
 Predictions are co-partitioned with the input: the prediction of an event read from input
 partition p is written to partition p of the predictions topic (keyed by event id), so per-partition
 order carries over and a downstream join needs no repartitioning. If the predictions topic has
 fewer partitions than p, the key's hash picks the partition instead.
-
-`flush()` waits for Kafka to acknowledge every record of the batch and raises `PublishError`
-if any was not delivered, so the run loop never commits offsets past a lost output.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
-
-from kafka import KafkaProducer
 
 from driftline.errors import PublishError
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.stream.records import InboundRecord
+from driftline.stream.writer import RecordWriter
 
 REASON_HEADER = "driftline.reason"
 
@@ -26,22 +24,18 @@ REASON_HEADER = "driftline.reason"
 class OutputSink:
     """Sends predictions and dead letters for one batch at a time."""
 
-    def __init__(self, producer: KafkaProducer, predictions_topic: str, dead_letter_topic: str,
+    def __init__(self, writer: RecordWriter, predictions_topic: str, dead_letter_topic: str,
                  metrics: ServiceMetrics) -> None:
-        self.producer = producer
+        self.writer = writer
         self.predictions_topic = predictions_topic
         self.dead_letter_topic = dead_letter_topic
         self.metrics = metrics
-        self._pending: list[tuple[str, Any]] = []
         self._event_times_ms: list[int] = []
-        parts = producer.partitions_for(predictions_topic)  # waits for the topic's metadata
-        self._out_partitions = len(parts) if parts else 0
+        self._out_partitions = writer.partitions_for(predictions_topic)
 
     def prediction(self, event_id: str, value: bytes, record_timestamp_ms: int, input_partition: int) -> None:
         partition = input_partition if input_partition < self._out_partitions else None
-        fut = self.producer.send(self.predictions_topic, key=event_id.encode("utf-8"), value=value,
-                                 partition=partition)
-        self._pending.append((self.predictions_topic, fut))
+        self.writer.send(self.predictions_topic, event_id.encode("utf-8"), value, partition)
         self._event_times_ms.append(record_timestamp_ms)
 
     def dead_letter(self, record: InboundRecord, reason: str, error: str) -> None:
@@ -56,27 +50,17 @@ class OutputSink:
             ("driftline.failed_at_ms", str(int(time.time() * 1000)).encode()),
             *[(k, v) for k, v in record.headers if not k.startswith("driftline.")],
         ]
-        fut = self.producer.send(self.dead_letter_topic, key=record.key, value=record.value, headers=headers)
-        self._pending.append((self.dead_letter_topic, fut))
+        self.writer.send(self.dead_letter_topic, record.key, record.value, None, headers)
         self.metrics.dead_letters.labels(reason).inc()
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every output of the batch is acknowledged; raise PublishError otherwise."""
-        pending, self._pending = self._pending, []
         times, self._event_times_ms = self._event_times_ms, []
-        if not pending:
-            return
-        self.producer.flush(timeout=timeout)
-        failed: dict[str, list[str]] = {}
-        for topic, fut in pending:
-            if not fut.is_done:
-                failed.setdefault(topic, []).append("not acknowledged before the flush timeout")
-            elif fut.failed():
-                failed.setdefault(topic, []).append(repr(fut.exception))
-        if failed:
-            for topic, errs in failed.items():
+        result = self.writer.flush(timeout)
+        if result.failed:
+            for topic, errs in result.failed.items():
                 self.metrics.publish_errors.labels(topic).inc(len(errs))
-            detail = "; ".join(f"{t}: {len(e)} failed, first: {e[0]}" for t, e in failed.items())
+            detail = "; ".join(f"{t}: {len(e)} failed, first: {e[0]}" for t, e in result.failed.items())
             raise PublishError(f"outputs were not delivered, offsets not committed: {detail}")
         now_ms = time.time() * 1000
         observe = self.metrics.e2e_latency.observe

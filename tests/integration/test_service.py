@@ -106,9 +106,11 @@ BAD = [
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("publisher", ["process", "thread"])
 def test_malformed_records_go_to_the_dead_letter_topic_and_good_ones_flow(
-        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "c.yaml", kafka_bootstrap, topic_prefix, model=MODEL)
+        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, publisher: str) -> None:
+    cfg = write_config(tmp_path / "c.yaml", kafka_bootstrap, topic_prefix, model=MODEL,
+                       kafka={"publisher": publisher})
     good = _sea(400, "g-", seed=5)
     values: list[bytes] = []
     expected: dict[int, str] = {}  # input offset -> reason
