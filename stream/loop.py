@@ -130,7 +130,9 @@ class Service:
             self._running = False
             self.metrics.up.set(0)
             self._close(consumer, writer)
-        log.info("stopped: %s", self.totals)
+        t = self.totals
+        log.info("stopped after %d batches: %d consumed, %d predicted, %d learned, %d dead-lettered",
+                 t.batches, t.consumed, t.predicted, t.learned, t.dead_lettered)
         return self.totals
 
     def _commit(self, consumer: KafkaConsumer) -> None:
