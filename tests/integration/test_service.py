@@ -180,3 +180,36 @@ def test_sigterm_commits_and_a_restart_predicts_nothing_twice(kafka_bootstrap: s
                                                                                 f"{topic_prefix}-pred"))
     assert set(counts) == {e["id"] for e in events}
     assert max(counts.values()) == 1, [k for k, v in counts.items() if v > 1][:5]
+
+
+@pytest.mark.slow
+def test_regression_service_reports_mae_and_rmse(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    from driftline.monitoring.prequential import RegressionTracker
+    from driftline.stream.sources import from_dataset
+
+    model = {"task": "regression", "name": "LinearRegression"}
+    cfg = write_config(tmp_path / "c.yaml", kafka_bootstrap, topic_prefix, model=model,
+                       metrics={"rolling_window": 100})
+    events = list(from_dataset("TrumpApproval", id_prefix="tr-"))
+    produce_events(kafka_bootstrap, f"{topic_prefix}-in", events)
+    svc = ServiceProcess(cfg, tmp_path / "svc.log")
+    try:
+        svc.wait_ready()
+        _wait_consumed(svc, len(events))
+        m = svc.metrics()
+    finally:
+        assert svc.terminate() == 0, svc.log()
+    learner = build_learner(ModelSettings(**model))  # type: ignore[arg-type]
+    tracker = RegressionTracker(100)
+    for raw in events:
+        e = Event.model_validate(raw)
+        tracker.update(float(e.label), learner.predict_one(e).value)  # type: ignore[arg-type]
+        learner.learn_one(e, e.label)  # type: ignore[arg-type]
+    for name, want in (("mae", tracker), ("rmse", tracker)):
+        assert m[f'driftline_prequential_{name}{{model="LinearRegression",window="cumulative"}}'] == pytest.approx(
+            getattr(want, f"cumulative_{name}"), rel=1e-9)
+        assert m[f'driftline_prequential_{name}{{model="LinearRegression",window="rolling"}}'] == pytest.approx(
+            getattr(want, f"rolling_{name}"), rel=1e-9)
+    assert m['driftline_events_total{outcome="learned"}'] == len(events)
+    preds = [json.loads(r.value) for r in read_topic(kafka_bootstrap, f"{topic_prefix}-pred")]
+    assert all(p["proba"] is None for p in preds) and isinstance(preds[-1]["prediction"], float)
