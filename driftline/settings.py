@@ -105,6 +105,15 @@ class MetricsSettings(_Frozen):
     lag_interval_s: float = Field(2.0, gt=0)
 
 
+class CheckpointSettings(_Frozen):
+    """Where and how often the learning state is saved together with the offsets it reflects."""
+
+    directory: str | None = None  # None: no checkpoints (a restart starts from the initial model)
+    every_events: int = Field(10_000, ge=1)
+    every_seconds: float = Field(30.0, gt=0)
+    keep: int = Field(3, ge=1, le=1000)
+
+
 class Settings(BaseSettings):
     """The whole service configuration."""
 
@@ -120,6 +129,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = Field(default_factory=TopicSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     max_payload_bytes: int = Field(1_000_000, ge=64)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -80,3 +80,19 @@ class ServiceMetrics:
             "driftline_last_commit_timestamp_seconds", "Unix time of the last offset commit.", registry=registry
         )
         self.up = Gauge("driftline_up", "1 while the run loop is alive.", registry=registry)
+        self.checkpoint_duration = Histogram(
+            "driftline_checkpoint_duration_seconds", "Time to write one checkpoint (state + offsets, fsynced).",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0), registry=registry,
+        )
+        self.checkpoints = Counter("driftline_checkpoints", "Checkpoints written, by trigger.", ["trigger"],
+                                   registry=registry)
+        self.checkpoint_last = Gauge("driftline_checkpoint_last_timestamp_seconds",
+                                     "Unix time of the last checkpoint written.", registry=registry)
+        self.checkpoint_bytes = Gauge("driftline_checkpoint_size_bytes", "Size of the last checkpoint.",
+                                      registry=registry)
+        self.checkpoint_corrupt = Counter(
+            "driftline_checkpoint_corrupt", "Unreadable checkpoints skipped at restore (corrupt or truncated).",
+            registry=registry,
+        )
+        self.checkpoint_restored = Gauge("driftline_checkpoint_restored_version",
+                                         "Checkpoint version restored at start (0: none).", registry=registry)

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from kafka import KafkaConsumer
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import CommitFailedError
 from prometheus_client import CollectorRegistry
 
@@ -20,6 +20,7 @@ from driftline.learners.base import Learner
 from driftline.monitoring.http import MetricsServer
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import Settings
+from driftline.stream.checkpointing import Checkpointer
 from driftline.stream.kafka_io import ensure_topics, make_consumer, topic_partitions
 from driftline.stream.processor import BatchResult, EventProcessor
 from driftline.stream.records import InboundRecord
@@ -45,6 +46,21 @@ class RunTotals(BatchResult):
         self.predicted += r.predicted
         self.learned += r.learned
         self.dead_lettered += r.dead_lettered
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Checkpoint before partitions go; seek assigned partitions to the state's offsets."""
+
+    def __init__(self, consumer: KafkaConsumer, checkpointer: Checkpointer) -> None:
+        self.consumer = consumer
+        self.checkpointer = checkpointer
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # called inside poll(): the previous batch is already processed, flushed and committed
+        self.checkpointer.save("rebalance")
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.checkpointer.seek_assigned(self.consumer, assigned)
 
 
 class Service:
@@ -108,12 +124,15 @@ class Service:
         processor = EventProcessor(self.learner, sink, self.metrics, rolling_window=s.metrics.rolling_window,
                                    max_payload_bytes=s.max_payload_bytes)
         self.processor = processor
-        consumer.subscribe([s.topics.input])
-        self._running = True
-        self.metrics.up.set(1)
-        log.info("consuming %s as group %r with model %s (%s)", s.topics.input, s.kafka.group_id,
-                 self.learner.name, self.learner.task)
+        checkpointer = Checkpointer(s.checkpoint, processor, self.metrics)
+        self.checkpointer = checkpointer
         try:
+            checkpointer.restore()
+            consumer.subscribe([s.topics.input], listener=_Rebalance(consumer, checkpointer))
+            self._running = True
+            self.metrics.up.set(1)
+            log.info("consuming %s as group %r with model %s (%s)", s.topics.input, s.kafka.group_id,
+                     self.learner.name, self.learner.task)
             while not self._stop.is_set():
                 self._heartbeat = time.monotonic()
                 batch = consumer.poll(timeout_ms=s.kafka.poll_timeout_ms)
@@ -123,9 +142,13 @@ class Service:
                         self.totals.first_batch_at = time.monotonic()
                     records = [InboundRecord.from_kafka(r) for recs in batch.values() for r in recs]
                     self.totals.add(processor.process(records))
-                    sink.flush()
-                    self._commit(consumer)
+                    checkpointer.advance(records)
+                    sink.flush()  # 1. outputs acknowledged
+                    if checkpointer.due():
+                        checkpointer.save("interval")  # 2. state + the offsets it reflects
+                    self._commit(consumer)  # 3. progress marker
                 self._update_lag(consumer)
+            checkpointer.save("shutdown")  # only reached on a graceful stop: everything is flushed
         finally:
             self._running = False
             self.metrics.up.set(0)

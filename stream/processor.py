@@ -7,11 +7,13 @@ with a reason code; nothing is dropped silently.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from driftline.learners.base import LabelError, Learner
 from driftline.monitoring.metrics import ServiceMetrics
@@ -34,6 +36,28 @@ class BatchResult:
     dead_lettered: int = 0
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def id_hash(event_id: str) -> int:
+    """64-bit hash of an event id (for the learned-events digest)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+@dataclass
+class LearnLedger:
+    """Exactly which events the model state has learned: a count and an order-independent digest
+    (the sum of the ids' 64-bit hashes, mod 2**64). Learning an event twice, or missing one, changes
+    the digest; it is checkpointed with the model, so a restored state carries its own ledger."""
+
+    learned: int = 0
+    digest: int = 0
+
+    def add(self, event_id: str) -> None:
+        self.learned += 1
+        self.digest = (self.digest + id_hash(event_id)) & _MASK64
+
+
 class EventProcessor:
     """Owns the per-event pipeline; the run loop owns polling, flushing and committing."""
 
@@ -47,6 +71,7 @@ class EventProcessor:
             ClassificationTracker(rolling_window) if learner.task == "classification"
             else RegressionTracker(rolling_window)
         )
+        self.ledger = LearnLedger()
         model = learner.name
         self._predict_hist = metrics.predict_latency.labels(model)
         self._learn_hist = metrics.learn_latency.labels(model)
@@ -98,9 +123,24 @@ class EventProcessor:
                 continue
             self._learn_hist.observe(perf() - t1)
             self.tracker.update(event.label, pred.value)  # type: ignore[arg-type]
+            self.ledger.add(event.id)
             res.learned += 1
         self._publish_counts(res)
         return res
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything learning has changed: the model, the prequential trackers, the ledger."""
+        return {
+            "learner": self.learner.state_dict(),
+            "tracker": self.tracker.state_dict(),
+            "ledger": {"learned": self.ledger.learned, "digest": self.ledger.digest},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.learner.load_state_dict(state["learner"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.ledger = LearnLedger(int(state["ledger"]["learned"]), int(state["ledger"]["digest"]))
+        self._refresh_gauges()
 
     def _publish_counts(self, res: BatchResult) -> None:
         m, model = self.metrics, self.learner.name
@@ -110,6 +150,10 @@ class EventProcessor:
         m.events.labels("dead_lettered").inc(res.dead_lettered)
         m.labeled.labels(model).inc(res.learned)
         m.batch_size.observe(res.consumed)
+        self._refresh_gauges()
+
+    def _refresh_gauges(self) -> None:
+        m, model = self.metrics, self.learner.name
         m.model_version.labels(model).set(self.learner.version)
         m.model_updates.labels(model).set(self.learner.updates)
         t = self.tracker
