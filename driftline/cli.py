@@ -14,7 +14,7 @@ from types import FrameType
 from typing import Any
 
 from driftline import __version__
-from driftline.errors import DriftlineError
+from driftline.errors import ConfigError, DriftlineError
 
 log = logging.getLogger("driftline")
 
@@ -116,6 +116,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+# -- checkpoint -----------------------------------------------------------------------------
+def _store(args: argparse.Namespace) -> Any:
+    from driftline.learners.checkpoint import DirectoryStore
+    from driftline.settings import load_settings
+
+    directory = args.dir
+    keep = 3
+    if directory is None:
+        settings = load_settings(args.config)
+        directory, keep = settings.checkpoint.directory, settings.checkpoint.keep
+        if directory is None:
+            raise ConfigError("checkpoint.directory is not set (in --config or DRIFTLINE_CHECKPOINT__DIRECTORY); "
+                              "or pass --dir")
+    return DirectoryStore(directory, keep=keep)
+
+
+def cmd_checkpoint_list(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    store = _store(args)
+    infos = store.list()
+    if not infos:
+        print(f"no checkpoints in {store.directory}")
+        return 0
+    print(f"{'version':>8}  {'created (UTC)':<20} {'learned':>10} {'bytes':>10}  offsets")
+    for i in infos:
+        created = dt.datetime.fromtimestamp(i.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        offsets = ", ".join(f"{t}[{p}]={o}" for t, parts in i.offsets.items() for p, o in sorted(parts.items()))
+        print(f"{i.version:>8}  {created:<20} {i.learned:>10} {i.size:>10}  {offsets}")
+    return 0
+
+
+def cmd_checkpoint_rollback(args: argparse.Namespace) -> int:
+    from driftline.learners.checkpoint import CheckpointError
+
+    store = _store(args)
+    try:
+        info = store.rollback(args.version)
+    except CheckpointError as exc:
+        raise ConfigError(str(exc)) from exc
+    print(f"checkpoint {info.version} ({info.learned} events learned) is now the newest in {store.directory}; "
+          "later ones were renamed *.rolled-back. Restart the service to resume from it.")
+    return 0
+
+
 # -- broker ---------------------------------------------------------------------------------
 def cmd_broker(args: argparse.Namespace) -> int:
     from driftline.stream.broker import LocalKafkaBroker, fetch_kafka
@@ -193,6 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     d.add_argument("--model", default="HoeffdingAdaptiveTreeClassifier", help="River classifier name")
     d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("checkpoint", help="list checkpoints or roll back to one",
+                       description="Checkpoints hold the learning state and the offsets it reflects; the service "
+                                   "restores the newest valid one at start.")
+    csub = c.add_subparsers(dest="checkpoint_command", required=True, metavar="ACTION")
+    for name, func, text in (("list", cmd_checkpoint_list, "list checkpoints, oldest first"),
+                             ("rollback", cmd_checkpoint_rollback,
+                              "make VERSION the newest (stop the service first; it resumes from it on restart)")):
+        cp = csub.add_parser(name, help=text, description=text)
+        if name == "rollback":
+            cp.add_argument("version", type=int, help="checkpoint version (see 'driftline checkpoint list')")
+        where = cp.add_mutually_exclusive_group(required=True)
+        where.add_argument("--config", "-c", help="YAML config (uses checkpoint.directory)")
+        where.add_argument("--dir", help="checkpoint directory")
+        cp.set_defaults(func=func)
 
     b = sub.add_parser("broker", help="run (or just fetch) a local single-node Apache Kafka broker",
                        description="Fetch Apache Kafka's broker from Maven Central (once, into "

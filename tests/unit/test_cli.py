@@ -9,7 +9,7 @@ import pytest
 from driftline import __version__
 from driftline.cli import build_parser, main
 
-COMMANDS = ["run", "produce", "demo", "broker"]
+COMMANDS = ["run", "produce", "demo", "checkpoint", "broker"]
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -63,3 +63,27 @@ def test_produce_unknown_generator_is_exit_2(capsys: pytest.CaptureFixture[str])
 def test_command_line_overrides_are_validated(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--metrics-port", "70000"]) == 2
     assert "metrics.port" in capsys.readouterr().err
+
+
+def test_checkpoint_list_and_rollback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from driftline.learners.checkpoint import DirectoryStore
+
+    store = DirectoryStore(tmp_path / "ck", keep=5)
+    for n in (100, 200, 300):
+        store.save({"n": n}, {"events": {0: n}}, learned=n)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"checkpoint:\n  directory: {tmp_path / 'ck'}\n")
+    assert main(["checkpoint", "list", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:2] == ["version", "created"]
+    assert [line.split()[0] for line in out[1:]] == ["1", "2", "3"]
+    assert "events[0]=200" in out[2]
+    assert main(["checkpoint", "rollback", "2", "--dir", str(tmp_path / "ck")]) == 0
+    assert "checkpoint 2 (200 events learned) is now the newest" in capsys.readouterr().out
+    assert [i.version for i in store.list()] == [1, 2]
+    assert main(["checkpoint", "rollback", "9", "--dir", str(tmp_path / "ck")]) == 2
+    assert "no checkpoint version 9" in capsys.readouterr().err
+    assert main(["checkpoint", "list", "--config", str(tmp_path / "c.yaml")]) == 0
+    cfg.write_text("log_level: INFO\n")
+    assert main(["checkpoint", "list", "--config", str(cfg)]) == 2
+    assert "checkpoint.directory is not set" in capsys.readouterr().err

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from driftline.errors import ConfigError
+from driftline.learners.checkpoint import DirectoryStore
+from driftline.learners.river_head import build_learner
+from driftline.monitoring.metrics import ServiceMetrics
+from driftline.settings import CheckpointSettings, ModelSettings
+from driftline.stream.checkpointing import Checkpointer
+from driftline.stream.processor import EventProcessor
+from driftline.stream.records import InboundRecord
+
+
+def _processor(name: str = "GaussianNB") -> tuple[EventProcessor, ServiceMetrics, CollectorRegistry]:
+    reg = CollectorRegistry()
+    learner = build_learner(ModelSettings(name=name))
+    metrics = ServiceMetrics(reg, model=learner.name, task=learner.task)
+    return EventProcessor(learner, None, metrics, rolling_window=100, max_payload_bytes=1000), metrics, reg  # type: ignore[arg-type]
+
+
+def _records(offsets: range, partition: int = 0) -> list[InboundRecord]:
+    return [InboundRecord("in", partition, o, 0, None, b"{}") for o in offsets]
+
+
+def test_policy_and_restore_skipping_a_corrupt_newest(tmp_path: Path) -> None:
+    cfg = CheckpointSettings(directory=str(tmp_path), every_events=100, every_seconds=3600)
+    proc, metrics, _ = _processor()
+    ck = Checkpointer(cfg, proc, metrics)
+    assert ck.restore() is None
+    assert not ck.due() and ck.save("interval") is None  # nothing new: nothing written
+    ck.advance(_records(range(0, 60)))
+    assert not ck.due()
+    ck.advance(_records(range(0, 50), partition=1))
+    assert ck.due()
+    proc.ledger.add("a")
+    first = ck.save("interval")
+    assert first is not None and first.offsets == {"in": {0: 60, 1: 50}} and first.learned == 1
+    ck.advance(_records(range(60, 70)))
+    ck.save("shutdown")
+    newest = sorted(tmp_path.glob("ckpt-*.bin"))[-1]
+    newest.write_bytes(newest.read_bytes()[:-3])  # truncated
+
+    proc2, metrics2, reg2 = _processor()
+    ck2 = Checkpointer(cfg, proc2, metrics2)
+    info = ck2.restore()
+    assert info is not None and info.version == first.version
+    assert ck2.offsets == {("in", 0): 60, ("in", 1): 50}
+    assert proc2.ledger.learned == 1
+    assert reg2.get_sample_value("driftline_checkpoint_corrupt_total") == 1
+    assert reg2.get_sample_value("driftline_checkpoint_restored_version") == first.version
+
+
+def test_a_checkpoint_of_another_model_is_a_clear_startup_error(tmp_path: Path) -> None:
+    cfg = CheckpointSettings(directory=str(tmp_path))
+    proc, _, _ = _processor("GaussianNB")
+    DirectoryStore(tmp_path).save(proc.state_dict(), {"in": {0: 5}}, learned=0)
+    other, metrics2, _ = _processor("LogisticRegression")
+    with pytest.raises(ConfigError, match="does not fit this configuration"):
+        Checkpointer(cfg, other, metrics2).restore()
