@@ -144,13 +144,14 @@ class EventProcessor:
 
     def _publish_counts(self, res: BatchResult) -> None:
         m, model = self.metrics, self.learner.name
-        m.events.labels("consumed").inc(res.consumed)
         m.events.labels("predicted").inc(res.predicted)
         m.events.labels("learned").inc(res.learned)
         m.events.labels("dead_lettered").inc(res.dead_lettered)
         m.labeled.labels(model).inc(res.learned)
         m.batch_size.observe(res.consumed)
         self._refresh_gauges()
+        # last: a scrape that sees these events consumed also sees everything else about them
+        m.events.labels("consumed").inc(res.consumed)
 
     def _refresh_gauges(self) -> None:
         m, model = self.metrics, self.learner.name
