@@ -14,6 +14,7 @@ import pytest
 
 from driftline.learners.checkpoint import DirectoryStore
 from driftline.settings import KafkaSettings
+from driftline.stream.broker import LocalKafkaBroker
 from driftline.stream.kafka_io import ensure_topics
 from driftline.stream.processor import id_hash
 from driftline.stream.publisher import publish
@@ -82,3 +83,42 @@ def test_killed_three_times_every_event_learned_exactly_once(kafka_bootstrap: st
     print(f"{sig.name}: {duplicates} duplicate prediction records (at-least-once outputs)")
     if sig == signal.SIGTERM:
         assert duplicates == 0  # a graceful stop checkpoints everything it committed
+
+
+def test_broker_restart_mid_stream_service_reconnects(tmp_path: Path, topic_prefix: str) -> None:
+    n = 16_000
+    with LocalKafkaBroker() as broker:  # our own broker: this test restarts it
+        bootstrap = broker.bootstrap_servers
+        ckpt_dir = tmp_path / "ckpt"
+        cfg = write_config(
+            tmp_path / "c.yaml", bootstrap, topic_prefix,
+            model={"name": "LogisticRegression", "classes": [False, True]},
+            kafka={"max_poll_records": 200},
+            checkpoint={"directory": str(ckpt_dir), "every_events": 1500, "every_seconds": 1.0},
+        )
+        topic, group = f"{topic_prefix}-in", f"{topic_prefix}-group"
+        kafka = KafkaSettings(bootstrap_servers=bootstrap)
+        ensure_topics(kafka, [topic], partitions=2)
+        events = list(itertools.islice(from_generator("SEA", seed=12, id_prefix="b-"), n))
+        producer = threading.Thread(target=publish, args=(events, topic, kafka),
+                                    kwargs={"rate": RATE, "progress": False})
+        svc = ServiceProcess(cfg, tmp_path / "svc.log")
+        try:
+            svc.wait_ready()
+            producer.start()
+            wait_for(lambda: svc.metric('driftline_events_total{outcome="consumed"}') >= 4000, 60, "4000 consumed")
+            assert svc.metric('driftline_events_total{outcome="consumed"}') < n  # mid-stream
+            broker.restart()
+            producer.join(180)
+            wait_for(lambda: committed_offsets(bootstrap, group, topic) == end_offsets(bootstrap, topic), 180,
+                     "the service to consume everything after the broker restart")
+            assert svc.proc.poll() is None, "the service must survive a broker restart by itself"
+        finally:
+            assert svc.terminate() == 0, svc.log()
+        restored = DirectoryStore(ckpt_dir).load()
+        assert restored is not None
+        _, state = restored
+        assert state["ledger"]["learned"] == n
+        assert state["ledger"]["digest"] == sum(id_hash(e["id"]) for e in events) % (1 << 64)
+        counts = collections.Counter(json.loads(r.value)["id"] for r in read_topic(bootstrap, f"{topic_prefix}-pred"))
+        assert set(counts) == {e["id"] for e in events}
