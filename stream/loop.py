@@ -13,7 +13,13 @@ import time
 from dataclasses import dataclass
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    RebalanceInProgressError,
+    RetriableError,
+    UnknownMemberIdError,
+)
 from prometheus_client import CollectorRegistry
 
 from driftline.learners.base import Learner
@@ -159,13 +165,22 @@ class Service:
         return self.totals
 
     def _commit(self, consumer: KafkaConsumer) -> None:
+        """Commit the consumed positions. A commit is a progress marker only: the next batch's commit
+        covers a failed one, and checkpoints (when on) decide where a restart resumes."""
         try:
             consumer.commit()  # positions = one past the last record of the processed batch
-            self.totals.last_commit_at = time.monotonic()
-            self.metrics.last_commit.set_to_current_time()
-        except CommitFailedError as exc:
-            # The group rebalanced while we processed; the new owner resumes from the last commit.
-            log.warning("offset commit failed after a rebalance; the batch will be consumed again: %s", exc)
+        except (CommitFailedError, RebalanceInProgressError, UnknownMemberIdError, IllegalGenerationError) as exc:
+            # The group rebalanced while we processed; the partitions' new owner resumes from the last commit.
+            self.metrics.commit_errors.labels(type(exc).__name__).inc()
+            log.warning("offset commit failed after a rebalance; the batch may be consumed again: %s", exc)
+            return
+        except RetriableError as exc:
+            # Kafka unreachable for now (broker restart, coordinator moving): keep going, commit next batch.
+            self.metrics.commit_errors.labels(type(exc).__name__).inc()
+            log.warning("offset commit failed, will retry with the next batch: %r", exc)
+            return
+        self.totals.last_commit_at = time.monotonic()
+        self.metrics.last_commit.set_to_current_time()
 
     def _update_lag(self, consumer: KafkaConsumer) -> None:
         now = time.monotonic()

@@ -110,9 +110,19 @@ def test_broker_restart_mid_stream_service_reconnects(tmp_path: Path, topic_pref
             assert svc.metric('driftline_events_total{outcome="consumed"}') < n  # mid-stream
             broker.restart()
             producer.join(180)
-            wait_for(lambda: committed_offsets(bootstrap, group, topic) == end_offsets(bootstrap, topic), 180,
-                     "the service to consume everything after the broker restart")
+            try:
+                def caught_up() -> bool:
+                    if svc.proc.poll() is not None:
+                        raise TimeoutError(f"the service exited with {svc.proc.returncode}")
+                    return committed_offsets(bootstrap, group, topic) == end_offsets(bootstrap, topic)
+
+                wait_for(caught_up, 180, "the service to consume everything after the broker restart")
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}\ncommitted {committed_offsets(bootstrap, group, topic)} end "
+                                     f"{end_offsets(bootstrap, topic)}\n--- service log ---\n{svc.log()}") from None
             assert svc.proc.poll() is None, "the service must survive a broker restart by itself"
+            errors = {k: v for k, v in svc.metrics().items() if k.startswith("driftline_offset_commit_errors_total")}
+            print(f"commit errors during the broker restart: {errors}")
         finally:
             assert svc.terminate() == 0, svc.log()
         restored = DirectoryStore(ckpt_dir).load()
