@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     max_payload_bytes: int = Field(1_000_000, ge=64)
+    # Remember this many recent event ids; an id seen again within them is dead-lettered (duplicate_id).
+    # 0 turns it off. The window is checkpointed with the model.
+    dedup_window: int = Field(0, ge=0, le=10_000_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod

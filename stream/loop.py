@@ -128,7 +128,7 @@ class Service:
         consumer = make_consumer(s.kafka)
         sink = OutputSink(writer, s.topics.predictions, s.topics.dead_letter, self.metrics)
         processor = EventProcessor(self.learner, sink, self.metrics, rolling_window=s.metrics.rolling_window,
-                                   max_payload_bytes=s.max_payload_bytes)
+                                   max_payload_bytes=s.max_payload_bytes, dedup_window=s.dedup_window)
         self.processor = processor
         checkpointer = Checkpointer(s.checkpoint, processor, self.metrics)
         self.checkpointer = checkpointer

@@ -19,11 +19,13 @@ from driftline.learners.base import LabelError, Learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.monitoring.prequential import ClassificationTracker, RegressionTracker
 from driftline.stream.codec import DecodeError, decode_event, encode_prediction
+from driftline.stream.dedup import DedupWindow
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import OutputSink
 
 log = logging.getLogger(__name__)
 
+DUPLICATE_ID = "duplicate_id"
 PREDICT_FAILED = "predict_failed"
 LEARN_FAILED = "learn_failed"
 
@@ -62,7 +64,7 @@ class EventProcessor:
     """Owns the per-event pipeline; the run loop owns polling, flushing and committing."""
 
     def __init__(self, learner: Learner, sink: OutputSink, metrics: ServiceMetrics, *,
-                 rolling_window: int, max_payload_bytes: int) -> None:
+                 rolling_window: int, max_payload_bytes: int, dedup_window: int = 0) -> None:
         self.learner = learner
         self.sink = sink
         self.metrics = metrics
@@ -72,18 +74,24 @@ class EventProcessor:
             else RegressionTracker(rolling_window)
         )
         self.ledger = LearnLedger()
+        self.dedup = DedupWindow(dedup_window) if dedup_window > 0 else None
         model = learner.name
         self._predict_hist = metrics.predict_latency.labels(model)
         self._learn_hist = metrics.learn_latency.labels(model)
 
     def process(self, records: Sequence[InboundRecord]) -> BatchResult:
         res = BatchResult(consumed=len(records))
-        learner, sink, perf = self.learner, self.sink, time.perf_counter
+        learner, sink, perf, dedup = self.learner, self.sink, time.perf_counter, self.dedup
         for rec in records:
             try:
                 event = decode_event(rec.value, max_bytes=self.max_payload_bytes)
             except DecodeError as exc:
                 sink.dead_letter(rec, exc.reason, str(exc))
+                res.dead_lettered += 1
+                continue
+            if dedup is not None and dedup.seen(event.id):
+                sink.dead_letter(rec, DUPLICATE_ID,
+                                 f"event id {event.id!r} was already seen within the last {dedup.size} events")
                 res.dead_lettered += 1
                 continue
             t0 = perf()
@@ -134,12 +142,15 @@ class EventProcessor:
             "learner": self.learner.state_dict(),
             "tracker": self.tracker.state_dict(),
             "ledger": {"learned": self.ledger.learned, "digest": self.ledger.digest},
+            "dedup": self.dedup.state_dict() if self.dedup is not None else None,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.learner.load_state_dict(state["learner"])
         self.tracker.load_state_dict(state["tracker"])
         self.ledger = LearnLedger(int(state["ledger"]["learned"]), int(state["ledger"]["digest"]))
+        if self.dedup is not None and state.get("dedup"):
+            self.dedup.load_state_dict(state["dedup"])
         self._refresh_gauges()
 
     def _publish_counts(self, res: BatchResult) -> None:

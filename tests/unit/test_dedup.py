@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+
+from prometheus_client import CollectorRegistry
+
+from driftline.learners.river_head import build_learner
+from driftline.monitoring.metrics import ServiceMetrics
+from driftline.settings import ModelSettings
+from driftline.stream.dedup import DedupWindow
+from driftline.stream.processor import EventProcessor
+from driftline.stream.records import InboundRecord
+from driftline.stream.sink import REASON_HEADER, OutputSink
+from tests.unit.test_property_bad_input import MemoryWriter
+
+
+def test_window_forgets_the_oldest() -> None:
+    w = DedupWindow(3)
+    assert [w.seen(x) for x in "abc"] == [False, False, False]
+    assert w.seen("a") and len(w) == 3
+    assert not w.seen("d")  # evicts "a"
+    assert not w.seen("a")  # forgotten, so new again (and evicts "b")
+    assert w.seen("c") and not w.seen("b")
+
+
+def test_state_round_trip_and_configured_size_wins() -> None:
+    w = DedupWindow(5)
+    for x in "abcde":
+        w.seen(x)
+    small = DedupWindow(2)
+    small.load_state_dict(w.state_dict())
+    assert small.seen("e") and small.seen("d") and not small.seen("c")
+
+
+def _processor(window: int) -> tuple[EventProcessor, MemoryWriter, CollectorRegistry]:
+    writer, reg = MemoryWriter(), CollectorRegistry()
+    learner = build_learner(ModelSettings(name="GaussianNB"))
+    metrics = ServiceMetrics(reg, model=learner.name, task=learner.task)
+    sink = OutputSink(writer, "pred", "dlq", metrics)
+    return EventProcessor(learner, sink, metrics, rolling_window=10, max_payload_bytes=10_000,
+                          dedup_window=window), writer, reg
+
+
+def _rec(offset: int, event_id: str) -> InboundRecord:
+    value = json.dumps({"id": event_id, "features": {"x": float(offset)}, "label": offset % 2}).encode()
+    return InboundRecord("in", 0, offset, 0, None, value)
+
+
+def test_duplicates_within_the_window_are_dead_lettered_not_learned() -> None:
+    proc, writer, reg = _processor(window=100)
+    ids = ["a", "b", "a", "c", "b"]
+    res = proc.process([_rec(i, x) for i, x in enumerate(ids)])
+    assert (res.predicted, res.learned, res.dead_lettered) == (3, 3, 2)
+    dead = [h for topic, _, _, h in writer.records if topic == "dlq"]
+    assert [h[REASON_HEADER] for h in dead] == [b"duplicate_id", b"duplicate_id"]
+    assert [h["driftline.source.offset"] for h in dead] == [b"2", b"4"]
+    assert b"'a'" in dead[0]["driftline.error"]
+    assert reg.get_sample_value("driftline_dead_letters_total", {"reason": "duplicate_id"}) == 2
+    # the window is part of the checkpointed state
+    proc2, _, _ = _processor(window=100)
+    proc2.load_state_dict(proc.state_dict())
+    assert proc2.process([_rec(9, "c")]).dead_lettered == 1
+
+
+def test_off_by_default() -> None:
+    proc, _, _ = _processor(window=0)
+    assert proc.process([_rec(0, "a"), _rec(1, "a")]).learned == 2
