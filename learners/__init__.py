@@ -6,6 +6,6 @@ the implementation a model config asks for.
 
 from __future__ import annotations
 
-from driftline.learners.base import LabelError, Learner, Prediction
+from driftline.learners.base import EventRejected, InputError, LabelError, Learner, Prediction
 
-__all__ = ["LabelError", "Learner", "Prediction"]
+__all__ = ["EventRejected", "InputError", "LabelError", "Learner", "Prediction"]

@@ -23,12 +23,24 @@ class Prediction:
     proba: Mapping[Label, float] | None = None
 
 
-class LabelError(ValueError):
-    """A label the learner cannot learn from; ``reason`` is a bounded dead-letter reason code."""
+class EventRejected(ValueError):
+    """An event (or its label) this learner cannot take; ``reason`` is a bounded dead-letter reason code."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class LabelError(EventRejected):
+    """A label the learner cannot learn from (``invalid_label``, ``unknown_label``)."""
+
+
+class InputError(EventRejected):
+    """An input this learner cannot predict from, e.g. a text-only event for a tabular model
+    (``input_kind_mismatch``)."""
+
+
+INPUT_KIND_MISMATCH = "input_kind_mismatch"
 
 
 @runtime_checkable

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from driftline.errors import ConfigError
-from driftline.learners.base import LabelError, Prediction, Task
+from driftline.learners.base import INPUT_KIND_MISMATCH, InputError, LabelError, Prediction, Task
 from driftline.learners.preprocessing import FeaturePrep
 from driftline.learners.registry import CLASSIFIERS, REGRESSORS, resolve
 from driftline.settings import ModelSettings
@@ -90,7 +90,16 @@ class RiverLearner:
         return self._updates
 
     # -- test-then-train ------------------------------------------------------------------
+    def _check_input(self, x: Event) -> None:
+        if not x.features:
+            raise InputError(
+                INPUT_KIND_MISMATCH,
+                f"{self.name} learns from `features`, and this event has only `text` "
+                "(text needs a model with a text backbone)",
+            )
+
     def predict_one(self, x: Event) -> Prediction:
+        self._check_input(x)
         if self.task == "regression":
             if self._updates == 0:
                 return Prediction(None)
@@ -106,6 +115,7 @@ class RiverLearner:
         return Prediction(best, proba)
 
     def learn_one(self, x: Event, y: Label | float) -> None:
+        self._check_input(x)
         target = self._check_label(y)
         self._model.learn_one(self._prep.learn_transform_one(x.features), target)
         self._updates += 1

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from driftline.learners.base import LabelError, Learner
+from driftline.learners.base import EventRejected, Learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.monitoring.prequential import ClassificationTracker, RegressionTracker
 from driftline.stream.codec import DecodeError, decode_event, encode_prediction
@@ -97,6 +97,10 @@ class EventProcessor:
             t0 = perf()
             try:
                 pred = learner.predict_one(event)
+            except EventRejected as exc:
+                sink.dead_letter(rec, exc.reason, str(exc))
+                res.dead_lettered += 1
+                continue
             except Exception as exc:  # a model bug must not stop the stream: dead-letter the event
                 log.warning("predict failed for event %r at %s: %r", event.id, rec.coordinates, exc)
                 sink.dead_letter(rec, PREDICT_FAILED, f"{type(exc).__name__}: {exc}")
@@ -120,7 +124,7 @@ class EventProcessor:
             t1 = perf()
             try:
                 learner.learn_one(event, event.label)
-            except LabelError as exc:
+            except EventRejected as exc:
                 sink.dead_letter(rec, exc.reason, str(exc))
                 res.dead_lettered += 1
                 continue

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from driftline.learners.base import LabelError, Learner, Prediction
+from driftline.learners.base import INPUT_KIND_MISMATCH, InputError, LabelError, Learner, Prediction
 from driftline.learners.registry import CLASSIFIERS, REGRESSORS
 from driftline.learners.river_head import build_learner
 from driftline.settings import ModelSettings
@@ -134,3 +134,14 @@ def test_state_of_another_model_is_refused(case: tuple[str, str, list[Any] | Non
     other = build_learner(ModelSettings(name=other_name))
     with pytest.raises(ValueError, match="state is for"):
         learner.load_state_dict(other.state_dict())
+
+
+def test_text_only_events_are_rejected_by_tabular_learners(case: tuple[str, str, list[Any] | None]) -> None:
+    learner = _make(case)
+    _train(learner, _stream(case[0], 20))
+    text_only = Event(id="t1", text="a text with no features", label=1 if case[0] == "classification" else 1.0)
+    for call in (lambda: learner.predict_one(text_only), lambda: learner.learn_one(text_only, text_only.label)):
+        with pytest.raises(InputError) as info:
+            call()  # type: ignore[no-untyped-call]
+        assert info.value.reason == INPUT_KIND_MISMATCH and "text" in str(info.value)
+    assert learner.updates == 20

@@ -65,3 +65,13 @@ def test_duplicates_within_the_window_are_dead_lettered_not_learned() -> None:
 def test_off_by_default() -> None:
     proc, _, _ = _processor(window=0)
     assert proc.process([_rec(0, "a"), _rec(1, "a")]).learned == 2
+
+
+def test_text_only_event_to_a_tabular_model_is_dead_lettered_unpredicted() -> None:
+    proc, writer, _ = _processor(window=0)
+    text_only = InboundRecord("in", 0, 7, 0, None, b'{"id": "t", "text": "hello", "label": 1}')
+    res = proc.process([_rec(0, "a"), text_only])
+    assert (res.predicted, res.dead_lettered) == (1, 1)
+    dead = [h for topic, _, _, h in writer.records if topic == "dlq"]
+    assert dead[0][REASON_HEADER] == b"input_kind_mismatch" and dead[0]["driftline.source.offset"] == b"7"
+    assert [v for topic, _, v, _ in writer.records if topic == "pred" and b'"t"' in (v or b"")] == []
