@@ -79,9 +79,10 @@ class ServiceMetrics:
         self.last_commit = Gauge(
             "driftline_last_commit_timestamp_seconds", "Unix time of the last offset commit.", registry=registry
         )
-        self.commit_errors = Counter(
-            "driftline_offset_commit_errors", "Offset commits that failed (retried with the next batch).",
-            ["error"], registry=registry,
+        self.kafka_errors = Counter(
+            "driftline_kafka_retriable_errors",
+            "Kafka calls of the run loop that failed with a retriable error (retried on the next round).",
+            ["operation", "error"], registry=registry,
         )
         self.up = Gauge("driftline_up", "1 while the run loop is alive.", registry=registry)
         self.checkpoint_duration = Histogram(

@@ -141,7 +141,12 @@ class Service:
                      self.learner.name, self.learner.task)
             while not self._stop.is_set():
                 self._heartbeat = time.monotonic()
-                batch = consumer.poll(timeout_ms=s.kafka.poll_timeout_ms)
+                try:
+                    batch = consumer.poll(timeout_ms=s.kafka.poll_timeout_ms)
+                except RetriableError as exc:  # Kafka unreachable for now: poll again shortly
+                    self._retriable("poll", exc)
+                    self._stop.wait(min(1.0, s.kafka.poll_timeout_ms / 1000))
+                    continue
                 self._assigned = bool(consumer.assignment())
                 if batch:
                     if self.totals.first_batch_at is None:
@@ -171,16 +176,19 @@ class Service:
             consumer.commit()  # positions = one past the last record of the processed batch
         except (CommitFailedError, RebalanceInProgressError, UnknownMemberIdError, IllegalGenerationError) as exc:
             # The group rebalanced while we processed; the partitions' new owner resumes from the last commit.
-            self.metrics.commit_errors.labels(type(exc).__name__).inc()
-            log.warning("offset commit failed after a rebalance; the batch may be consumed again: %s", exc)
+            self._retriable("commit", exc)
             return
         except RetriableError as exc:
-            # Kafka unreachable for now (broker restart, coordinator moving): keep going, commit next batch.
-            self.metrics.commit_errors.labels(type(exc).__name__).inc()
-            log.warning("offset commit failed, will retry with the next batch: %r", exc)
+            # Kafka unreachable for now (broker restart, coordinator moving): the next batch's commit covers it.
+            self._retriable("commit", exc)
             return
         self.totals.last_commit_at = time.monotonic()
         self.metrics.last_commit.set_to_current_time()
+
+    def _retriable(self, operation: str, exc: Exception) -> None:
+        """A Kafka call failed in a way that a later retry can fix: count it, log it, carry on."""
+        self.metrics.kafka_errors.labels(operation, type(exc).__name__).inc()
+        log.warning("Kafka %s failed (%r); retrying on the next round", operation, exc)
 
     def _update_lag(self, consumer: KafkaConsumer) -> None:
         now = time.monotonic()
@@ -192,7 +200,11 @@ class Service:
             hw = consumer.highwater(tp)
             if hw is None:
                 continue
-            lag = max(hw - consumer.position(tp), 0)
+            try:
+                lag = max(hw - consumer.position(tp), 0)
+            except RetriableError as exc:
+                self._retriable("position", exc)
+                return
             key = (tp.topic, str(tp.partition))
             self.metrics.lag.labels(*key).set(lag)
             seen.add(key)

@@ -121,8 +121,8 @@ def test_broker_restart_mid_stream_service_reconnects(tmp_path: Path, topic_pref
                 raise AssertionError(f"{exc}\ncommitted {committed_offsets(bootstrap, group, topic)} end "
                                      f"{end_offsets(bootstrap, topic)}\n--- service log ---\n{svc.log()}") from None
             assert svc.proc.poll() is None, "the service must survive a broker restart by itself"
-            errors = {k: v for k, v in svc.metrics().items() if k.startswith("driftline_offset_commit_errors_total")}
-            print(f"commit errors during the broker restart: {errors}")
+            errors = {k: v for k, v in svc.metrics().items() if k.startswith("driftline_kafka_retriable_errors_total")}
+            print(f"retriable Kafka errors during the broker restart: {errors}")
         finally:
             assert svc.terminate() == 0, svc.log()
         restored = DirectoryStore(ckpt_dir).load()
