@@ -31,7 +31,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from driftline.settings import KafkaSettings
-from driftline.stream.broker import LocalKafkaBroker, bootstrap_from_env, free_port
+from driftline.stream.broker import free_port, kafka_cluster
 from driftline.stream.kafka_io import ensure_topics
 from driftline.stream.publisher import publish
 from driftline.stream.sources import from_generator
@@ -94,13 +94,13 @@ def main() -> None:
     ap.add_argument("--sample-s", type=float, default=10.0)
     ap.add_argument("--checkpoint-every", type=int, default=10_000)
     args = ap.parse_args()
-    n = args.events
+    with kafka_cluster(heap="1g") as bootstrap:
+        result = soak(bootstrap, args)
+    print(json.dumps(result))
 
-    broker = None
-    bootstrap = bootstrap_from_env()
-    if bootstrap is None:
-        broker = LocalKafkaBroker(heap="1g").start()
-        bootstrap = broker.bootstrap_servers
+
+def soak(bootstrap: str, args: argparse.Namespace) -> dict[str, float]:
+    n = args.events
     work = Path(tempfile.mkdtemp(prefix="driftline-soak-"))
     port = free_port()
     topic = f"soak-{os.getpid()}"
@@ -149,8 +149,6 @@ def main() -> None:
         svc.send_signal(signal.SIGTERM)
         svc.wait(60)
         log.close()
-        if broker is not None:
-            broker.close()
 
     after_100k = next((s for s in samples if s[1] >= 100_000), samples[0])
     ck_p99 = histogram_quantile(0.99, final, "driftline_checkpoint_duration_seconds") * 1000
@@ -168,7 +166,7 @@ def main() -> None:
           f"{int(ck_count)} checkpoints, p99 {ck_p99:.1f} ms, {100 * ck_sum / wall:.2f}% of wall time; "
           f"RSS {result['rss_start_mb']} -> {result['rss_end_mb']} MiB (growth after 100k events: "
           f"{result['rss_growth_mb']} MiB)")
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

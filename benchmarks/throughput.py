@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from driftline.learners.river_head import build_learner
 from driftline.settings import KafkaSettings, MetricsSettings, ModelSettings, Settings, TopicSettings
-from driftline.stream.broker import LocalKafkaBroker, bootstrap_from_env
+from driftline.stream.broker import kafka_cluster
 from driftline.stream.codec import decode_event
 from driftline.stream.kafka_io import ensure_topics, make_consumer, make_producer
 from driftline.stream.loop import Service
@@ -116,12 +116,7 @@ def main() -> None:
     args = ap.parse_args()
     n = args.events
 
-    broker = None
-    bootstrap = bootstrap_from_env()
-    if bootstrap is None:
-        broker = LocalKafkaBroker(heap="1g").start()
-        bootstrap = broker.bootstrap_servers
-    try:
+    with kafka_cluster(heap="1g") as bootstrap:
         kafka = KafkaSettings(bootstrap_servers=bootstrap, max_poll_records=args.max_poll_records,
                               linger_ms=args.linger_ms, batch_size=args.batch_size,
                               fetch_max_wait_ms=args.fetch_max_wait_ms, acks=args.acks)
@@ -136,9 +131,6 @@ def main() -> None:
         inproc_eps = inprocess(kafka, topic, n)
         svc_eps, acc = service(kafka, topic, n)
         ratio = svc_eps / min(pass_eps, inproc_eps)
-    finally:
-        if broker is not None:
-            broker.close()
 
     print(f"driftline throughput: {n} SEA events, 1 partition, Kafka at {bootstrap}, "
           f"{platform.processor() or platform.machine()}, python {platform.python_version()}")

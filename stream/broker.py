@@ -21,8 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from driftline.errors import BrokerError
 
@@ -67,6 +69,18 @@ def bootstrap_from_env() -> str | None:
     """The external cluster to use instead of a local broker, if configured."""
     value = os.environ.get(BOOTSTRAP_ENV, "").strip()
     return value or None
+
+
+@contextlib.contextmanager
+def kafka_cluster(**broker_kwargs: Any) -> Iterator[str]:
+    """Bootstrap servers of ``DRIFTLINE_KAFKA_BOOTSTRAP`` if set, else of a local broker started for
+    the block (and stopped after it)."""
+    external = bootstrap_from_env()
+    if external:
+        yield external
+        return
+    with LocalKafkaBroker(**broker_kwargs) as broker:
+        yield broker.bootstrap_servers
 
 
 def default_cache_dir() -> Path:

@@ -52,6 +52,17 @@ def _wait_consumed(svc: ServiceProcess, n: int, timeout: float = 120.0) -> None:
     wait_for(done, timeout, f"{n} events consumed")
 
 
+def _run_until_consumed(cfg: Path, log: Path, n: int) -> dict[str, float]:
+    """Run the service until it has consumed ``n`` events; its metrics then; stopped with SIGTERM."""
+    svc = ServiceProcess(cfg, log)
+    try:
+        svc.wait_ready()
+        _wait_consumed(svc, n)
+        return svc.metrics()
+    finally:
+        assert svc.terminate() == 0, svc.log()
+
+
 @pytest.mark.slow
 def test_5000_events_one_prediction_each_accuracy_and_commits(kafka_bootstrap: str, topic_prefix: str,
                                                               tmp_path: Path) -> None:
@@ -125,13 +136,7 @@ def test_malformed_records_go_to_the_dead_letter_topic_and_good_ones_flow(
     assert len(expected) == len(BAD)
     ensure_topics(KafkaSettings(bootstrap_servers=kafka_bootstrap), [f"{topic_prefix}-in"])
     produce_raw(kafka_bootstrap, f"{topic_prefix}-in", values)
-    svc = ServiceProcess(cfg, tmp_path / "svc.log")
-    try:
-        svc.wait_ready()
-        _wait_consumed(svc, len(values))
-        m = svc.metrics()
-    finally:
-        assert svc.terminate() == 0, svc.log()
+    m = _run_until_consumed(cfg, tmp_path / "svc.log", len(values))
 
     dlq = read_topic(kafka_bootstrap, f"{topic_prefix}-dlq")
     got = {}
@@ -192,13 +197,7 @@ def test_regression_service_reports_mae_and_rmse(kafka_bootstrap: str, topic_pre
                        metrics={"rolling_window": 100})
     events = list(from_dataset("TrumpApproval", id_prefix="tr-"))
     produce_events(kafka_bootstrap, f"{topic_prefix}-in", events)
-    svc = ServiceProcess(cfg, tmp_path / "svc.log")
-    try:
-        svc.wait_ready()
-        _wait_consumed(svc, len(events))
-        m = svc.metrics()
-    finally:
-        assert svc.terminate() == 0, svc.log()
+    m = _run_until_consumed(cfg, tmp_path / "svc.log", len(events))
     learner = build_learner(ModelSettings(**model))  # type: ignore[arg-type]
     tracker = RegressionTracker(100)
     for raw in events:
