@@ -7,6 +7,7 @@ the YAML file, then the defaults below.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,8 +64,6 @@ class TopicSettings(_Frozen):
     @field_validator("input", "predictions", "dead_letter")
     @classmethod
     def _valid_topic(cls, v: str) -> str:
-        import re
-
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", v):
             raise ValueError(f"invalid Kafka topic name {v!r} (letters, digits, '.', '_', '-'; 1-249 chars)")
         return v

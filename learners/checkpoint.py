@@ -172,8 +172,9 @@ class DirectoryStore:
 
     def rollback(self, version: int) -> CheckpointInfo:
         """Make ``version`` the newest: later checkpoints are moved aside (renamed ``.rolled-back``)."""
-        info, _ = self.load(version) or (None, None)
-        assert info is not None
+        loaded = self.load(version)  # raises CheckpointError if that version is missing or unreadable
+        assert loaded is not None
+        info = loaded[0]
         for v, p in self._files():
             if v > version:
                 os.replace(p, p.with_name(p.name + ".rolled-back"))

@@ -39,10 +39,6 @@ class Checkpointer:
         self._since = 0
         self._last = time.monotonic()
 
-    @property
-    def enabled(self) -> bool:
-        return self.store is not None
-
     def restore(self) -> CheckpointInfo | None:
         if self.store is None:
             log.warning("checkpointing is off (checkpoint.directory unset): a restart starts from the initial "

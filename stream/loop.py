@@ -111,10 +111,6 @@ class Service:
         """Ask the loop to finish its batch, flush, commit and return. Safe from signal handlers."""
         self._stop.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     def run(self) -> RunTotals:
         s = self.settings
         ensure_topics(s.kafka, [s.topics.input])
@@ -174,12 +170,11 @@ class Service:
         covers a failed one, and checkpoints (when on) decide where a restart resumes."""
         try:
             consumer.commit()  # positions = one past the last record of the processed batch
-        except (CommitFailedError, RebalanceInProgressError, UnknownMemberIdError, IllegalGenerationError) as exc:
-            # The group rebalanced while we processed; the partitions' new owner resumes from the last commit.
-            self._retriable("commit", exc)
-            return
-        except RetriableError as exc:
-            # Kafka unreachable for now (broker restart, coordinator moving): the next batch's commit covers it.
+        except (CommitFailedError, RebalanceInProgressError, UnknownMemberIdError, IllegalGenerationError,
+                RetriableError) as exc:
+            # Either the group rebalanced while we processed (the partitions' new owner resumes from the last
+            # commit), or Kafka is unreachable for now (broker restart, coordinator moving: the next batch's
+            # commit covers this one).
             self._retriable("commit", exc)
             return
         self.totals.last_commit_at = time.monotonic()

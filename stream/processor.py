@@ -81,30 +81,26 @@ class EventProcessor:
 
     def process(self, records: Sequence[InboundRecord]) -> BatchResult:
         res = BatchResult(consumed=len(records))
-        learner, sink, perf, dedup = self.learner, self.sink, time.perf_counter, self.dedup
+        learner, sink, perf, dedup, reject = self.learner, self.sink, time.perf_counter, self.dedup, self._reject
         for rec in records:
             try:
                 event = decode_event(rec.value, max_bytes=self.max_payload_bytes)
             except DecodeError as exc:
-                sink.dead_letter(rec, exc.reason, str(exc))
-                res.dead_lettered += 1
+                reject(rec, res, exc.reason, str(exc))
                 continue
             if dedup is not None and dedup.seen(event.id):
-                sink.dead_letter(rec, DUPLICATE_ID,
-                                 f"event id {event.id!r} was already seen within the last {dedup.size} events")
-                res.dead_lettered += 1
+                reject(rec, res, DUPLICATE_ID,
+                       f"event id {event.id!r} was already seen within the last {dedup.size} events")
                 continue
             t0 = perf()
             try:
                 pred = learner.predict_one(event)
             except EventRejected as exc:
-                sink.dead_letter(rec, exc.reason, str(exc))
-                res.dead_lettered += 1
+                reject(rec, res, exc.reason, str(exc))
                 continue
             except Exception as exc:  # a model bug must not stop the stream: dead-letter the event
                 log.warning("predict failed for event %r at %s: %r", event.id, rec.coordinates, exc)
-                sink.dead_letter(rec, PREDICT_FAILED, f"{type(exc).__name__}: {exc}")
-                res.dead_lettered += 1
+                reject(rec, res, PREDICT_FAILED, f"{type(exc).__name__}: {exc}")
                 continue
             dt = perf() - t0
             self._predict_hist.observe(dt)
@@ -125,13 +121,11 @@ class EventProcessor:
             try:
                 learner.learn_one(event, event.label)
             except EventRejected as exc:
-                sink.dead_letter(rec, exc.reason, str(exc))
-                res.dead_lettered += 1
+                reject(rec, res, exc.reason, str(exc))
                 continue
             except Exception as exc:
                 log.warning("learn failed for event %r at %s: %r", event.id, rec.coordinates, exc)
-                sink.dead_letter(rec, LEARN_FAILED, f"{type(exc).__name__}: {exc}")
-                res.dead_lettered += 1
+                reject(rec, res, LEARN_FAILED, f"{type(exc).__name__}: {exc}")
                 continue
             self._learn_hist.observe(perf() - t1)
             self.tracker.update(event.label, pred.value)  # type: ignore[arg-type]
@@ -139,6 +133,11 @@ class EventProcessor:
             res.learned += 1
         self._publish_counts(res)
         return res
+
+    def _reject(self, rec: InboundRecord, res: BatchResult, reason: str, message: str) -> None:
+        """Send the record to the dead-letter topic with its reason, and count it."""
+        self.sink.dead_letter(rec, reason, message)
+        res.dead_lettered += 1
 
     def state_dict(self) -> dict[str, Any]:
         """Everything learning has changed: the model, the prequential trackers, the ledger."""
