@@ -64,3 +64,25 @@ def test_demo_runs_broker_stream_and_service(tmp_path: Path) -> None:
     predicted, learned, dead = (int(m.group(i)) for i in (1, 2, 3))
     assert predicted >= 2000 and learned == predicted and dead == 0
     assert float(m.group(4)) > 0.7  # HoeffdingAdaptiveTree on Agrawal: ~0.85 measured through the drift
+
+
+def test_publish_rate_limit_and_progress_bar(kafka_bootstrap: str, topic_prefix: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import itertools
+    import time
+
+    from driftline.settings import KafkaSettings
+    from driftline.stream.publisher import publish
+    from driftline.stream.sources import from_generator
+
+    topic = f"{topic_prefix}-rate"
+    events = itertools.islice(from_generator("SEA", seed=1, id_prefix="r-"), 60)
+    t0 = time.monotonic()
+    sent = publish(events, topic, KafkaSettings(bootstrap_servers=kafka_bootstrap), rate=100.0, progress=True)
+    elapsed = time.monotonic() - t0
+    assert sent == 60
+    # at 100 events/s the 60th event cannot leave before 0.59 s (a lower bound: a slow machine only adds)
+    assert elapsed >= 0.59
+    err = capsys.readouterr().err
+    assert f"-> {topic}" in err and "60ev" in err.replace(" ", "")
+    assert len(read_topic(kafka_bootstrap, topic)) == 60
