@@ -26,7 +26,7 @@ import uuid
 from kafka import KafkaConsumer
 from prometheus_client import CollectorRegistry
 
-from driftline.learners.river_head import build_learner
+from driftline.learners.factory import build_learner
 from driftline.settings import KafkaSettings, MetricsSettings, ModelSettings, Settings, TopicSettings
 from driftline.stream.broker import kafka_cluster
 from driftline.stream.codec import decode_event

@@ -49,7 +49,7 @@ def _install_stop_handlers(stop: Any) -> None:
 
 # -- run ------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from driftline.learners.river_head import build_learner
+    from driftline.learners.factory import build_learner
     from driftline.settings import load_settings
     from driftline.stream.loop import Service
 

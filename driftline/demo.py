@@ -7,7 +7,7 @@ import signal
 import threading
 from types import FrameType
 
-from driftline.learners.river_head import build_learner
+from driftline.learners.factory import build_learner
 from driftline.settings import KafkaSettings, MetricsSettings, ModelSettings, Settings, TopicSettings
 from driftline.stream.broker import LocalKafkaBroker
 from driftline.stream.kafka_io import ensure_topics

@@ -60,6 +60,11 @@ class Learner(Protocol):
     @property
     def updates(self) -> int: ...
 
+    def prepare_batch(self, xs: Sequence[Event]) -> None:
+        """The events about to be predicted, in stream order: a learner with a backbone embeds them
+        all at once here. Optional work: predict/learn must still work for events not prepared."""
+        ...
+
     def predict_one(self, x: Event) -> Prediction: ...
 
     def learn_one(self, x: Event, y: Label | float) -> None: ...
@@ -71,3 +76,17 @@ class Learner(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+def check_fingerprint(saved: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> None:
+    """A state must be loaded into a learner with the same backbone (None: no backbone)."""
+    saved = dict(saved) if saved is not None else None
+    current = dict(current) if current is not None else None
+    if saved == current:
+        return
+    if saved is None or current is None:
+        raise ValueError(f"the state was learned {'without' if saved is None else 'with'} a backbone "
+                         f"({saved!r}), this model has {current!r}")
+    diff = sorted(k for k in {*saved, *current} if saved.get(k) != current.get(k))
+    raise ValueError(f"the state was learned on a different backbone (differs in {', '.join(diff)}): "
+                     f"state {saved!r}, config {current!r}")

@@ -65,6 +65,61 @@ def _decode_offsets(raw: Mapping[str, Mapping[str, int]]) -> Offsets:
     return {t: {int(p): int(o) for p, o in parts.items()} for t, parts in raw.items()}
 
 
+def _atomic_write(final: Path, header: Mapping[str, Any], payload: bytes) -> None:
+    """Header line + payload to ``final``: temp file, fsync, rename, fsync the directory."""
+    tmp = final.parent / f".{final.name}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(json.dumps(header, separators=(",", ":")).encode() + b"\n")
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    dir_fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+MODEL_FORMAT = "driftline.model/1"
+
+
+def write_model_file(path: str | Path, state: Mapping[str, Any], meta: Mapping[str, Any]) -> Path:
+    """A learner state as one checksummed file (what `driftline pretrain` writes and
+    ``model.start_from`` reads); written atomically."""
+    payload = pickle.dumps(dict(state), protocol=pickle.HIGHEST_PROTOCOL)
+    header = {"format": MODEL_FORMAT, "created_at": time.time(), "sha256": hashlib.sha256(payload).hexdigest(),
+              "size": len(payload), "meta": dict(meta)}
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(p, header, payload)
+    return p
+
+
+def read_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(meta, state) of a model file; CheckpointError names the file and what is wrong with it."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read pretrained model file {str(p)!r}: {exc.strerror}") from None
+    line, _, payload = data.partition(b"\n")
+    try:
+        header = json.loads(line)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != MODEL_FORMAT:
+        raise CheckpointError(f"{str(p)!r} is not a driftline model file ({MODEL_FORMAT}; "
+                              "written by `driftline pretrain`)")
+    if len(payload) != header.get("size") or hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+        raise CheckpointError(f"{str(p)!r} is truncated or corrupt (size/checksum mismatch)")
+    try:
+        state = pickle.loads(payload)
+    except Exception as exc:
+        raise CheckpointError(f"{str(p)!r}: cannot unpickle the state: {exc}") from None
+    return dict(header.get("meta") or {}), state
+
+
 class DirectoryStore:
     """Checkpoints as files in one directory (a local disk or a mounted volume)."""
 
@@ -98,18 +153,7 @@ class DirectoryStore:
             "offsets": _encode_offsets(offsets), "learned": int(learned), "extra": dict(extra or {}),
         }
         final = self.directory / f"ckpt-{version:012d}.bin"
-        tmp = self.directory / f".{final.name}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(json.dumps(header, separators=(",", ":")).encode() + b"\n")
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        _atomic_write(final, header, payload)
         self._prune()
         return self._info(header, final)
 

@@ -25,6 +25,12 @@ REGRESSORS: dict[str, str] = {
     "ARFRegressor": "river.forest:ARFRegressor",
 }
 
+# Torch heads (trained online with a torch optimizer; see driftline.learners.torch_head).
+TORCH_HEADS: dict[str, str] = {
+    "TorchLinear": "driftline.learners.torch_head:TorchLinear",
+    "TorchMLP": "driftline.learners.torch_head:TorchMLP",
+}
+
 
 def resolve(path: str) -> Any:
     """Import ``module:attr``."""

@@ -14,7 +14,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from driftline.errors import ConfigError
-from driftline.learners.base import INPUT_KIND_MISMATCH, InputError, LabelError, Prediction, Task
+from driftline.learners.base import (
+    INPUT_KIND_MISMATCH,
+    InputError,
+    LabelError,
+    Prediction,
+    Task,
+    check_fingerprint,
+)
 from driftline.learners.preprocessing import FeaturePrep
 from driftline.learners.registry import CLASSIFIERS, REGRESSORS, resolve
 from driftline.settings import ModelSettings
@@ -79,6 +86,7 @@ class RiverLearner:
         self._model = estimator
         self._version = 1
         self._updates = 0
+        self.fingerprint: dict[str, Any] | None = None  # the backbone's, for learners that have one
 
     # -- identity -------------------------------------------------------------------------
     @property
@@ -90,21 +98,26 @@ class RiverLearner:
         return self._updates
 
     # -- test-then-train ------------------------------------------------------------------
-    def _check_input(self, x: Event) -> None:
+    def prepare_batch(self, xs: Sequence[Event]) -> None:
+        """Nothing to precompute: the features are the input."""
+
+    def _features(self, x: Event) -> Mapping[str, Any]:
+        """The head's input for an event (here: its features as they are)."""
         if not x.features:
             raise InputError(
                 INPUT_KIND_MISMATCH,
                 f"{self.name} learns from `features`, and this event has only `text` "
                 "(text needs a model with a text backbone)",
             )
+        return x.features
 
     def predict_one(self, x: Event) -> Prediction:
-        self._check_input(x)
+        features = self._features(x)
         if self.task == "regression":
             if self._updates == 0:
                 return Prediction(None)
-            return Prediction(float(self._model.predict_one(self._prep.transform_one(x.features))))
-        proba = self._model.predict_proba_one(self._prep.transform_one(x.features))
+            return Prediction(float(self._model.predict_one(self._prep.transform_one(features))))
+        proba = self._model.predict_proba_one(self._prep.transform_one(features))
         if not proba:
             return Prediction(None, {})
         if self._binary_map is not None:
@@ -115,9 +128,9 @@ class RiverLearner:
         return Prediction(best, proba)
 
     def learn_one(self, x: Event, y: Label | float) -> None:
-        self._check_input(x)
+        features = self._features(x)
         target = self._check_label(y)
-        self._model.learn_one(self._prep.learn_transform_one(x.features), target)
+        self._model.learn_one(self._prep.learn_transform_one(features), target)
         self._updates += 1
 
     def predict_many(self, xs: Sequence[Event]) -> list[Prediction]:
@@ -150,6 +163,7 @@ class RiverLearner:
             "version": self._version,
             "updates": self._updates,
             "model": pickle.dumps((self._prep, self._model), protocol=pickle.HIGHEST_PROTOCOL),
+            "backbone": self.fingerprint,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -162,11 +176,8 @@ class RiverLearner:
             )
         if state["classes"] != self._classes:
             raise ValueError(f"state has classes {state['classes']!r}, config has {self._classes!r}")
+        check_fingerprint(state.get("backbone"), self.fingerprint)
         self._prep, self._model = pickle.loads(state["model"])
         self._version = int(state["version"])
         self._updates = int(state["updates"])
 
-
-def build_learner(cfg: ModelSettings) -> RiverLearner:
-    """The learner a model config describes (raises ConfigError on bad parameters)."""
-    return RiverLearner(cfg)

@@ -57,6 +57,11 @@ class ServiceMetrics:
             "driftline_learn_latency_seconds", "Time to learn one labeled event.", ["model"],
             buckets=_FAST_BUCKETS, registry=registry,
         )
+        self.prepare_latency = FastHistogram(
+            "driftline_backbone_batch_seconds",
+            "Time to prepare one consumed batch for the learner (batched backbone inference).", ["model"],
+            buckets=_E2E_BUCKETS, registry=registry,
+        )
         self.e2e_latency = FastHistogram(
             "driftline_end_to_end_latency_seconds",
             "From the event's Kafka timestamp to its prediction acknowledged by Kafka.",

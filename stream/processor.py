@@ -20,6 +20,7 @@ from driftline.monitoring.metrics import ServiceMetrics
 from driftline.monitoring.prequential import ClassificationTracker, RegressionTracker
 from driftline.stream.codec import DecodeError, decode_event, encode_prediction
 from driftline.stream.dedup import DedupWindow
+from driftline.stream.event import Event
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import OutputSink
 
@@ -78,10 +79,12 @@ class EventProcessor:
         model = learner.name
         self._predict_hist = metrics.predict_latency.labels(model)
         self._learn_hist = metrics.learn_latency.labels(model)
+        self._prepare_hist = metrics.prepare_latency.labels(model)
 
     def process(self, records: Sequence[InboundRecord]) -> BatchResult:
         res = BatchResult(consumed=len(records))
         learner, sink, perf, dedup, reject = self.learner, self.sink, time.perf_counter, self.dedup, self._reject
+        decoded: list[tuple[InboundRecord, Event]] = []
         for rec in records:
             try:
                 event = decode_event(rec.value, max_bytes=self.max_payload_bytes)
@@ -92,6 +95,10 @@ class EventProcessor:
                 reject(rec, res, DUPLICATE_ID,
                        f"event id {event.id!r} was already seen within the last {dedup.size} events")
                 continue
+            decoded.append((rec, event))
+        if decoded:
+            self._prepare([e for _, e in decoded])
+        for rec, event in decoded:
             t0 = perf()
             try:
                 pred = learner.predict_one(event)
@@ -133,6 +140,16 @@ class EventProcessor:
             res.learned += 1
         self._publish_counts(res)
         return res
+
+    def _prepare(self, events: list[Event]) -> None:
+        """Let the learner embed the whole batch at once (a speed-up: on failure it goes event by event)."""
+        t0 = time.perf_counter()
+        try:
+            self.learner.prepare_batch(events)
+        except Exception as exc:
+            log.warning("batch preparation of %d events failed (%r); preparing them one at a time", len(events), exc)
+            return
+        self._prepare_hist.observe(time.perf_counter() - t0)
 
     def _reject(self, rec: InboundRecord, res: BatchResult, reason: str, message: str) -> None:
         """Send the record to the dead-letter topic with its reason, and count it."""

@@ -4,27 +4,67 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from driftline.learners.backbones import INVALID_FEATURES
 from driftline.learners.base import INPUT_KIND_MISMATCH, InputError, LabelError, Learner, Prediction
-from driftline.learners.registry import CLASSIFIERS, REGRESSORS
-from driftline.learners.river_head import build_learner
+from driftline.learners.factory import build_learner
+from driftline.learners.registry import CLASSIFIERS, REGRESSORS, TORCH_HEADS
 from driftline.settings import ModelSettings
 from driftline.stream.event import Event
 from driftline.stream.sources import from_generator
+from tests.tiny_models import AGRAWAL_NUMERIC, save_encoder, save_script, torch_backbone
 
-CASES: list[tuple[str, str, list[Any] | None]] = [
-    *[("classification", name, None) for name in CLASSIFIERS],
-    *[("classification", name, [0, 1]) for name in CLASSIFIERS],
-    *[("regression", name, None) for name in REGRESSORS],
+Case = tuple[str, str, list[Any] | None, str]  # task, head name, classes, backbone
+BACKBONES = ("identity", "torch", "torchscript")
+
+CASES: list[Case] = [
+    *[("classification", name, None, "identity") for name in CLASSIFIERS],
+    *[("classification", name, [0, 1], "identity") for name in CLASSIFIERS],
+    *[("regression", name, None, "identity") for name in REGRESSORS],
+    # River heads on a pretrained torch backbone's embeddings (feature-extraction mode)
+    ("classification", "SoftmaxRegression", None, "torch"),
+    ("classification", "HoeffdingTreeClassifier", [0, 1], "torchscript"),
+    ("regression", "LinearRegression", None, "torch"),
+    # torch heads, on the features as a vector and on backbones (one with its top layer unfrozen)
+    *[(task, head, classes, bb) for head in TORCH_HEADS for bb in BACKBONES
+      for task, classes in (("classification", None), ("classification", [0, 1]), ("regression", None))],
 ]
 
+_MODEL_DIR = Path(tempfile.mkdtemp(prefix="driftline-contract-"))
 
-def _ids(case: tuple[str, str, list[Any] | None]) -> str:
-    _task, name, classes = case
-    return f"{name}{'-classes' if classes else ''}"
+
+FRIEDMAN = [str(i) for i in range(10)]
+
+
+def _backbone(kind: str, head: str, task: str) -> dict[str, Any]:
+    names = AGRAWAL_NUMERIC if task == "classification" else FRIEDMAN
+    if kind == "identity":
+        return {"kind": "identity", "features": names} if head in TORCH_HEADS else {}
+    if kind == "torch":
+        return torch_backbone(save_encoder(_MODEL_DIR, in_dim=len(names)), features=names,
+                              args={"in_dim": len(names), "out_dim": 8})
+    return {"kind": "torchscript", "path": str(save_script(_MODEL_DIR, in_dim=len(names))), "features": names,
+            "device": "cpu"}
+
+
+def _params(case: Case) -> dict[str, Any]:
+    if case[1] not in TORCH_HEADS:
+        return {}
+    params: dict[str, Any] = {"lr": 0.01}
+    if case[3] == "torchscript":
+        params["unfreeze_top_k"] = 1
+    return params
+
+
+def _ids(case: Case) -> str:
+    _task, name, classes, backbone = case
+    return f"{name}{'-classes' if classes else ''}{'' if backbone == 'identity' else '@' + backbone}" + (
+        "-regression" if _task == "regression" and name in TORCH_HEADS else "")
 
 
 def _stream(task: str, n: int, seed: int = 1) -> list[Event]:
@@ -37,9 +77,10 @@ def _stream(task: str, n: int, seed: int = 1) -> list[Event]:
     return [e.model_copy(update={"features": {**e.features, "cat": f"c{i % 3}"}}) for i, e in enumerate(evs)]
 
 
-def _make(case: tuple[str, str, list[Any] | None]) -> Learner:
-    task, name, classes = case
-    return build_learner(ModelSettings(task=task, name=name, classes=classes, seed=7))  # type: ignore[arg-type]
+def _make(case: Case) -> Learner:
+    task, name, classes, backbone = case
+    return build_learner(ModelSettings(task=task, name=name, classes=classes, seed=7,  # type: ignore[arg-type]
+                                       params=_params(case), backbone=_backbone(backbone, name, task)))
 
 
 def _train(learner: Learner, events: list[Event]) -> list[Prediction]:
@@ -52,24 +93,24 @@ def _train(learner: Learner, events: list[Event]) -> list[Prediction]:
 
 
 @pytest.fixture(params=CASES, ids=_ids)
-def case(request: pytest.FixtureRequest) -> tuple[str, str, list[Any] | None]:
+def case(request: pytest.FixtureRequest) -> Case:
     return request.param  # type: ignore[no-any-return]
 
 
-def test_implements_the_protocol(case: tuple[str, str, list[Any] | None]) -> None:
+def test_implements_the_protocol(case: Case) -> None:
     learner = _make(case)
     assert isinstance(learner, Learner)
     assert learner.task == case[0] and learner.name == case[1]
     assert learner.version == 1 and learner.updates == 0
 
 
-def test_predicts_before_any_learning(case: tuple[str, str, list[Any] | None]) -> None:
+def test_predicts_before_any_learning(case: Case) -> None:
     learner = _make(case)
     pred = learner.predict_one(_stream(case[0], 1)[0])
     assert isinstance(pred, Prediction)  # None value allowed, but no exception
 
 
-def test_learning_keeps_predict_working_and_counts_updates(case: tuple[str, str, list[Any] | None]) -> None:
+def test_learning_keeps_predict_working_and_counts_updates(case: Case) -> None:
     learner = _make(case)
     events = _stream(case[0], 300)
     preds = _train(learner, events)
@@ -85,14 +126,14 @@ def test_learning_keeps_predict_working_and_counts_updates(case: tuple[str, str,
         assert isinstance(last.value, float)
 
 
-def test_deterministic_with_a_seed(case: tuple[str, str, list[Any] | None]) -> None:
+def test_deterministic_with_a_seed(case: Case) -> None:
     events = _stream(case[0], 200)
     a = [p.value for p in _train(_make(case), events)]
     b = [p.value for p in _train(_make(case), events)]
     assert a == b
 
 
-def test_state_round_trip_continues_identically(case: tuple[str, str, list[Any] | None]) -> None:
+def test_state_round_trip_continues_identically(case: Case) -> None:
     events = _stream(case[0], 300)
     a = _make(case)
     _train(a, events[:200])
@@ -103,19 +144,24 @@ def test_state_round_trip_continues_identically(case: tuple[str, str, list[Any] 
     assert [p.value for p in _train(a, events[200:])] == [p.value for p in _train(b, events[200:])]
 
 
-def test_unseen_features_do_not_break_it(case: tuple[str, str, list[Any] | None]) -> None:
+def test_unseen_features_do_not_break_it(case: Case) -> None:
     learner = _make(case)
     events = _stream(case[0], 100)
     _train(learner, events)
-    odd = events[0].model_copy(update={"features": {"never_seen": 3.0, "cat": "brand-new"}})
-    learner.predict_one(odd)
-    assert odd.label is not None
-    learner.learn_one(odd, odd.label)
-    missing = events[1].model_copy(update={"features": {"salary": 1.0}})
-    learner.predict_one(missing)
+    extra = events[0].model_copy(update={"features": {**events[0].features, "never_seen": 3.0, "cat": "brand-new"}})
+    learner.predict_one(extra)
+    assert extra.label is not None
+    learner.learn_one(extra, extra.label)
+    missing = events[1].model_copy(update={"features": {"salary": 1.0, "0": 1.0}})
+    if case[3] == "identity" and case[1] not in TORCH_HEADS:
+        learner.predict_one(missing)  # River heads take any feature dict
+    else:  # a backbone reads a fixed vector: a clear rejection naming what is missing
+        with pytest.raises(InputError) as info:
+            learner.predict_one(missing)
+        assert info.value.reason == INVALID_FEATURES and "needs features" in str(info.value)
 
 
-def test_bad_labels_raise_label_error_without_learning(case: tuple[str, str, list[Any] | None]) -> None:
+def test_bad_labels_raise_label_error_without_learning(case: Case) -> None:
     learner = _make(case)
     ev = _stream(case[0], 1)[0]
     bad: list[Any] = ["not-a-number", True] if case[0] == "regression" else [0.5]
@@ -128,15 +174,40 @@ def test_bad_labels_raise_label_error_without_learning(case: tuple[str, str, lis
     assert learner.updates == 0
 
 
-def test_state_of_another_model_is_refused(case: tuple[str, str, list[Any] | None]) -> None:
+def test_batch_preparation_changes_nothing(case: Case) -> None:
+    """Predicting a batch prepared at once (batched backbone inference) gives exactly what event-by-event
+    preparation gives: test-then-train holds within a batch."""
+    events = _stream(case[0], 120)
+    a, b = _make(case), _make(case)
+    preds_a: list[Any] = []
+    for i in range(0, len(events), 40):
+        chunk = events[i:i + 40]
+        a.prepare_batch(chunk)
+        preds_a += [p.value for p in _train(a, chunk)]
+    preds_b = [p.value for p in _train(b, events)]
+    assert preds_a == pytest.approx(preds_b) if case[0] == "regression" else preds_a == preds_b
+
+
+def test_state_learned_on_another_backbone_is_refused(case: Case) -> None:
+    learner = _make(case)
+    other_backbone = "torch" if case[3] != "torch" else "torchscript"
+    if case[1] not in TORCH_HEADS and other_backbone == "torchscript":
+        other_backbone = "identity"
+    other = _make((case[0], case[1], case[2], other_backbone))
+    with pytest.raises(ValueError, match=r"backbone|unfreeze_top_k"):
+        learner.load_state_dict(other.state_dict())
+    assert learner.updates == 0
+
+
+def test_state_of_another_model_is_refused(case: Case) -> None:
     learner = _make(case)
     other_name = "GaussianNB" if case[1] != "GaussianNB" else "LogisticRegression"
     other = build_learner(ModelSettings(name=other_name))
-    with pytest.raises(ValueError, match="state is for"):
+    with pytest.raises(ValueError, match=r"state is for|not a .* state"):
         learner.load_state_dict(other.state_dict())
 
 
-def test_text_only_events_are_rejected_by_tabular_learners(case: tuple[str, str, list[Any] | None]) -> None:
+def test_text_only_events_are_rejected_by_tabular_learners(case: Case) -> None:
     learner = _make(case)
     _train(learner, _stream(case[0], 20))
     text_only = Event(id="t1", text="a text with no features", label=1 if case[0] == "classification" else 1.0)

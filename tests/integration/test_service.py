@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from driftline.learners.river_head import build_learner
+from driftline.learners.factory import build_learner
 from driftline.settings import KafkaSettings, ModelSettings
 from driftline.stream.event import Event
 from driftline.stream.kafka_io import ensure_topics

@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from driftline.errors import ConfigError
 from driftline.learners.checkpoint import DirectoryStore
-from driftline.learners.river_head import build_learner
+from driftline.learners.factory import build_learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import CheckpointSettings, ModelSettings
 from driftline.stream.checkpointing import Checkpointer

@@ -1,16 +1,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from driftline.learners.river_head import build_learner
+from driftline.learners.factory import build_learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import ModelSettings
 from driftline.stream.dedup import DedupWindow
 from driftline.stream.processor import EventProcessor
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import REASON_HEADER, OutputSink
+from tests.tiny_models import save_encoder, torch_backbone
 from tests.unit.test_property_bad_input import MemoryWriter
 
 
@@ -75,3 +77,43 @@ def test_text_only_event_to_a_tabular_model_is_dead_lettered_unpredicted() -> No
     dead = [h for topic, _, _, h in writer.records if topic == "dlq"]
     assert dead[0][REASON_HEADER] == b"input_kind_mismatch" and dead[0]["driftline.source.offset"] == b"7"
     assert [v for topic, _, v, _ in writer.records if topic == "pred" and b'"t"' in (v or b"")] == []
+
+
+def _text_processor(tmp_path: Path) -> tuple[EventProcessor, MemoryWriter, CollectorRegistry]:
+    """A features backbone (torch module) + River head: cheap stand-in for any backbone learner."""
+    writer, reg = MemoryWriter(), CollectorRegistry()
+    backbone = torch_backbone(save_encoder(tmp_path, in_dim=1), features=["x"], args={"in_dim": 1, "out_dim": 8})
+    learner = build_learner(ModelSettings(name="GaussianNB", backbone=backbone))  # type: ignore[arg-type]
+    metrics = ServiceMetrics(reg, model=learner.name, task=learner.task)
+    sink = OutputSink(writer, "pred", "dlq", metrics)
+    return EventProcessor(learner, sink, metrics, rolling_window=10, max_payload_bytes=10_000), writer, reg
+
+
+def test_backbone_runs_once_per_batch_and_rejects_events_it_cannot_read(tmp_path: Path) -> None:
+    proc, writer, reg = _text_processor(tmp_path)
+    module = proc.learner.backbone.module  # type: ignore[attr-defined]
+    calls: list[int] = []
+    module.register_forward_hook(lambda m, a, out: calls.append(a[0].shape[0]))
+    text = json.dumps({"id": "t", "text": "words, no features", "label": 1}).encode()
+    recs = [_rec(0, "a"), InboundRecord("in", 0, 1, 0, None, text), _rec(2, "b"), _rec(3, "c")]
+    res = proc.process(recs)
+    assert calls == [3]  # one backbone call for the three readable events
+    assert (res.predicted, res.learned, res.dead_lettered) == (3, 3, 1)
+    dead = [h for topic, _, _, h in writer.records if topic == "dlq"]
+    assert dead[0][REASON_HEADER] == b"input_kind_mismatch" and dead[0]["driftline.source.offset"] == b"1"
+    assert reg.get_sample_value("driftline_backbone_batch_seconds_count", {"model": "GaussianNB"}) == 1
+
+
+def test_a_failing_batch_preparation_falls_back_to_one_event_at_a_time(tmp_path: Path) -> None:
+    proc, _, _ = _text_processor(tmp_path)
+    reference, _, _ = _text_processor(tmp_path)
+
+    def broken(events: object) -> None:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    proc.learner.prepare_batch = broken  # type: ignore[method-assign]
+    recs = [_rec(i, f"e{i}") for i in range(20)]
+    res = proc.process(recs)
+    assert (res.predicted, res.learned, res.dead_lettered) == (20, 20, 0)
+    reference.process(recs)
+    assert proc.tracker.state_dict() == reference.tracker.state_dict()

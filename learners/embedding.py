@@ -1,0 +1,70 @@
+"""Feature-extraction mode: a River head learning online on a frozen backbone's embeddings.
+
+`PreparedBatch` holds the backbone's output for the consumed batch being processed: the processor
+hands the whole batch to ``prepare_batch`` (one batched backbone call), then predicts and learns
+event by event in stream order from the cached rows. An event that was not prepared (or whose
+batch call failed) is embedded on its own, so the cache is only ever a speed-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from driftline.learners.backbones import Backbone
+from driftline.learners.base import EventRejected
+from driftline.learners.river_head import RiverLearner
+from driftline.settings import ModelSettings
+from driftline.stream.event import Event
+
+
+class PreparedBatch:
+    """Per-event backbone outputs of the current batch, looked up by event object identity."""
+
+    def __init__(self, compute: Callable[[Sequence[Event]], Sequence[Any]], check: Callable[[Event], None]) -> None:
+        self._compute = compute
+        self._check = check
+        self._events: list[Event] = []  # keeps the events alive, so their id()s stay unique
+        self._items: dict[int, Any] = {}
+
+    def prepare(self, events: Sequence[Event]) -> None:
+        self._events, self._items = [], {}
+        ok = []
+        for e in events:
+            try:
+                self._check(e)
+            except EventRejected:
+                continue  # rejected again (and dead-lettered) when it is predicted
+            ok.append(e)
+        if ok:
+            items = self._compute(ok)
+            self._events = ok
+            self._items = {id(e): item for e, item in zip(ok, items, strict=True)}
+
+    def get(self, e: Event) -> Any:
+        item = self._items.get(id(e))
+        if item is None:
+            self._check(e)
+            item = self._compute([e])[0]
+        return item
+
+
+class BackboneRiverLearner(RiverLearner):
+    """River head on embeddings ``{"e0": ..., "e1": ...}`` from a pretrained backbone."""
+
+    def __init__(self, cfg: ModelSettings, backbone: Backbone) -> None:
+        super().__init__(cfg)
+        self.backbone = backbone
+        self._names = [f"e{i}" for i in range(backbone.dim)]
+        self._batch = PreparedBatch(self._embed, backbone.check)
+        self.fingerprint = dict(backbone.fingerprint)
+
+    def _embed(self, events: Sequence[Event]) -> list[list[float]]:
+        rows: list[list[float]] = self.backbone.embed(events).cpu().tolist()
+        return rows
+
+    def prepare_batch(self, xs: Sequence[Event]) -> None:
+        self._batch.prepare(xs)
+
+    def _features(self, x: Event) -> Mapping[str, Any]:
+        return dict(zip(self._names, self._batch.get(x), strict=True))

@@ -1,0 +1,55 @@
+"""Build the learner a model config describes: backbone + head, optionally from a pretrained file."""
+
+from __future__ import annotations
+
+import logging
+
+from driftline.errors import ConfigError
+from driftline.learners.backbones import load_backbone
+from driftline.learners.base import Learner
+from driftline.learners.registry import TORCH_HEADS, resolve
+from driftline.settings import ModelSettings
+
+log = logging.getLogger(__name__)
+
+
+def build_learner(cfg: ModelSettings) -> Learner:
+    """The learner for ``cfg`` (its starting state from ``cfg.start_from`` when set).
+
+    Raises ConfigError, naming the setting, the file and what was expected, for anything that
+    would stop it from predicting: bad parameters, missing or mismatched model files.
+    """
+    learner: Learner
+    if cfg.name in TORCH_HEADS:
+        backbone = load_backbone(cfg.backbone, vector=True)
+        assert backbone is not None
+        learner = resolve(TORCH_HEADS[cfg.name])(cfg, backbone)
+    else:
+        backbone = load_backbone(cfg.backbone)
+        if backbone is None:
+            from driftline.learners.river_head import RiverLearner
+
+            learner = RiverLearner(cfg)
+        else:
+            from driftline.learners.embedding import BackboneRiverLearner
+
+            learner = BackboneRiverLearner(cfg, backbone)
+    if cfg.start_from:
+        load_pretrained(learner, cfg.start_from)
+    return learner
+
+
+def load_pretrained(learner: Learner, path: str) -> None:
+    from driftline.learners.checkpoint import CheckpointError, read_model_file
+
+    try:
+        meta, state = read_model_file(path)
+    except CheckpointError as exc:
+        raise ConfigError(f"model.start_from: {exc}") from None
+    try:
+        learner.load_state_dict(state)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"model.start_from: the pretrained model {path!r} does not fit this model config: {exc}") \
+            from None
+    log.info("starting from the pretrained model %s (%s, %d labels learned on %s)", path, meta.get("model"),
+             learner.updates, meta.get("source"))

@@ -1,0 +1,239 @@
+"""Torch heads trained online on a backbone: ``TorchLinear`` and ``TorchMLP``.
+
+Feature-extraction mode (``unfreeze_top_k: 0``): the backbone is frozen and runs once per consumed
+batch; the head takes one optimizer step per labeled event. Fine-tuning mode (``unfreeze_top_k:
+k``): the backbone's top ``k`` layers train too, at ``backbone_lr``; the frozen bottom still runs
+once per batch and its output is cached, so each event is predicted with the weights every earlier
+label produced (test-then-train holds exactly in both modes).
+
+Classification heads grow with the label set: the output layer has room for ``max_classes``
+classes and only the columns of classes seen so far take part, so a new class needs no new
+optimizer. A configured ``classes`` list fixes the set instead (others are dead-lettered).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from driftline.errors import ConfigError
+from driftline.learners.backbones import Backbone
+from driftline.learners.base import LabelError, Prediction, Task, check_fingerprint
+from driftline.learners.embedding import PreparedBatch
+from driftline.settings import ModelSettings
+from driftline.stream.event import Event, Label
+
+STATE_KIND = "driftline.torch-head/1"
+TOO_MANY_CLASSES = "too_many_classes"
+
+
+class TorchHeadParams(BaseModel):
+    """``model.params`` of a torch head."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0, le=10)
+    momentum: float = Field(0.0, ge=0, lt=1)  # sgd only
+    weight_decay: float = Field(0.0, ge=0)
+    hidden: int = Field(256, ge=1, le=65_536)  # TorchMLP only
+    dropout: float = Field(0.0, ge=0, lt=1)  # TorchMLP only
+    unfreeze_top_k: int = Field(0, ge=0)  # backbone layers trained with the head (fine-tuning mode)
+    backbone_lr: float = Field(1e-5, gt=0, le=10)  # learning rate of the unfrozen backbone layers
+    max_classes: int = Field(256, ge=2, le=100_000)  # room in the output layer when classes are not fixed
+
+
+def parse_params(name: str, params: Mapping[str, Any]) -> TorchHeadParams:
+    try:
+        return TorchHeadParams.model_validate(dict(params))
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = "unknown parameter" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"model.params.{loc}: {msg} (valid for {name}: {', '.join(TorchHeadParams.model_fields)})")
+        raise ConfigError("\n".join(lines)) from None
+
+
+class TorchHeadLearner:
+    """A torch head (optionally with the backbone's top layers) learning one event at a time."""
+
+    mlp = False
+
+    def __init__(self, cfg: ModelSettings, backbone: Backbone) -> None:
+        import torch
+        from torch import nn
+
+        self.cfg = cfg
+        self.task: Task = cfg.task
+        self.name = cfg.name
+        self.params = p = parse_params(cfg.name, cfg.params)
+        self.backbone = backbone
+        self.fingerprint = dict(backbone.fingerprint)
+        self.device = backbone.device
+        self.top = backbone.split(p.unfreeze_top_k)
+        self._batch = PreparedBatch(self.top.prefix, backbone.check)
+        self._fixed = tuple(cfg.classes) if cfg.classes else None
+        self._classes: list[Label] = list(self._fixed or [])
+        self._index: dict[Label, int] = {c: i for i, c in enumerate(self._classes)}
+        n_out = 1 if self.task == "regression" else len(self._fixed) if self._fixed else p.max_classes
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            dim = backbone.dim
+            if self.mlp:
+                head: nn.Module = nn.Sequential(nn.Linear(dim, p.hidden), nn.ReLU(), nn.Dropout(p.dropout),
+                                                nn.Linear(p.hidden, n_out))
+            else:
+                head = nn.Linear(dim, n_out)
+        self.head = head.to(self.device)
+        top_params = list(self.top.modules.parameters())
+        for t in top_params:
+            t.requires_grad_(True)
+        groups: list[dict[str, Any]] = [{"params": list(self.head.parameters()), "lr": p.lr}]
+        if top_params:
+            groups.append({"params": top_params, "lr": p.backbone_lr})
+        if p.optimizer == "sgd":
+            self.optimizer: Any = torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+        else:
+            cls = torch.optim.Adam if p.optimizer == "adam" else torch.optim.AdamW
+            self.optimizer = cls(groups, lr=p.lr, weight_decay=p.weight_decay)
+        self._version = 1
+        self._updates = 0
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def updates(self) -> int:
+        return self._updates
+
+    # -- test-then-train ------------------------------------------------------------------------
+    def prepare_batch(self, xs: Sequence[Event]) -> None:
+        self._batch.prepare(xs)
+
+    def _outputs(self, x: Event) -> Any:
+        z = self.top.forward([self._batch.get(x)])
+        out = self.head(z)
+        if self.task == "classification":
+            out = out[:, : len(self._classes)]
+        return out
+
+    def predict_one(self, x: Event) -> Prediction:
+        import torch
+
+        self.head.eval()
+        self.top.modules.eval()
+        with torch.inference_mode():
+            out = self._outputs(x)
+        if self.task == "regression":
+            return Prediction(float(out[0, 0]) if self._updates else None)
+        if not self._classes:
+            return Prediction(None, {})
+        probs = torch.softmax(out[0], dim=0).tolist()
+        proba = dict(zip(self._classes, probs, strict=True))
+        return Prediction(self._classes[int(out[0].argmax())], proba)
+
+    def learn_one(self, x: Event, y: Label | float) -> None:
+        import torch
+        from torch.nn import functional
+
+        target = self._target(y)
+        self.head.train()
+        self.top.modules.train()
+        out = self._outputs(x)
+        if self.task == "regression":
+            loss = functional.mse_loss(out[:, 0], torch.tensor([target], dtype=out.dtype, device=self.device))
+        else:
+            loss = functional.cross_entropy(out, torch.tensor([target], device=self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        self._updates += 1
+
+    def learn_many(self, xs: Sequence[Event], ys: Sequence[Label | float]) -> None:
+        for x, y in zip(xs, ys, strict=True):
+            self.learn_one(x, y)
+
+    def predict_many(self, xs: Sequence[Event]) -> list[Prediction]:
+        return [self.predict_one(x) for x in xs]
+
+    def _target(self, y: Label | float) -> Any:
+        if self.task == "regression":
+            if isinstance(y, bool) or not isinstance(y, int | float):
+                raise LabelError("invalid_label", f"regression label must be a number, got {y!r}")
+            return float(y)
+        if isinstance(y, float):
+            raise LabelError("invalid_label", f"classification label must be a string, int or bool, got {y!r}")
+        idx = self._index.get(y)
+        if idx is not None:
+            return idx
+        if self._fixed is not None:
+            raise LabelError("unknown_label", f"label {y!r} is not one of the configured classes {self._fixed!r}")
+        if len(self._classes) >= self.params.max_classes:
+            raise LabelError(TOO_MANY_CLASSES, f"label {y!r} would be class number {len(self._classes) + 1}; "
+                             f"the head has room for model.params.max_classes={self.params.max_classes}")
+        self._index[y] = len(self._classes)
+        self._classes.append(y)
+        return self._index[y]
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        def cpu(sd: Mapping[str, Any]) -> dict[str, Any]:
+            return {k: v.detach().cpu().clone() for k, v in sd.items()}
+
+        return {
+            "kind": STATE_KIND, "task": self.task, "name": self.name, "fixed_classes": self._fixed,
+            "classes": list(self._classes), "version": self._version, "updates": self._updates,
+            "backbone": self.fingerprint, "unfreeze_top_k": self.params.unfreeze_top_k,
+            "head": cpu(self.head.state_dict()), "top": cpu(self.top.modules.state_dict()),
+            "optimizer": _cpu_optimizer_state(self.optimizer.state_dict()),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("kind") != STATE_KIND:
+            raise ValueError(f"not a torch head state: kind={state.get('kind')!r}")
+        if (state["task"], state["name"]) != (self.task, self.name):
+            raise ValueError(f"state is for {state['task']} model {state['name']!r}, "
+                             f"this learner is {self.task} model {self.name!r}")
+        if state["fixed_classes"] != self._fixed:
+            raise ValueError(f"state has classes {state['fixed_classes']!r}, config has {self._fixed!r}")
+        if state["unfreeze_top_k"] != self.params.unfreeze_top_k:
+            raise ValueError(f"state was trained with unfreeze_top_k={state['unfreeze_top_k']}, "
+                             f"config has {self.params.unfreeze_top_k}")
+        check_fingerprint(state.get("backbone"), self.fingerprint)
+        try:
+            self.head.load_state_dict(state["head"])
+            self.top.modules.load_state_dict(state["top"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"state does not fit this head ({exc})") from None
+        self._classes = list(state["classes"])
+        self._index = {c: i for i, c in enumerate(self._classes)}
+        self._version = int(state["version"])
+        self._updates = int(state["updates"])
+
+
+def _cpu_optimizer_state(sd: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v.detach().cpu().clone()
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return conv(sd)  # type: ignore[no-any-return]
+
+
+class TorchLinear(TorchHeadLearner):
+    """A linear (softmax / linear regression) head."""
+
+
+class TorchMLP(TorchHeadLearner):
+    """One hidden layer (ReLU, optional dropout) before the output layer."""
+
+    mlp = True

@@ -1,0 +1,47 @@
+"""Tiny torch models for backbone tests (importable by class path: ``tests.tiny_models:TinyEncoder``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+AGRAWAL_NUMERIC = ["salary", "commission", "age", "hvalue", "hyears", "loan"]
+
+
+class TinyEncoder(nn.Module):
+    """A non-Sequential module: scale, then one linear layer with tanh."""
+
+    def __init__(self, in_dim: int, out_dim: int = 8) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(in_dim) * 1e-4)
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.proj(x * self.scale))
+
+
+def tiny_stack(in_dim: int, seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(in_dim, 16), nn.Tanh(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 8))
+
+
+def save_encoder(directory: Path, in_dim: int = len(AGRAWAL_NUMERIC), out_dim: int = 8, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    path = directory / f"encoder-{in_dim}-{out_dim}.pt"
+    torch.save(TinyEncoder(in_dim, out_dim).state_dict(), path)
+    return path
+
+
+def save_script(directory: Path, in_dim: int = len(AGRAWAL_NUMERIC), seed: int = 0) -> Path:
+    path = directory / f"stack-{in_dim}.ts"
+    torch.jit.save(torch.jit.script(tiny_stack(in_dim, seed)), str(path))
+    return path
+
+
+def torch_backbone(path: Path, **extra: Any) -> dict[str, Any]:
+    return {"kind": "torch", "path": str(path), "class_path": "tests.tiny_models:TinyEncoder",
+            "args": {"in_dim": len(AGRAWAL_NUMERIC), "out_dim": 8}, "features": AGRAWAL_NUMERIC,
+            "device": "cpu", **extra}
