@@ -105,6 +105,34 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- pretrain -------------------------------------------------------------------------------
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from driftline.pretrain import pretrain
+    from driftline.settings import load_settings
+
+    overrides = {"kafka": {"bootstrap_servers": args.bootstrap_servers}} if args.bootstrap_servers else {}
+    settings = load_settings(args.config, **overrides)
+    _setup_logging(settings.log_level)
+    if args.topic:
+        from driftline.stream.topic_range import TopicRange, parse_time, read_range
+
+        rng = TopicRange(args.topic, start_offset=args.from_offset, end_offset=args.to_offset,
+                         start_time=parse_time(args.from_time) if args.from_time else None,
+                         end_time=parse_time(args.to_time) if args.to_time else None)
+        source: Any = read_range(settings.kafka, rng)
+        name = rng.describe()
+    else:
+        if args.generator and args.limit is None:
+            raise ConfigError("pretrain: --generator streams are endless; pass --limit N")
+        source = _source(args)
+        name = (f"dataset:{args.dataset}" if args.dataset else f"generator:{args.generator}" if args.generator
+                else f"file:{args.file}")
+    report = pretrain(settings.model, source, args.output, source_name=name, limit=args.limit,
+                      batch_size=args.batch_size, progress=False if args.no_progress else None)
+    print(report.line(), file=sys.stderr)
+    return 0
+
+
 # -- demo -----------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from driftline.demo import run_demo
@@ -182,6 +210,24 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source_args(p: argparse.ArgumentParser, *, topic_source: bool) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="a River bundled dataset (e.g. Phishing, Bananas, TrumpApproval)")
+    src.add_argument("--generator", help="a River synthetic generator (e.g. Agrawal, SEA, STAGGER, Hyperplane)")
+    src.add_argument("--file", help="a .jsonl file of events or a .csv file (columns -> features)")
+    if topic_source:
+        src.add_argument("--topic", help="a Kafka topic range (see --from-offset/--to-offset/--from-time/--to-time)")
+    p.add_argument("--param", type=_kv, action="append", metavar="KEY=VALUE",
+                   help="generator parameter (repeatable), e.g. classification_function=0")
+    p.add_argument("--drift-at", type=int, help="switch to the drift parameters after this many events")
+    p.add_argument("--drift-param", type=_kv, action="append", metavar="KEY=VALUE",
+                   help="generator parameter after the drift point (repeatable)")
+    p.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
+    p.add_argument("--id-prefix", help="prefix of generated event ids (default: the current unix time + '-')")
+    p.add_argument("--label-column", default="label", help="CSV column holding the label (default 'label')")
+    p.add_argument("--id-column", default="id", help="CSV column holding the event id (default 'id')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from driftline.stream.broker import KAFKA_VERSION
 
@@ -204,27 +250,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("produce", help="publish labeled events from a dataset, generator or file",
                         description="Publish labeled events (JSON, key = event id) to a topic.")
-    src = pr.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dataset", help="a River bundled dataset (e.g. Phishing, Bananas, TrumpApproval)")
-    src.add_argument("--generator", help="a River synthetic generator (e.g. Agrawal, SEA, STAGGER, Hyperplane)")
-    src.add_argument("--file", help="a .jsonl file of events or a .csv file (columns -> features)")
+    _source_args(pr, topic_source=False)
     pr.add_argument("--topic", help="target topic (default: topics.input of the config)")
     pr.add_argument("--config", "-c", help="YAML config file for Kafka connection settings")
     pr.add_argument("--bootstrap-servers", help="override kafka.bootstrap_servers")
-    pr.add_argument("--param", type=_kv, action="append", metavar="KEY=VALUE",
-                    help="generator parameter (repeatable), e.g. classification_function=0")
-    pr.add_argument("--drift-at", type=int, help="switch to the drift parameters after this many events")
-    pr.add_argument("--drift-param", type=_kv, action="append", metavar="KEY=VALUE",
-                    help="generator parameter after the drift point (repeatable)")
-    pr.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
     pr.add_argument("--limit", type=int, help="stop after this many events")
     pr.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
-    pr.add_argument("--id-prefix", help="prefix of generated event ids (default: the current unix time + '-')")
-    pr.add_argument("--label-column", default="label", help="CSV column holding the label (default 'label')")
-    pr.add_argument("--id-column", default="id", help="CSV column holding the event id (default 'id')")
     pr.add_argument("--partitions", type=int, default=1, help="partitions if the topic is created (default 1)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_produce)
+
+    pt = sub.add_parser(
+        "pretrain", help="train a starting model on a source domain (dataset, file or topic range)",
+        description="Train the configured model (backbone + head, as `run` will use it) on a source dataset, a "
+                    "JSONL/CSV file or a Kafka topic range, test-then-train, and write it to OUTPUT. Point "
+                    "model.start_from at OUTPUT and `driftline run` starts from it: transfer from the source "
+                    "domain to the target stream.")
+    _source_args(pt, topic_source=True)
+    pt.add_argument("--output", "-o", required=True, help="model file to write (atomically)")
+    pt.add_argument("--config", "-c", help="YAML config: the model section is the model trained")
+    pt.add_argument("--bootstrap-servers", help="override kafka.bootstrap_servers (for --topic)")
+    pt.add_argument("--from-offset", type=int, help="--topic: first offset of every partition (default: beginning)")
+    pt.add_argument("--to-offset", type=int, help="--topic: stop before this offset (default: the end at start)")
+    pt.add_argument("--from-time", help="--topic: first record at/after this time (ISO 8601 or unix ms)")
+    pt.add_argument("--to-time", help="--topic: stop at records at/after this time")
+    pt.add_argument("--limit", type=int, help="stop after this many events")
+    pt.add_argument("--batch-size", type=int, default=256, help="events embedded per backbone call (default 256)")
+    pt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pt.set_defaults(func=cmd_pretrain)
 
     d = sub.add_parser("demo", help="local broker + drifting synthetic stream + the service, in one command",
                        description="Start a local Apache Kafka broker, produce a drifting synthetic stream "
