@@ -399,6 +399,16 @@ class SentenceTransformerBackbone(Backbone):
             raise InputError(INPUT_KIND_MISMATCH, "the sentence-transformers backbone reads `text`, and this event "
                              "has none (send the document in the event's `text` field)")
 
+    def embed(self, events: Sequence[Event]) -> torch.Tensor:
+        """As `Backbone.embed`, with the texts ordered by length so each chunk pads little
+        (what sentence-transformers' own ``encode`` does); rows come back in event order."""
+        order = sorted(range(len(events)), key=lambda i: len(events[i].text or ""))
+        out = super().embed([events[i] for i in order])
+        inverse = [0] * len(order)
+        for pos, i in enumerate(order):
+            inverse[i] = pos
+        return out[inverse]
+
     def _tokens(self, events: Sequence[Event]) -> dict[str, Any]:
         feats = self.model.tokenize([e.text or "" for e in events])
         return {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in feats.items()}

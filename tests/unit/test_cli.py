@@ -9,7 +9,7 @@ import pytest
 from driftline import __version__
 from driftline.cli import build_parser, main
 
-COMMANDS = ["run", "produce", "demo", "checkpoint", "broker"]
+COMMANDS = ["run", "produce", "pretrain", "demo", "checkpoint", "broker"]
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,3 +87,16 @@ def test_checkpoint_list_and_rollback(tmp_path: Path, capsys: pytest.CaptureFixt
     cfg.write_text("log_level: INFO\n")
     assert main(["checkpoint", "list", "--config", str(cfg)]) == 2
     assert "checkpoint.directory is not set" in capsys.readouterr().err
+
+
+def test_run_with_a_missing_backbone_file_fails_before_consuming(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.yaml"
+    missing = tmp_path / "weights" / "encoder.pt"
+    cfg.write_text(
+        "kafka: {bootstrap_servers: '127.0.0.1:1'}\n"  # nothing listens: the model must fail first
+        f"model: {{name: TorchLinear, backbone: {{kind: torch, path: '{missing}', class_path: 'x:Y', "
+        "features: [a]}}\n")
+    assert main(["run", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "model.backbone.path" in err and str(missing) in err and "does not exist" in err

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Any
+
 import pytest
 
 from driftline.errors import ConfigError
@@ -76,3 +78,26 @@ def test_shipped_example_config_loads() -> None:
     s = load_settings(example)
     assert s.model.classes == [0, 1]
     assert s.topics.dead_letter == "driftline.dead-letter"
+
+
+def test_shipped_example_config_lists_every_setting() -> None:
+    """deploy/driftline.example.yaml documents every setting: a new field must be added there too."""
+    import yaml
+    from pydantic import BaseModel
+
+    from driftline.settings import Settings
+
+    example = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "driftline.example.yaml").read_text())
+
+    def missing(model: type[BaseModel], doc: dict[str, Any], prefix: str) -> list[str]:
+        out = []
+        for name, field in model.model_fields.items():
+            if name not in doc:
+                out.append(prefix + name)
+                continue
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                out += missing(ann, doc[name] or {}, f"{prefix}{name}.")
+        return out
+
+    assert missing(Settings, example, "") == []
