@@ -110,14 +110,26 @@ class Backbone:
             full = torch.cat(chunks) if chunks else torch.empty((0, self.dim), device=self.device)
         return full.clone()
 
+    def _layers(self) -> list[Any] | None:
+        """The layers fine-tuning may unfreeze, bottom to top; None if this backbone cannot be split."""
+        return None
+
+    def _top(self, layers: list[Any], k: int) -> TrainableTop:
+        raise NotImplementedError
+
     def split(self, k: int) -> TrainableTop:
         """Frozen bottom + trainable top ``k`` layers (k = 0: everything frozen)."""
         if k == 0:
             return _FrozenTop(self)
-        raise ConfigError(
-            f"model.params.unfreeze_top_k: {k} layers cannot be unfrozen: a {self.cfg.kind} backbone "
-            "can only be split into layers when it is an nn.Sequential or a BERT-style sentence-transformers model"
-        )
+        layers = self._layers()
+        if layers is None:
+            raise ConfigError(
+                f"model.params.unfreeze_top_k: {k} layers cannot be unfrozen: a {self.cfg.kind} backbone can only "
+                "be split into layers when it is an nn.Sequential or a BERT-style sentence-transformers model"
+            )
+        if k > len(layers):
+            raise ConfigError(f"model.params.unfreeze_top_k: {k} exceeds the backbone's {len(layers)} layers")
+        return self._top(layers, k)
 
 
 class _FrozenTop:
@@ -190,8 +202,8 @@ class _FeatureBackbone(Backbone):
             raise ConfigError(f"{where}: the backbone must return a tensor of shape [batch, dim], got {shape}")
         self.dim = math.prod(out.shape[1:])
 
-    def _sequential_children(self) -> list[Any] | None:
-        """The layers, when the module is an nn.Sequential (eager, or scripted from one)."""
+    def _layers(self) -> list[Any] | None:
+        """The children, when the module is an nn.Sequential (eager, or scripted from one)."""
         from torch import nn
 
         m = self.module
@@ -199,15 +211,8 @@ class _FeatureBackbone(Backbone):
             return list(m.children())
         return None
 
-    def split(self, k: int) -> TrainableTop:
-        if k == 0:
-            return _FrozenTop(self)
-        children = self._sequential_children()
-        if children is None:
-            return super().split(k)
-        if k > len(children):
-            raise ConfigError(f"model.params.unfreeze_top_k: {k} exceeds the backbone's {len(children)} layers")
-        return _SequentialTop(self, children, k)
+    def _top(self, layers: list[Any], k: int) -> TrainableTop:
+        return _SequentialTop(self, layers, k)
 
 
 class _SequentialTop:
@@ -312,7 +317,7 @@ class TorchModuleBackbone(_FeatureBackbone):
         for p in self.module.parameters():
             p.requires_grad_(False)
         self._probe(f"model.backbone ({cfg.class_path} from {str(path)!r})")
-        self.n_layers = len(self._sequential_children() or [])
+        self.n_layers = len(self._layers() or [])
         self.fingerprint.update(class_path=cfg.class_path, args=dict(cfg.args), sha256=_sha256(path),
                                 features=self.features, dim=self.dim)
 
@@ -333,7 +338,7 @@ class TorchScriptBackbone(_FeatureBackbone):
         for p in self.module.parameters():
             p.requires_grad_(False)
         self._probe(f"model.backbone (TorchScript {str(path)!r})")
-        self.n_layers = len(self._sequential_children() or [])
+        self.n_layers = len(self._layers() or [])
         self.fingerprint.update(sha256=_sha256(path), features=self.features, dim=self.dim)
 
 
@@ -417,18 +422,13 @@ class SentenceTransformerBackbone(Backbone):
         out = self.model(self._tokens(events))
         return out["sentence_embedding"]  # type: ignore[no-any-return]
 
-    def _layers(self) -> Any:
+    def _layers(self) -> list[Any] | None:
+        """The encoder layers of a BERT-style transformer."""
         encoder = getattr(getattr(self.model[0], "auto_model", None), "encoder", None)
-        return getattr(encoder, "layer", None)
+        layers = getattr(encoder, "layer", None)
+        return list(layers) if layers is not None else None
 
-    def split(self, k: int) -> TrainableTop:
-        if k == 0:
-            return _FrozenTop(self)
-        layers = self._layers()
-        if layers is None:
-            return super().split(k)
-        if k > len(layers):
-            raise ConfigError(f"model.params.unfreeze_top_k: {k} exceeds the backbone's {len(layers)} layers")
+    def _top(self, layers: list[Any], k: int) -> TrainableTop:
         return _TransformerTop(self, layers, k)
 
 
@@ -447,7 +447,7 @@ class _TransformerTop:
 
         self.backbone = backbone
         self.first = layers[len(layers) - k]
-        self.modules: nn.Module = nn.ModuleList(list(layers)[len(layers) - k:])
+        self.modules: nn.Module = nn.ModuleList(layers[len(layers) - k:])
         self.tail = list(backbone.model)[1:]  # pooling (+ normalize, dense)
 
     def prefix(self, events: Sequence[Event]) -> list[Any]:

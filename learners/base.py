@@ -90,3 +90,23 @@ def check_fingerprint(saved: Mapping[str, Any] | None, current: Mapping[str, Any
     diff = sorted(k for k in {*saved, *current} if saved.get(k) != current.get(k))
     raise ValueError(f"the state was learned on a different backbone (differs in {', '.join(diff)}): "
                      f"state {saved!r}, config {current!r}")
+
+
+def check_label_type(task: Task, y: Label | float) -> Label | float:
+    """A label of the right type for the task (regression: a number, returned as float), else
+    `LabelError("invalid_label")`."""
+    if task == "regression":
+        if isinstance(y, bool) or not isinstance(y, int | float):
+            raise LabelError("invalid_label", f"regression label must be a number, got {y!r}")
+        return float(y)
+    if isinstance(y, float):
+        raise LabelError("invalid_label", f"classification label must be a string, int or bool, got {y!r}")
+    return y
+
+
+def check_state_header(state: Mapping[str, Any], kind: str, what: str, task: Task, name: str) -> None:
+    """A state must be of this learner's kind, task and model name (ValueError saying which differs)."""
+    if state.get("kind") != kind:
+        raise ValueError(f"not a {what} state: kind={state.get('kind')!r}")
+    if (state["task"], state["name"]) != (task, name):
+        raise ValueError(f"state is for {state['task']} model {state['name']!r}, this learner is {task} model {name!r}")

@@ -21,6 +21,8 @@ from driftline.learners.base import (
     Prediction,
     Task,
     check_fingerprint,
+    check_label_type,
+    check_state_header,
 )
 from driftline.learners.preprocessing import FeaturePrep
 from driftline.learners.registry import CLASSIFIERS, REGRESSORS, resolve
@@ -141,12 +143,10 @@ class RiverLearner:
             self.learn_one(x, y)
 
     def _check_label(self, y: Label | float) -> Any:
-        if self.task == "regression":
-            if isinstance(y, bool) or not isinstance(y, int | float):
-                raise LabelError("invalid_label", f"regression label must be a number, got {y!r}")
-            return float(y)
-        if isinstance(y, float):
-            raise LabelError("invalid_label", f"classification label must be a string, int or bool, got {y!r}")
+        checked = check_label_type(self.task, y)
+        if isinstance(checked, float):  # regression
+            return checked
+        y = checked
         if self._classes is not None and y not in self._classes:
             raise LabelError("unknown_label", f"label {y!r} is not one of the configured classes {self._classes!r}")
         if self._binary_map is not None:
@@ -167,13 +167,7 @@ class RiverLearner:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("kind") != STATE_KIND:
-            raise ValueError(f"not a River learner state: kind={state.get('kind')!r}")
-        if (state["task"], state["name"]) != (self.task, self.name):
-            raise ValueError(
-                f"state is for {state['task']} model {state['name']!r}, "
-                f"this learner is {self.task} model {self.name!r}"
-            )
+        check_state_header(state, STATE_KIND, "River learner", self.task, self.name)
         if state["classes"] != self._classes:
             raise ValueError(f"state has classes {state['classes']!r}, config has {self._classes!r}")
         check_fingerprint(state.get("backbone"), self.fingerprint)

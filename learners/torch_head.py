@@ -20,7 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from driftline.errors import ConfigError
 from driftline.learners.backbones import Backbone
-from driftline.learners.base import LabelError, Prediction, Task, check_fingerprint
+from driftline.learners.base import (
+    LabelError,
+    Prediction,
+    Task,
+    check_fingerprint,
+    check_label_type,
+    check_state_header,
+)
 from driftline.learners.embedding import PreparedBatch
 from driftline.settings import ModelSettings
 from driftline.stream.event import Event, Label
@@ -161,12 +168,10 @@ class TorchHeadLearner:
         return [self.predict_one(x) for x in xs]
 
     def _target(self, y: Label | float) -> Any:
-        if self.task == "regression":
-            if isinstance(y, bool) or not isinstance(y, int | float):
-                raise LabelError("invalid_label", f"regression label must be a number, got {y!r}")
-            return float(y)
-        if isinstance(y, float):
-            raise LabelError("invalid_label", f"classification label must be a string, int or bool, got {y!r}")
+        checked = check_label_type(self.task, y)
+        if isinstance(checked, float):  # regression
+            return checked
+        y = checked
         idx = self._index.get(y)
         if idx is not None:
             return idx
@@ -193,11 +198,7 @@ class TorchHeadLearner:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("kind") != STATE_KIND:
-            raise ValueError(f"not a torch head state: kind={state.get('kind')!r}")
-        if (state["task"], state["name"]) != (self.task, self.name):
-            raise ValueError(f"state is for {state['task']} model {state['name']!r}, "
-                             f"this learner is {self.task} model {self.name!r}")
+        check_state_header(state, STATE_KIND, "torch head", self.task, self.name)
         if state["fixed_classes"] != self._fixed:
             raise ValueError(f"state has classes {state['fixed_classes']!r}, config has {self._fixed!r}")
         if state["unfreeze_top_k"] != self.params.unfreeze_top_k:
