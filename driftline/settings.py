@@ -60,11 +60,16 @@ class TopicSettings(_Frozen):
     input: str = "driftline.events"
     predictions: str = "driftline.predictions"
     dead_letter: str = "driftline.dead-letter"
+    # Labels that arrive after their event ({"id", "label", "timestamp"}, keyed by event id, same
+    # partition count as the input); None: labels come only on the events themselves.
+    labels: str | None = None
+    # Where predictions that expired unlabeled are written (None: only counted).
+    expired: str | None = None
 
-    @field_validator("input", "predictions", "dead_letter")
+    @field_validator("input", "predictions", "dead_letter", "labels", "expired")
     @classmethod
-    def _valid_topic(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", v):
+    def _valid_topic(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", v):
             raise ValueError(f"invalid Kafka topic name {v!r} (letters, digits, '.', '_', '-'; 1-249 chars)")
         return v
 
@@ -140,6 +145,15 @@ class ModelSettings(_Frozen):
         return self
 
 
+class LabelSettings(_Frozen):
+    """Bounds of the delayed-label join (used when ``topics.labels`` is set)."""
+
+    # How long (in event time: Kafka record timestamps) a prediction waits for its label, and a label
+    # for its event.
+    ttl_seconds: float = Field(3600.0, gt=0)
+    max_pending: int = Field(100_000, ge=1, le=50_000_000)  # each side; the oldest expires beyond it
+
+
 class MetricsSettings(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(9464, ge=0, le=65535)
@@ -172,6 +186,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    labels: LabelSettings = Field(default_factory=LabelSettings)
     max_payload_bytes: int = Field(1_000_000, ge=64)
     # Remember this many recent event ids; an id seen again within them is dead-lettered (duplicate_id).
     # 0 turns it off. The window is checkpointed with the model.

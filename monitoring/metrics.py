@@ -49,6 +49,15 @@ class ServiceMetrics:
                           ["model", "window"], registry=registry)
         self.labeled = Counter("driftline_labeled_events", "Events whose label was scored.", ["model"],
                                registry=registry)
+        self.label_coverage = Gauge("driftline_label_coverage_ratio",
+                                    "Labeled events / predicted events (cumulative, checkpointed).", ["model"],
+                                    registry=registry)
+        self.pending_labels = Gauge("driftline_pending_labels",
+                                    "Delayed-label join: predictions waiting for a label, labels waiting for "
+                                    "their event.", ["side"], registry=registry)
+        self.labels_expired = Counter("driftline_labels_expired",
+                                      "Predictions that never got a label, by reason (ttl, capacity).", ["reason"],
+                                      registry=registry)
         self.predict_latency = FastHistogram(
             "driftline_predict_latency_seconds", "Time to predict one event.", ["model"],
             buckets=_FAST_BUCKETS, registry=registry,
@@ -61,6 +70,12 @@ class ServiceMetrics:
             "driftline_backbone_batch_seconds",
             "Time to prepare one consumed batch for the learner (batched backbone inference).", ["model"],
             buckets=_E2E_BUCKETS, registry=registry,
+        )
+        self.label_delay = FastHistogram(
+            "driftline_label_delay_seconds",
+            "From an event's Kafka timestamp to its label's (labels joined from the labels topic).",
+            buckets=(0.1, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0),
+            registry=registry,
         )
         self.e2e_latency = FastHistogram(
             "driftline_end_to_end_latency_seconds",

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from driftline.stream.event import Event
+from driftline.stream.event import Event, LabelRecord
+
+M = TypeVar("M", bound=BaseModel)
 
 # Reason codes: bounded, stable, documented in README ("Dead letters").
 NOT_UTF8 = "not_utf8"
@@ -72,17 +74,26 @@ def decode_event(value: bytes | None, *, max_bytes: int = 1_000_000) -> Event:
     Valid records take pydantic's native JSON path; anything it rejects is parsed again step by
     step so the error carries the precise reason (not UTF-8, not JSON, non-finite, ...).
     """
+    return _decode(Event, value, max_bytes)
+
+
+def decode_label(value: bytes | None, *, max_bytes: int = 1_000_000) -> LabelRecord:
+    """A labels-topic record (``{"id", "label", "timestamp"}``); DecodeError with the same reasons."""
+    return _decode(LabelRecord, value, max_bytes)
+
+
+def _decode(model: type[M], value: bytes | None, max_bytes: int) -> M:
     if value is None or len(value) == 0:
         raise DecodeError(EMPTY_PAYLOAD, "record has no value (null or empty payload)")
     if len(value) > max_bytes:
         raise DecodeError(PAYLOAD_TOO_LARGE, f"payload is {len(value)} bytes, over the limit of {max_bytes}")
     try:
-        return Event.model_validate_json(value)
+        return model.model_validate_json(value)
     except ValidationError:
-        return _decode_precisely(value)
+        return _decode_precisely(model, value)
 
 
-def _decode_precisely(value: bytes) -> Event:
+def _decode_precisely(model: type[M], value: bytes) -> M:
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -96,7 +107,7 @@ def _decode_precisely(value: bytes) -> Event:
     if not isinstance(obj, dict):
         raise DecodeError(NOT_OBJECT, f"payload is JSON {type(obj).__name__}, expected an object")
     try:
-        return Event.model_validate(obj)
+        return model.model_validate(obj)
     except ValidationError as exc:
         reason, detail = _classify(exc)
         raise DecodeError(reason, detail) from None

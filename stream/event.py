@@ -49,3 +49,13 @@ class Event(BaseModel):
         if not self.features and self.text is None:
             raise ValueError("event has neither features nor text")
         return self
+
+
+class LabelRecord(BaseModel):
+    """A label arriving after its event, on the labels topic: ``{"id", "label", "timestamp"}``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    id: Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+    label: Label | StrictFloat
+    timestamp: datetime | None = None

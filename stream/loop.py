@@ -28,6 +28,7 @@ from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import Settings
 from driftline.stream.checkpointing import Checkpointer
 from driftline.stream.kafka_io import ensure_topics, make_consumer, topic_partitions
+from driftline.stream.labels import LabelJoin
 from driftline.stream.processor import BatchResult, EventProcessor
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import OutputSink
@@ -114,26 +115,31 @@ class Service:
     def run(self) -> RunTotals:
         s = self.settings
         ensure_topics(s.kafka, [s.topics.input])
-        # predictions mirror the input's partitioning (see sink.py); dead letters need no order
-        ensure_topics(s.kafka, [s.topics.predictions, s.topics.dead_letter],
-                      partitions=topic_partitions(s.kafka, s.topics.input))
+        # predictions mirror the input's partitioning (see sink.py); dead letters need no order. Labels are
+        # keyed by event id with the input's partition count, so an event and its label meet in one instance.
+        outputs = [s.topics.predictions, s.topics.dead_letter, *(t for t in (s.topics.labels, s.topics.expired) if t)]
+        ensure_topics(s.kafka, outputs, partitions=topic_partitions(s.kafka, s.topics.input))
+        inputs = [s.topics.input, *([s.topics.labels] if s.topics.labels else [])]
         if self.http is not None:
             self.http.start()
             log.info("metrics on http://%s:%d/metrics", self.http.host, self.http.port)
         writer = make_writer(s.kafka)
         consumer = make_consumer(s.kafka)
         sink = OutputSink(writer, s.topics.predictions, s.topics.dead_letter, self.metrics)
+        join = (LabelJoin(int(s.labels.ttl_seconds * 1000), s.labels.max_pending)
+                if s.topics.labels else None)
         processor = EventProcessor(self.learner, sink, self.metrics, rolling_window=s.metrics.rolling_window,
-                                   max_payload_bytes=s.max_payload_bytes, dedup_window=s.dedup_window)
+                                   max_payload_bytes=s.max_payload_bytes, dedup_window=s.dedup_window,
+                                   join=join, labels_topic=s.topics.labels, expired_topic=s.topics.expired)
         self.processor = processor
         checkpointer = Checkpointer(s.checkpoint, processor, self.metrics)
         self.checkpointer = checkpointer
         try:
             checkpointer.restore()
-            consumer.subscribe([s.topics.input], listener=_Rebalance(consumer, checkpointer))
+            consumer.subscribe(inputs, listener=_Rebalance(consumer, checkpointer))
             self._running = True
             self.metrics.up.set(1)
-            log.info("consuming %s as group %r with model %s (%s)", s.topics.input, s.kafka.group_id,
+            log.info("consuming %s as group %r with model %s (%s)", " + ".join(inputs), s.kafka.group_id,
                      self.learner.name, self.learner.task)
             while not self._stop.is_set():
                 self._heartbeat = time.monotonic()

@@ -15,18 +15,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from driftline.learners.base import EventRejected, Learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.monitoring.prequential import ClassificationTracker, RegressionTracker
-from driftline.stream.codec import DecodeError, decode_event, encode_prediction
+from driftline.stream.codec import DecodeError, decode_event, decode_label, encode_prediction
 from driftline.stream.dedup import DedupWindow
-from driftline.stream.event import Event
+from driftline.stream.event import Event, Label, LabelRecord
+from driftline.stream.labels import EarlyLabel, LabelJoin, PendingPrediction
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import OutputSink
 
 log = logging.getLogger(__name__)
 
 DUPLICATE_ID = "duplicate_id"
+DUPLICATE_LABEL = "duplicate_label"
+LABEL_UNKNOWN_ID = "label_unknown_id"
+LABEL_ALREADY_LEARNED = "label_already_learned"
 PREDICT_FAILED = "predict_failed"
 LEARN_FAILED = "learn_failed"
 
@@ -62,10 +68,18 @@ class LearnLedger:
 
 
 class EventProcessor:
-    """Owns the per-event pipeline; the run loop owns polling, flushing and committing."""
+    """Owns the per-event pipeline; the run loop owns polling, flushing and committing.
+
+    With a `LabelJoin` (``labels_topic`` set), records of that topic are labels for earlier (or
+    later) events: unlabeled events wait in the join with their prediction, and learn when their
+    label comes; what expires is counted, optionally published to ``expired_topic``, and labels
+    that never meet their event are dead-lettered.
+    """
 
     def __init__(self, learner: Learner, sink: OutputSink, metrics: ServiceMetrics, *,
-                 rolling_window: int, max_payload_bytes: int, dedup_window: int = 0) -> None:
+                 rolling_window: int, max_payload_bytes: int, dedup_window: int = 0,
+                 join: LabelJoin | None = None, labels_topic: str | None = None,
+                 expired_topic: str | None = None) -> None:
         self.learner = learner
         self.sink = sink
         self.metrics = metrics
@@ -76,6 +90,10 @@ class EventProcessor:
         )
         self.ledger = LearnLedger()
         self.dedup = DedupWindow(dedup_window) if dedup_window > 0 else None
+        self.join = join
+        self.labels_topic = labels_topic if join is not None else None
+        self.expired_topic = expired_topic
+        self.predicted_total = 0  # for label coverage (checkpointed)
         model = learner.name
         self._predict_hist = metrics.predict_latency.labels(model)
         self._learn_hist = metrics.learn_latency.labels(model)
@@ -84,10 +102,25 @@ class EventProcessor:
     def process(self, records: Sequence[InboundRecord]) -> BatchResult:
         res = BatchResult(consumed=len(records))
         learner, sink, perf, dedup, reject = self.learner, self.sink, time.perf_counter, self.dedup, self._reject
-        decoded: list[tuple[InboundRecord, Event]] = []
+        join, labels_topic, max_bytes = self.join, self.labels_topic, self.max_payload_bytes
+        items: list[tuple[InboundRecord, Event | LabelRecord]] = []
+        prepare: list[Event] = []
         for rec in records:
+            if join is not None:
+                join.observe(rec.timestamp_ms)
+                if rec.topic == labels_topic:
+                    try:
+                        lab = decode_label(rec.value, max_bytes=max_bytes)
+                    except DecodeError as exc:
+                        reject(rec, res, exc.reason, str(exc))
+                        continue
+                    items.append((rec, lab))
+                    waiting = join.peek(lab.id)
+                    if waiting is not None:
+                        prepare.append(waiting.event)  # embedded with the batch, learned when its label is reached
+                    continue
             try:
-                event = decode_event(rec.value, max_bytes=self.max_payload_bytes)
+                event = decode_event(rec.value, max_bytes=max_bytes)
             except DecodeError as exc:
                 reject(rec, res, exc.reason, str(exc))
                 continue
@@ -95,10 +128,15 @@ class EventProcessor:
                 reject(rec, res, DUPLICATE_ID,
                        f"event id {event.id!r} was already seen within the last {dedup.size} events")
                 continue
-            decoded.append((rec, event))
-        if decoded:
-            self._prepare([e for _, e in decoded])
-        for rec, event in decoded:
+            items.append((rec, event))
+            prepare.append(event)
+        if prepare:
+            self._prepare(prepare)
+        for rec, item in items:
+            if type(item) is LabelRecord:
+                self._join_label(rec, item, res)
+                continue
+            event = item  # type: ignore[assignment]
             t0 = perf()
             try:
                 pred = learner.predict_one(event)
@@ -111,35 +149,89 @@ class EventProcessor:
                 continue
             dt = perf() - t0
             self._predict_hist.observe(dt)
+            now_ms = int(time.time() * 1000)
             sink.prediction(
                 event.id,
                 encode_prediction(
                     event_id=event.id, prediction=pred.value, proba=pred.proba, model=learner.name,
                     model_version=learner.version, model_updates=learner.updates, latency_ms=dt * 1000.0,
-                    source=rec.coordinates, predicted_at_ms=int(time.time() * 1000),
+                    source=rec.coordinates, predicted_at_ms=now_ms,
                 ),
                 rec.timestamp_ms,
                 rec.partition,
             )
             res.predicted += 1
-            if event.label is None:
-                continue
-            t1 = perf()
-            try:
-                learner.learn_one(event, event.label)
-            except EventRejected as exc:
-                reject(rec, res, exc.reason, str(exc))
-                continue
-            except Exception as exc:
-                log.warning("learn failed for event %r at %s: %r", event.id, rec.coordinates, exc)
-                reject(rec, res, LEARN_FAILED, f"{type(exc).__name__}: {exc}")
-                continue
-            self._learn_hist.observe(perf() - t1)
-            self.tracker.update(event.label, pred.value)  # type: ignore[arg-type]
-            self.ledger.add(event.id)
-            res.learned += 1
+            if event.label is not None:
+                self._learn(event, event.label, pred.value, rec, res)
+            elif join is not None:
+                early = join.add_prediction(PendingPrediction(event, pred.value, rec.timestamp_ms, now_ms))
+                if early is not None:  # its label came first and waited
+                    self._learn(event, early.label.label, pred.value, early.record, res)
+                    self.metrics.label_delay.observe(0.0)
+        if join is not None:
+            self._expire(res)
+        self.predicted_total += res.predicted
         self._publish_counts(res)
         return res
+
+    def _learn(self, event: Event, label: Label | float, predicted: Any, rec: InboundRecord,
+               res: BatchResult) -> bool:
+        """Learn ``event`` with ``label`` and score ``predicted``; a failure dead-letters ``rec``."""
+        t1 = time.perf_counter()
+        try:
+            self.learner.learn_one(event, label)
+        except EventRejected as exc:
+            self._reject(rec, res, exc.reason, str(exc))
+            return False
+        except Exception as exc:
+            log.warning("learn failed for event %r at %s: %r", event.id, rec.coordinates, exc)
+            self._reject(rec, res, LEARN_FAILED, f"{type(exc).__name__}: {exc}")
+            return False
+        self._learn_hist.observe(time.perf_counter() - t1)
+        self.tracker.update(label, predicted)  # type: ignore[arg-type]
+        self.ledger.add(event.id)
+        res.learned += 1
+        if self.join is not None:
+            self.join.mark_resolved(event.id)
+        return True
+
+    def _join_label(self, rec: InboundRecord, lab: LabelRecord, res: BatchResult) -> None:
+        join = self.join
+        assert join is not None
+        waiting = join.take(lab.id)
+        if waiting is not None:
+            if self._learn(waiting.event, lab.label, waiting.prediction, rec, res):
+                self.metrics.label_delay.observe(max(rec.timestamp_ms - waiting.timestamp_ms, 0) / 1000.0)
+            return
+        outcome = join.known_outcome(lab.id)
+        if outcome is not None:
+            detail = ("its event was already learned with a label" if outcome == LABEL_ALREADY_LEARNED else
+                      f"its prediction expired unlabeled (labels.ttl_seconds={join.ttl_ms / 1000:g}, "
+                      f"max_pending={join.max_pending})")
+            self._reject(rec, res, outcome, f"label for event id {lab.id!r} cannot be used: {detail}")
+            return
+        displaced = join.add_early(EarlyLabel(lab, rec))  # its event may still come
+        if displaced is not None:
+            self._reject(displaced.record, res, DUPLICATE_LABEL,
+                         f"a later label for event id {lab.id!r} replaced this one before the event arrived")
+
+    def _expire(self, res: BatchResult) -> None:
+        join = self.join
+        assert join is not None
+        expired = join.expire()
+        for p, reason in expired.predictions:
+            self.metrics.labels_expired.labels(reason).inc()
+            if self.expired_topic is not None:
+                self.sink.publish(self.expired_topic, p.event.id, orjson.dumps({
+                    "id": p.event.id, "reason": reason, "prediction": p.prediction,
+                    "event_timestamp_ms": p.timestamp_ms, "predicted_at_ms": p.predicted_at_ms,
+                    "event": p.event.model_dump(mode="json", exclude_none=True),
+                }))
+        for e, reason in expired.labels:
+            self._reject(e.record, res, LABEL_UNKNOWN_ID,
+                         f"no event with id {e.label.id!r} arrived within labels.ttl_seconds="
+                         f"{join.ttl_ms / 1000:g}" if reason == "ttl" else
+                         f"more than labels.max_pending={join.max_pending} labels were waiting for their event")
 
     def _prepare(self, events: list[Event]) -> None:
         """Let the learner embed the whole batch at once (a speed-up: on failure it goes event by event)."""
@@ -163,6 +255,8 @@ class EventProcessor:
             "tracker": self.tracker.state_dict(),
             "ledger": {"learned": self.ledger.learned, "digest": self.ledger.digest},
             "dedup": self.dedup.state_dict() if self.dedup is not None else None,
+            "join": self.join.state_dict() if self.join is not None else None,
+            "predicted_total": self.predicted_total,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -171,6 +265,9 @@ class EventProcessor:
         self.ledger = LearnLedger(int(state["ledger"]["learned"]), int(state["ledger"]["digest"]))
         if self.dedup is not None and state.get("dedup"):
             self.dedup.load_state_dict(state["dedup"])
+        if self.join is not None and state.get("join"):
+            self.join.load_state_dict(state["join"])
+        self.predicted_total = int(state.get("predicted_total", 0))
         self._refresh_gauges()
 
     def _publish_counts(self, res: BatchResult) -> None:
@@ -188,6 +285,11 @@ class EventProcessor:
         m, model = self.metrics, self.learner.name
         m.model_version.labels(model).set(self.learner.version)
         m.model_updates.labels(model).set(self.learner.updates)
+        if self.predicted_total:
+            m.label_coverage.labels(model).set(self.ledger.learned / self.predicted_total)
+        if self.join is not None:
+            m.pending_labels.labels("predictions").set(len(self.join.pending))
+            m.pending_labels.labels("labels").set(len(self.join.early))
         t = self.tracker
         if isinstance(t, ClassificationTracker):
             if t.n:

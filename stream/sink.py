@@ -38,6 +38,10 @@ class OutputSink:
         self.writer.send(self.predictions_topic, event_id.encode("utf-8"), value, partition)
         self._event_times_ms.append(record_timestamp_ms)
 
+    def publish(self, topic: str, key: str, value: bytes) -> None:
+        """Any other output of the batch (e.g. expired predictions); flushed with the batch."""
+        self.writer.send(topic, key.encode("utf-8"), value, None)
+
     def dead_letter(self, record: InboundRecord, reason: str, error: str) -> None:
         """Forward the original bytes with headers naming the reason, the error and the source."""
         headers = [

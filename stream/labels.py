@@ -1,0 +1,131 @@
+"""Delayed labels: predictions waiting for their label, and labels waiting for their event.
+
+An unlabeled event is predicted at once; its event (features as they were) and the prediction
+are kept by id until its label arrives on the labels topic, then the model learns from it and the
+prequential metrics score the prediction made before the label was known. A label may also
+arrive first: it waits for its event. Both waits are bounded by a time-to-live in *event time*
+(the newest Kafka record timestamp seen, so a replay behaves like the live run) and by a
+maximum count; what expires is handed back to the caller to count, publish or dead-letter.
+
+Ids already resolved (labeled or expired) are remembered in bounded windows, so a late or repeated
+label is rejected at once with its reason instead of waiting.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from driftline.stream.dedup import DedupWindow
+from driftline.stream.event import Event, LabelRecord
+from driftline.stream.records import InboundRecord
+
+TTL = "ttl"
+CAPACITY = "capacity"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPrediction:
+    event: Event
+    prediction: Any
+    timestamp_ms: int  # the event record's Kafka timestamp
+    predicted_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyLabel:
+    label: LabelRecord
+    record: InboundRecord  # kept so an unmatched label can be dead-lettered as it came
+
+
+@dataclass
+class Expired:
+    predictions: list[tuple[PendingPrediction, str]]  # (pending, reason: ttl | capacity)
+    labels: list[tuple[EarlyLabel, str]]
+
+
+class LabelJoin:
+    def __init__(self, ttl_ms: int, max_pending: int) -> None:
+        self.ttl_ms = ttl_ms
+        self.max_pending = max_pending
+        self.pending: OrderedDict[str, PendingPrediction] = OrderedDict()
+        self.early: OrderedDict[str, EarlyLabel] = OrderedDict()
+        self.resolved = DedupWindow(max_pending)  # ids whose label was learned
+        self.expired_ids = DedupWindow(max_pending)  # ids whose prediction expired unlabeled
+        self.watermark_ms = 0
+
+    def observe(self, timestamp_ms: int) -> None:
+        if timestamp_ms > self.watermark_ms:
+            self.watermark_ms = timestamp_ms
+
+    # -- events ---------------------------------------------------------------------------------
+    def add_prediction(self, p: PendingPrediction) -> EarlyLabel | None:
+        """Keep ``p`` until its label comes; if the label is already here, return it instead."""
+        early = self.early.pop(p.event.id, None)
+        if early is not None:
+            return early
+        self.pending[p.event.id] = p
+        self.pending.move_to_end(p.event.id)
+        return None
+
+    def mark_resolved(self, event_id: str) -> None:
+        self.resolved.seen(event_id)
+
+    # -- labels ---------------------------------------------------------------------------------
+    def take(self, event_id: str) -> PendingPrediction | None:
+        return self.pending.pop(event_id, None)
+
+    def peek(self, event_id: str) -> PendingPrediction | None:
+        return self.pending.get(event_id)
+
+    def known_outcome(self, event_id: str) -> str | None:
+        """Why a label for this id cannot be joined now: ``label_already_learned`` or
+        ``label_expired``; None if it may still find its event (then it should wait)."""
+        if event_id in self.resolved:
+            return "label_already_learned"
+        if event_id in self.expired_ids:
+            return "label_expired"
+        return None
+
+    def add_early(self, early: EarlyLabel) -> EarlyLabel | None:
+        """Let a label wait for its event; returns a label displaced by a repeat of the same id."""
+        previous = self.early.pop(early.label.id, None)
+        self.early[early.label.id] = early
+        return previous
+
+    # -- bounds ---------------------------------------------------------------------------------
+    def expire(self) -> Expired:
+        """Everything older than the TTL (in event time), and the oldest beyond ``max_pending``."""
+        out = Expired([], [])
+        horizon = self.watermark_ms - self.ttl_ms
+        while self.pending:
+            event_id, p = next(iter(self.pending.items()))
+            over = len(self.pending) > self.max_pending
+            if not over and p.timestamp_ms >= horizon:
+                break
+            del self.pending[event_id]
+            self.expired_ids.seen(event_id)
+            out.predictions.append((p, CAPACITY if over else TTL))
+        while self.early:
+            event_id, e = next(iter(self.early.items()))
+            over = len(self.early) > self.max_pending
+            if not over and e.record.timestamp_ms >= horizon:
+                break
+            del self.early[event_id]
+            out.labels.append((e, CAPACITY if over else TTL))
+        return out
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"pending": list(self.pending.values()), "early": list(self.early.values()),
+                "resolved": self.resolved.state_dict(), "expired_ids": self.expired_ids.state_dict(),
+                "watermark_ms": self.watermark_ms}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.pending = OrderedDict((p.event.id, p) for p in state["pending"])
+        self.early = OrderedDict((e.label.id, e) for e in state["early"])
+        self.resolved.load_state_dict(state["resolved"])
+        self.expired_ids.load_state_dict(state["expired_ids"])
+        self.watermark_ms = int(state["watermark_ms"])
