@@ -21,6 +21,7 @@ typecheck: $(VENV)/.installed
 
 # The whole suite, integration tests against a real Apache Kafka broker included.
 test: $(VENV)/.installed
+	bash scripts/system-deps.sh
 	$(BIN)/driftline broker --fetch-only
 	$(BIN)/ruff check .
 	bash scripts/typecheck.sh

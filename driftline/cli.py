@@ -113,23 +113,61 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     overrides = {"kafka": {"bootstrap_servers": args.bootstrap_servers}} if args.bootstrap_servers else {}
     settings = load_settings(args.config, **overrides)
     _setup_logging(settings.log_level)
-    if args.topic:
-        from driftline.stream.topic_range import TopicRange, parse_time, read_range
-
-        rng = TopicRange(args.topic, start_offset=args.from_offset, end_offset=args.to_offset,
-                         start_time=parse_time(args.from_time) if args.from_time else None,
-                         end_time=parse_time(args.to_time) if args.to_time else None)
-        source: Any = read_range(settings.kafka, rng)
-        name = rng.describe()
-    else:
-        if args.generator and args.limit is None:
-            raise ConfigError("pretrain: --generator streams are endless; pass --limit N")
-        source = _source(args)
-        name = (f"dataset:{args.dataset}" if args.dataset else f"generator:{args.generator}" if args.generator
-                else f"file:{args.file}")
+    source, name = _events_source(args, settings)
     report = pretrain(settings.model, source, args.output, source_name=name, limit=args.limit,
                       batch_size=args.batch_size, progress=False if args.no_progress else None)
     print(report.line(), file=sys.stderr)
+    return 0
+
+
+# -- replay ---------------------------------------------------------------------------------
+def cmd_replay(args: argparse.Namespace) -> int:
+    import itertools
+
+    import orjson
+
+    from driftline.learners.factory import build_learner
+    from driftline.settings import load_settings
+    from driftline.stream.records import InboundRecord
+    from driftline.stream.replay import LabelDelay, replay, simulate, write_summary
+
+    overrides = {"kafka": {"bootstrap_servers": args.bootstrap_servers}} if args.bootstrap_servers else {}
+    settings = load_settings(args.config, **overrides)
+    _setup_logging(settings.log_level)
+    delay = LabelDelay.parse(args.label_delay)
+    source, name = _events_source(args, settings)
+
+    def items() -> Any:
+        for item in source:
+            if isinstance(item, InboundRecord):
+                try:
+                    yield orjson.loads(item.value or b"")
+                except orjson.JSONDecodeError:
+                    yield {"raw": (item.value or b"").decode("utf-8", "replace")}
+            elif args.dataset or args.generator:
+                item.pop("timestamp", None)  # the generation time, not event time: events get --interval-ms spacing
+                yield item
+            else:
+                yield item
+
+    delays: list[float] = []
+    events = itertools.islice(items(), args.limit) if args.limit is not None else items()
+    records = simulate(events, delay, args.seed, interval_ms=args.interval_ms, delays_out=delays)
+    summary = replay(settings, build_learner(settings.model), records, label_delay=delay, seed=args.seed,
+                     speed=args.speed, total=args.limit, progress=False if args.no_progress else None,
+                     label_delays=delays)
+    summary.label_delays_s = delays
+    if args.report:
+        from driftline.stream.report import write_report
+
+        index = write_report(summary, args.report)
+        print(f"report: {index}", file=sys.stderr)
+    if args.summary:
+        write_summary(args.summary, summary)
+    value = "n/a" if summary.cumulative is None else f"{summary.cumulative:.4f}"
+    print(f"replayed {name}: {summary.events} events, {summary.predicted} predicted, {summary.learned} learned, "
+          f"dead letters {summary.dead_lettered or 'none'}, {summary.labels_expired} labels expired; prequential "
+          f"{summary.metric} {value}; {summary.events_per_s:,.0f} events/s", file=sys.stderr)
     return 0
 
 
@@ -228,6 +266,30 @@ def _source_args(p: argparse.ArgumentParser, *, topic_source: bool) -> None:
     p.add_argument("--id-column", default="id", help="CSV column holding the event id (default 'id')")
 
 
+def _range_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from-offset", type=int, help="--topic: first offset of every partition (default: beginning)")
+    p.add_argument("--to-offset", type=int, help="--topic: stop before this offset (default: the end at start)")
+    p.add_argument("--from-time", help="--topic: first record at/after this time (ISO 8601 or unix ms)")
+    p.add_argument("--to-time", help="--topic: stop at records at/after this time")
+    p.add_argument("--limit", type=int, help="stop after this many events")
+
+
+def _events_source(args: argparse.Namespace, settings: Any) -> tuple[Any, str]:
+    """(iterable of event dicts / records, a name for it) from the source arguments."""
+    if args.topic:
+        from driftline.stream.topic_range import TopicRange, parse_time, read_range
+
+        rng = TopicRange(args.topic, start_offset=args.from_offset, end_offset=args.to_offset,
+                         start_time=parse_time(args.from_time) if args.from_time else None,
+                         end_time=parse_time(args.to_time) if args.to_time else None)
+        return read_range(settings.kafka, rng), rng.describe()
+    if args.generator and args.limit is None:
+        raise ConfigError(f"{args.command}: --generator streams are endless; pass --limit N")
+    name = (f"dataset:{args.dataset}" if args.dataset else f"generator:{args.generator}" if args.generator
+            else f"file:{args.file}")
+    return _source(args), name
+
+
 def build_parser() -> argparse.ArgumentParser:
     from driftline.stream.broker import KAFKA_VERSION
 
@@ -270,14 +332,30 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--output", "-o", required=True, help="model file to write (atomically)")
     pt.add_argument("--config", "-c", help="YAML config: the model section is the model trained")
     pt.add_argument("--bootstrap-servers", help="override kafka.bootstrap_servers (for --topic)")
-    pt.add_argument("--from-offset", type=int, help="--topic: first offset of every partition (default: beginning)")
-    pt.add_argument("--to-offset", type=int, help="--topic: stop before this offset (default: the end at start)")
-    pt.add_argument("--from-time", help="--topic: first record at/after this time (ISO 8601 or unix ms)")
-    pt.add_argument("--to-time", help="--topic: stop at records at/after this time")
-    pt.add_argument("--limit", type=int, help="stop after this many events")
+    _range_args(pt)
     pt.add_argument("--batch-size", type=int, default=256, help="events embedded per backbone call (default 256)")
     pt.add_argument("--no-progress", action="store_true", help="no progress bar")
     pt.set_defaults(func=cmd_pretrain)
+
+    rp = sub.add_parser(
+        "replay", help="run the pipeline over a recorded stream and write a report",
+        description="Run the same pipeline as `run` (same config and learner) over a dataset, a JSONL/CSV file or a "
+                    "Kafka topic range, as fast as possible or time-compressed, optionally with simulated label "
+                    "delay; deterministic for a seed. Writes an HTML report with plots and a JSON summary.")
+    _source_args(rp, topic_source=True)
+    rp.add_argument("--config", "-c", help="YAML config (the model and label-join settings used)")
+    rp.add_argument("--bootstrap-servers", help="override kafka.bootstrap_servers (for --topic)")
+    _range_args(rp)
+    rp.add_argument("--label-delay", default="none",
+                    help="simulated label delay: none (labels on the events), SECONDS, or random:MIN:MAX")
+    rp.add_argument("--speed", type=float, help="time compression: replay event time this many times faster than "
+                                                "real time (default: as fast as possible)")
+    rp.add_argument("--interval-ms", type=int, default=1000,
+                    help="event-time spacing of events without a timestamp (default 1000)")
+    rp.add_argument("--report", help="directory for index.html, the PNG plots and summary.json")
+    rp.add_argument("--summary", help="also write the JSON summary to this file")
+    rp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rp.set_defaults(func=cmd_replay)
 
     d = sub.add_parser("demo", help="local broker + drifting synthetic stream + the service, in one command",
                        description="Start a local Apache Kafka broker, produce a drifting synthetic stream "

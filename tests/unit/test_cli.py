@@ -9,7 +9,7 @@ import pytest
 from driftline import __version__
 from driftline.cli import build_parser, main
 
-COMMANDS = ["run", "produce", "pretrain", "demo", "checkpoint", "broker"]
+COMMANDS = ["run", "produce", "pretrain", "replay", "demo", "checkpoint", "broker"]
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

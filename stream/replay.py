@@ -1,0 +1,282 @@
+"""`driftline replay`: the service's pipeline over a recorded stream, as fast as possible (or
+time-compressed), with simulated label delay, deterministic for a seed.
+
+The same `EventProcessor` the service runs (same config, learner, dead-letter rules and label
+join) processes the records in batches; outputs are collected in memory instead of going to
+Kafka. Label delay is simulated by splitting each labeled event into the event (unlabeled) and a
+labels-topic record ``delay`` later in event time, both merged in timestamp order, so delayed
+labels take the same join the live service uses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+import itertools
+import json
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from driftline.errors import ConfigError
+from driftline.learners.base import Learner
+from driftline.monitoring.metrics import ServiceMetrics
+from driftline.monitoring.prequential import ClassificationTracker
+from driftline.settings import Settings
+from driftline.stream.event import Event
+from driftline.stream.labels import LabelJoin
+from driftline.stream.processor import EventProcessor
+from driftline.stream.records import InboundRecord
+from driftline.stream.sink import REASON_HEADER, OutputSink
+from driftline.stream.writer import FlushResult
+
+EVENTS_TOPIC = "replay.events"
+LABELS_TOPIC = "replay.labels"
+
+
+@dataclass(frozen=True)
+class LabelDelay:
+    """``none`` (labels stay on the events), ``fixed`` (``low`` seconds) or ``random`` (uniform in
+    [low, high] seconds, drawn from the replay's seeded generator)."""
+
+    kind: str = "none"
+    low: float = 0.0
+    high: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str | None) -> LabelDelay:
+        """``none``, ``30`` (fixed seconds) or ``random:5:600``."""
+        if text in (None, "", "none"):
+            return cls()
+        assert text is not None
+        try:
+            if text.startswith("random:"):
+                low, high = (float(v) for v in text.split(":")[1:3])
+                if not 0 <= low <= high:
+                    raise ValueError
+                return cls("random", low, high)
+            value = float(text)
+            if value < 0:
+                raise ValueError
+            return cls("fixed", value, value)
+        except ValueError:
+            raise ConfigError(f"--label-delay: {text!r} is not 'none', SECONDS or 'random:MIN:MAX' "
+                              "(non-negative, MIN <= MAX)") from None
+
+    def draw(self, rng: random.Random) -> float:
+        return self.low if self.kind == "fixed" else rng.uniform(self.low, self.high)
+
+
+class _CollectingWriter:
+    """A RecordWriter that keeps what the pipeline publishes (replays do not write to Kafka)."""
+
+    def __init__(self) -> None:
+        self.predictions: list[dict[str, Any]] = []
+        self.dead: Counter[str] = Counter()
+        self.other: Counter[str] = Counter()
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+             headers: Sequence[tuple[str, bytes]] | None = None) -> None:
+        if topic == "replay.predictions":
+            self.predictions.append(orjson.loads(value or b"{}"))
+        elif topic == "replay.dead-letter":
+            self.dead[dict(headers or ()).get(REASON_HEADER, b"?").decode()] += 1
+        else:
+            self.other[topic] += 1
+
+    def flush(self, timeout: float | None = None) -> FlushResult:
+        return FlushResult(sent=0)
+
+    def partitions_for(self, topic: str) -> int:
+        return 1
+
+    def close(self, timeout: float = 30.0) -> None:
+        pass
+
+
+@dataclass
+class Summary:
+    """What a replay measured. Everything but the timings is a deterministic function of the
+    config, the records and the seed (see `deterministic`)."""
+
+    events: int = 0
+    predicted: int = 0
+    learned: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    labels_expired: int = 0
+    metric: str = "accuracy"
+    cumulative: float | None = None
+    final_rolling: float | None = None
+    model: str = ""
+    model_version: int = 0
+    model_updates: int = 0
+    ledger_digest: str = ""
+    label_delay: str = "none"
+    seed: int = 0
+    wall_s: float = 0.0
+    events_per_s: float = 0.0
+    predict_ms_p50: float = 0.0
+    predict_ms_p99: float = 0.0
+    # series for the report: (labeled events so far, rolling metric), sampled after each batch
+    rolling: list[tuple[int, float]] = field(default_factory=list, repr=False)
+    predict_ms: list[float] = field(default_factory=list, repr=False)
+    label_delays_s: list[float] = field(default_factory=list, repr=False)
+
+    def deterministic(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("wall_s", "events_per_s", "predict_ms_p50", "predict_ms_p99", "predict_ms"):
+            d.pop(k)
+        return d
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("rolling", "predict_ms", "label_delays_s"):
+            d.pop(k)
+        return d
+
+
+def _timestamp_ms(event: Event, index: int, start_ms: int, interval_ms: int) -> int:
+    if event.timestamp is not None:
+        ts = event.timestamp if event.timestamp.tzinfo else event.timestamp.replace(tzinfo=dt.UTC)
+        return int(ts.timestamp() * 1000)
+    return start_ms + index * interval_ms
+
+
+def simulate(events: Iterable[Event | dict[str, Any]], delay: LabelDelay, seed: int, *,
+             start_ms: int = 1_700_000_000_000, interval_ms: int = 1000,
+             delays_out: list[float] | None = None) -> Iterator[InboundRecord]:
+    """Input records in event-time order: events (unlabeled when the delay is simulated) and their
+    labels-topic records ``delay`` later. Events without a timestamp are ``interval_ms`` apart. An
+    item that is not a valid event goes through as it is, to be dead-lettered by the pipeline."""
+    rng = random.Random(seed)
+    heap: list[tuple[int, int, InboundRecord]] = []
+    seq = itertools.count()
+    offsets = {EVENTS_TOPIC: 0, LABELS_TOPIC: 0}
+
+    def record(topic: str, ts: int, key: str, value: bytes) -> InboundRecord:
+        off = offsets[topic]
+        offsets[topic] += 1
+        return InboundRecord(topic, 0, off, ts, key.encode(), value)
+
+    for i, item in enumerate(events):
+        if isinstance(item, Event):
+            ev = item
+        else:
+            try:
+                ev = Event.model_validate(item)
+            except ValueError:
+                yield record(EVENTS_TOPIC, start_ms + i * interval_ms, str(item.get("id", i)),
+                             json.dumps(item, default=str).encode())
+                continue
+        ts = _timestamp_ms(ev, i, start_ms, interval_ms)
+        if delay.kind != "none" and ev.label is not None:
+            d = delay.draw(rng)
+            if delays_out is not None:
+                delays_out.append(d)
+            label = orjson.dumps({"id": ev.id, "label": ev.label})
+            heapq.heappush(heap, (ts + int(d * 1000), next(seq), record(LABELS_TOPIC, ts + int(d * 1000), ev.id,
+                                                                          label)))
+            ev = ev.model_copy(update={"label": None})
+        # everything due before this event goes first (the heap holds only future labels)
+        while heap and heap[0][0] <= ts:
+            yield heapq.heappop(heap)[2]
+        yield record(EVENTS_TOPIC, ts, ev.id, ev.model_dump_json(exclude_none=True).encode())
+    while heap:
+        yield heapq.heappop(heap)[2]
+
+
+def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord], *, label_delay: LabelDelay,
+           seed: int, batch_size: int = 100, speed: float | None = None, total: int | None = None,
+           progress: bool | None = None, label_delays: Sequence[float] = ()) -> Summary:
+    """Run the pipeline over ``records`` (as `simulate` yields them, or a topic range)."""
+    writer = _CollectingWriter()
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(registry, model=learner.name, task=learner.task)
+    sink = OutputSink(writer, "replay.predictions", "replay.dead-letter", metrics)
+    join = LabelJoin(int(settings.labels.ttl_seconds * 1000), settings.labels.max_pending)
+    processor = EventProcessor(learner, sink, metrics, rolling_window=settings.metrics.rolling_window,
+                               max_payload_bytes=settings.max_payload_bytes, dedup_window=settings.dedup_window,
+                               join=join, labels_topic=LABELS_TOPIC)
+    summary = Summary(model=learner.name, label_delay=_describe(label_delay), seed=seed,
+                      label_delays_s=list(label_delays))
+    bar = _bar(progress, total)
+    t0 = time.perf_counter()
+    first_ts: int | None = None
+    it = iter(records)
+    while batch := list(itertools.islice(it, batch_size)):
+        if speed:
+            first_ts = batch[0].timestamp_ms if first_ts is None else first_ts
+            due = (batch[-1].timestamp_ms - first_ts) / 1000.0 / speed
+            wait = due - (time.perf_counter() - t0)
+            if wait > 0:
+                time.sleep(wait)
+        res = processor.process(batch)
+        summary.events += sum(1 for r in batch if r.topic != LABELS_TOPIC)
+        summary.predicted += res.predicted
+        summary.learned += res.learned
+        t = processor.tracker
+        if t.n:
+            roll = t.rolling_accuracy if isinstance(t, ClassificationTracker) else t.rolling_mae
+            summary.rolling.append((processor.ledger.learned, float(roll)))
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    summary.wall_s = time.perf_counter() - t0
+    summary.events_per_s = summary.events / summary.wall_s if summary.wall_s > 0 else 0.0
+    _finish(summary, processor, writer, registry)
+    return summary
+
+
+def _finish(summary: Summary, processor: EventProcessor, writer: _CollectingWriter,
+            registry: CollectorRegistry) -> None:
+    t = processor.tracker
+    if isinstance(t, ClassificationTracker):
+        summary.cumulative = t.cumulative_accuracy if t.n else None
+        summary.final_rolling = t.rolling_accuracy if t.n else None
+    else:
+        summary.metric = "mae"
+        summary.cumulative = t.cumulative_mae if t.n else None
+        summary.final_rolling = t.rolling_mae if t.n else None
+    summary.dead_lettered = dict(sorted(writer.dead.items()))
+    summary.labels_expired = int(sum(v for k, v in _samples(registry, "driftline_labels_expired_total")))
+    summary.model_version = processor.learner.version
+    summary.model_updates = processor.learner.updates
+    summary.ledger_digest = f"{processor.ledger.learned}:{processor.ledger.digest:016x}"
+    summary.predict_ms = [float(p.get("latency_ms", 0.0)) for p in writer.predictions]
+    if summary.predict_ms:
+        ordered = sorted(summary.predict_ms)
+        summary.predict_ms_p50 = ordered[len(ordered) // 2]
+        summary.predict_ms_p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def _samples(registry: CollectorRegistry, name: str) -> Iterator[tuple[str, float]]:
+    for fam in registry.collect():
+        for s in fam.samples:
+            if s.name == name:
+                yield str(s.labels), float(s.value)
+
+
+def _describe(d: LabelDelay) -> str:
+    return {"none": "none", "fixed": f"fixed {d.low:g}s"}.get(d.kind, f"random {d.low:g}-{d.high:g}s")
+
+
+def _bar(progress: bool | None, total: int | None) -> Any:
+    if progress is False or (progress is None and not sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="rec", desc="replay", file=sys.stderr)
+
+
+def write_summary(path: str, summary: Summary) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(summary.to_json(), fh, indent=2)
+

@@ -1,0 +1,100 @@
+"""The replay report: PNG plots and one self-contained HTML page that shows them, plus summary.json.
+
+The page has no external resources (no CDN, no scripts): it opens offline, next to its plots.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from driftline.stream.replay import Summary
+
+PLOTS = ("rolling.png", "latency.png", "label_delay.png")
+
+
+def _figure() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3.6), dpi=100)
+    return plt, fig, ax
+
+
+def _rolling(summary: Summary, path: Path) -> None:
+    plt, fig, ax = _figure()
+    if summary.rolling:
+        xs, ys = zip(*summary.rolling, strict=True)
+        ax.plot(xs, ys, color="#1f77b4", linewidth=1.6, label=f"rolling {summary.metric}")
+        ax.legend(loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no labeled events", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("labeled events")
+    ax.set_ylabel(summary.metric)
+    ax.set_title(f"Rolling {summary.metric} over the stream ({summary.model})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _hist(values: list[float], path: Path, title: str, xlabel: str, color: str) -> None:
+    plt, fig, ax = _figure()
+    if values:
+        ordered = sorted(values)
+        top = ordered[min(len(ordered) - 1, int(len(ordered) * 0.995))] or ordered[-1] or 1.0
+        ax.hist(values, bins=50, range=(0.0, top), color=color)  # the last 0.5% (outliers) off the scale
+    else:
+        ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("events")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(summary: Summary, directory: str | Path) -> Path:
+    """Write the plots, summary.json and index.html into ``directory``; returns the HTML path."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    _rolling(summary, out / PLOTS[0])
+    _hist(summary.predict_ms, out / PLOTS[1], "Predict latency per event", "milliseconds", "#2ca02c")
+    _hist(summary.label_delays_s, out / PLOTS[2], f"Label delay ({summary.label_delay})", "seconds", "#ff7f0e")
+    data = summary.to_json()
+    (out / "summary.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
+    rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in data.items())
+    figures = "\n".join(f'<figure><img src="{p}" alt="{p[:-4]}"></figure>' for p in PLOTS)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>driftline replay: {html.escape(summary.model)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: left; }}
+th {{ background: #f4f4f4; }}
+img {{ max-width: 100%; border: 1px solid #ddd; }}
+</style></head>
+<body>
+<h1>driftline replay report</h1>
+<table>
+{rows}
+</table>
+{figures}
+</body></html>
+"""
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {x}" for k, x in v.items()) or "none"
+    return str(v)

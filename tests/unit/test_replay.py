@@ -1,0 +1,82 @@
+"""Replay: simulated label delay, determinism, and the public `driftline.testing.replay` helper."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from driftline.errors import ConfigError
+from driftline.stream.replay import LABELS_TOPIC, LabelDelay, simulate
+from driftline.stream.sources import from_generator
+from driftline.testing import replay
+
+
+def _events(n: int, seed: int = 1) -> list[dict[str, Any]]:
+    out = []
+    for e in itertools.islice(from_generator("SEA", seed=seed, id_prefix="e"), n):
+        e.pop("timestamp")
+        out.append(e)
+    return out
+
+
+def test_label_delay_specs() -> None:
+    assert LabelDelay.parse("none").kind == "none" and LabelDelay.parse(None).kind == "none"
+    assert LabelDelay.parse("30") == LabelDelay("fixed", 30.0, 30.0)
+    assert LabelDelay.parse("random:5:60") == LabelDelay("random", 5.0, 60.0)
+    for bad in ("-1", "random:9:1", "soon", "random:x:2"):
+        with pytest.raises(ConfigError, match="--label-delay"):
+            LabelDelay.parse(bad)
+
+
+def test_simulated_labels_come_later_in_event_time_order() -> None:
+    recs = list(simulate(_events(50), LabelDelay.parse("10.5"), seed=0, interval_ms=1000))
+    times = [r.timestamp_ms for r in recs]
+    assert times == sorted(times)
+    events = {json.loads(r.value)["id"]: r.timestamp_ms for r in recs if r.topic != LABELS_TOPIC}
+    labels = {json.loads(r.value)["id"]: r.timestamp_ms for r in recs if r.topic == LABELS_TOPIC}
+    assert set(events) == set(labels) and len(events) == 50
+    assert all(labels[k] - events[k] == 10_500 for k in events)
+    assert all("label" not in json.loads(r.value) for r in recs if r.topic != LABELS_TOPIC)
+
+
+def test_replay_is_deterministic_for_a_seed() -> None:
+    events = _events(2000)
+    a = replay(None, events, label_delay="random:1:300", seed=7)
+    b = replay(None, events, label_delay="random:1:300", seed=7)
+    c = replay(None, events, label_delay="random:1:300", seed=8)
+    assert a.deterministic() == b.deterministic()
+    assert a.label_delays_s != c.label_delays_s and a.cumulative != c.cumulative
+    assert a.learned == 2000 and a.predicted == 2000 and a.cumulative is not None and a.cumulative > 0.8
+
+
+def test_delayed_labels_score_predictions_made_before_them() -> None:
+    """With labels 5 minutes late (300 events at 1 s apart) the model is always 300 labels behind,
+    so its prequential accuracy is at most that of labels on the events themselves."""
+    events = _events(3000)
+    now = replay(None, events)
+    late = replay(None, events, label_delay="300", seed=0)
+    assert now.learned == late.learned == 3000
+    assert late.cumulative is not None and now.cumulative is not None
+    assert late.cumulative < now.cumulative
+    assert late.ledger_digest == now.ledger_digest  # the same events learned, in another order
+
+
+def test_invalid_events_are_dead_lettered_and_counted(tmp_path: Path) -> None:
+    events: list[Any] = [*_events(10), {"id": "bad", "features": {"x": [1]}}, {"features": {"x": 1.0}}]
+    s = replay({"model": {"name": "GaussianNB"}}, events, report_dir=tmp_path / "r")
+    assert s.dead_lettered == {"missing_id": 1, "wrong_type": 1} and s.learned == 10
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {"index.html", "summary.json", "rolling.png",
+                                                            "latency.png", "label_delay.png"}
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["dead_lettered"] == s.dead_lettered
+
+
+def test_labels_that_never_come_expire(tmp_path: Path) -> None:
+    events = _events(500)
+    s = replay({"labels": {"ttl_seconds": 60}}, events, label_delay="random:0:120", seed=3)
+    assert 0 < s.labels_expired < 500
+    assert s.learned + s.labels_expired == 500
+    assert s.dead_lettered.get("label_expired", 0) == s.labels_expired  # their late labels
