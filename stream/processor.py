@@ -165,9 +165,8 @@ class EventProcessor:
                 self._learn(event, event.label, pred.value, rec, res)
             elif join is not None:
                 early = join.add_prediction(PendingPrediction(event, pred.value, rec.timestamp_ms, now_ms))
-                if early is not None:  # its label came first and waited
-                    self._learn(event, early.label.label, pred.value, early.record, res)
-                    self.metrics.label_delay.observe(0.0)
+                if early is not None and self._learn(event, early.label.label, pred.value, early.record, res):
+                    self.metrics.label_delay.observe(0.0)  # its label came first and waited
         if join is not None:
             self._expire(res)
         self.predicted_total += res.predicted
@@ -193,6 +192,10 @@ class EventProcessor:
         res.learned += 1
         if self.join is not None:
             self.join.mark_resolved(event.id)
+            waiting = self.join.early.pop(event.id, None)
+            if waiting is not None:  # the event brought its own label; the one that waited is not needed
+                self._reject(waiting.record, res, LABEL_ALREADY_LEARNED,
+                             f"event {event.id!r} arrived with its own label, which was learned")
         return True
 
     def _join_label(self, rec: InboundRecord, lab: LabelRecord, res: BatchResult) -> None:

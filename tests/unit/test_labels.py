@@ -131,3 +131,11 @@ def test_bad_label_records_are_dead_lettered_with_their_reason() -> None:
     res = h.proc.process(bad)
     assert [r for r, _ in h.dead()] == [b"not_json", b"invalid_event", b"non_finite", b"unknown_label"]
     assert res.learned == 0 and h.proc.learner.updates == 0
+
+
+def test_a_waiting_label_is_dead_lettered_when_its_event_brings_its_own() -> None:
+    h = Harness()
+    h.proc.process([h.label("a", 0, 1)])
+    res = h.proc.process([h.event("a", 1.0, 2, label=1)])
+    assert res.learned == 1 and h.dead() == [(b"label_already_learned", b"labels")]
+    assert not h.proc.join.early  # type: ignore[union-attr]

@@ -95,3 +95,44 @@ def test_every_record_is_predicted_or_dead_lettered(values: list[bytes]) -> None
         assert headers[REASON_HEADER] and headers["driftline.error"]
         assert value in values  # original bytes kept
     assert result.learned + result.dead_lettered >= 0 and result.predicted == len(predicted)
+
+
+near_labels = st.fixed_dictionaries(
+    {"id": st.sampled_from(["a", "b", "c", "d"]) | st.text(max_size=3) | st.integers()},
+    optional={"label": json_values, "timestamp": st.text(max_size=8), "extra": json_values},
+)
+small_events = st.fixed_dictionaries(
+    {"id": st.sampled_from(["a", "b", "c", "d", "e"]), "features": st.fixed_dictionaries({"x": st.floats(0, 1)})},
+    optional={"label": st.sampled_from([0, 1, "z", 0.5, None])},
+)
+topic_records = st.one_of(
+    st.tuples(st.just("labels"), st.one_of(st.binary(max_size=60), near_labels.map(_encode))),
+    st.tuples(st.just("in"), st.one_of(small_events.map(_encode), payloads)),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(topic_records, min_size=1, max_size=25), st.integers(1, 4))
+def test_every_label_record_is_joined_or_dead_lettered(items: list[tuple[str, bytes]], batches: int) -> None:
+    """Random events and labels on both topics, in random batches: once the TTL has passed, every
+    labels-topic record was either joined (learned from) or dead-lettered with its reason."""
+    from driftline.stream.labels import LabelJoin
+
+    writer, reg = MemoryWriter(), CollectorRegistry()
+    learner = build_learner(ModelSettings(name="GaussianNB", classes=[0, 1]))
+    metrics = ServiceMetrics(reg, model=learner.name, task=learner.task)
+    proc = EventProcessor(learner, OutputSink(writer, "pred", "dlq", metrics), metrics, rolling_window=50,
+                          max_payload_bytes=150, join=LabelJoin(10_000, 3), labels_topic="labels")
+    records = [InboundRecord(topic, 0, i, i * 100, None, v) for i, (topic, v) in enumerate(items)]
+    size = max(1, len(records) // batches)
+    for i in range(0, len(records), size):
+        proc.process(records[i:i + size])
+    clock = InboundRecord("in", 0, len(records), 10**9, None, b'{"id": "clock", "features": {"x": 1.0}}')
+    proc.process([clock])  # event time far past the TTL: everything still waiting expires
+    assert proc.join is not None and not proc.join.early
+    label_offsets = {str(r.offset).encode() for r in records if r.topic == "labels"}
+    dead_labels = [h for t, _, _, h in writer.records
+                   if t == "dlq" and h["driftline.source.topic"] == b"labels"]
+    assert {h["driftline.source.offset"] for h in dead_labels} <= label_offsets
+    joined = reg.get_sample_value("driftline_label_delay_seconds_count") or 0
+    assert len(dead_labels) + joined == len(label_offsets)
