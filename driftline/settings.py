@@ -65,8 +65,10 @@ class TopicSettings(_Frozen):
     labels: str | None = None
     # Where predictions that expired unlabeled are written (None: only counted).
     expired: str | None = None
+    # Audit records of drift detections (and adaptation actions); None: only logged and counted.
+    audit: str | None = None
 
-    @field_validator("input", "predictions", "dead_letter", "labels", "expired")
+    @field_validator("input", "predictions", "dead_letter", "labels", "expired", "audit")
     @classmethod
     def _valid_topic(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", v):
@@ -154,6 +156,28 @@ class LabelSettings(_Frozen):
     max_pending: int = Field(100_000, ge=1, le=50_000_000)  # each side; the oldest expires beyond it
 
 
+class DetectorSettings(_Frozen):
+    """One drift detector on the prequential error stream."""
+
+    name: str  # ADWIN, PageHinkley, KSWIN, DDM, EDDM, HDDM_A, HDDM_W, FHDDM
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from driftline.adapters.detectors import DETECTORS
+
+        if v not in DETECTORS:
+            raise ValueError(f"unknown detector {v!r}; valid: {', '.join(DETECTORS)}")
+        return v
+
+
+class DriftSettings(_Frozen):
+    """Drift detection (each detection is logged, counted and, with topics.audit, published)."""
+
+    detectors: list[DetectorSettings] = Field(default_factory=list)
+
+
 class MetricsSettings(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(9464, ge=0, le=65535)
@@ -187,6 +211,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     labels: LabelSettings = Field(default_factory=LabelSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
     max_payload_bytes: int = Field(1_000_000, ge=64)
     # Remember this many recent event ids; an id seen again within them is dead-lettered (duplicate_id).
     # 0 turns it off. The window is checkpointed with the model.

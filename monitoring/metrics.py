@@ -55,6 +55,9 @@ class ServiceMetrics:
         self.pending_labels = Gauge("driftline_pending_labels",
                                     "Delayed-label join: predictions waiting for a label, labels waiting for "
                                     "their event.", ["side"], registry=registry)
+        self.drift_detections = Counter("driftline_drift_detections",
+                                        "Drift detector signals, by detector and level (warning, drift).",
+                                        ["detector", "level"], registry=registry)
         self.labels_expired = Counter("driftline_labels_expired",
                                       "Predictions that never got a label, by reason (ttl, capacity).", ["reason"],
                                       registry=registry)

@@ -22,6 +22,7 @@ from kafka.errors import (
 )
 from prometheus_client import CollectorRegistry
 
+from driftline.adapters.detectors import monitor_from
 from driftline.learners.base import Learner
 from driftline.monitoring.http import MetricsServer
 from driftline.monitoring.metrics import ServiceMetrics
@@ -117,7 +118,8 @@ class Service:
         ensure_topics(s.kafka, [s.topics.input])
         # predictions mirror the input's partitioning (see sink.py); dead letters need no order. Labels are
         # keyed by event id with the input's partition count, so an event and its label meet in one instance.
-        outputs = [s.topics.predictions, s.topics.dead_letter, *(t for t in (s.topics.labels, s.topics.expired) if t)]
+        outputs = [s.topics.predictions, s.topics.dead_letter,
+                   *(t for t in (s.topics.labels, s.topics.expired, s.topics.audit) if t)]
         ensure_topics(s.kafka, outputs, partitions=topic_partitions(s.kafka, s.topics.input))
         inputs = [s.topics.input, *([s.topics.labels] if s.topics.labels else [])]
         if self.http is not None:
@@ -130,7 +132,9 @@ class Service:
                 if s.topics.labels else None)
         processor = EventProcessor(self.learner, sink, self.metrics, rolling_window=s.metrics.rolling_window,
                                    max_payload_bytes=s.max_payload_bytes, dedup_window=s.dedup_window,
-                                   join=join, labels_topic=s.topics.labels, expired_topic=s.topics.expired)
+                                   join=join, labels_topic=s.topics.labels, expired_topic=s.topics.expired,
+                                   drift=monitor_from(s.drift.detectors, task=self.learner.task, seed=s.model.seed),
+                                   audit_topic=s.topics.audit)
         self.processor = processor
         checkpointer = Checkpointer(s.checkpoint, processor, self.metrics)
         self.checkpointer = checkpointer

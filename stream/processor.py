@@ -11,12 +11,14 @@ import hashlib
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from driftline.adapters.detectors import Detection, DriftMonitor
 from driftline.learners.base import EventRejected, Learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.monitoring.prequential import ClassificationTracker, RegressionTracker
@@ -79,7 +81,8 @@ class EventProcessor:
     def __init__(self, learner: Learner, sink: OutputSink, metrics: ServiceMetrics, *,
                  rolling_window: int, max_payload_bytes: int, dedup_window: int = 0,
                  join: LabelJoin | None = None, labels_topic: str | None = None,
-                 expired_topic: str | None = None) -> None:
+                 expired_topic: str | None = None, drift: DriftMonitor | None = None,
+                 audit_topic: str | None = None) -> None:
         self.learner = learner
         self.sink = sink
         self.metrics = metrics
@@ -94,6 +97,9 @@ class EventProcessor:
         self.labels_topic = labels_topic if join is not None else None
         self.expired_topic = expired_topic
         self.predicted_total = 0  # for label coverage (checkpointed)
+        self.drift = drift
+        self.audit_topic = audit_topic
+        self.detections: deque[Detection] = deque(maxlen=10_000)  # the latest, for reports
         model = learner.name
         self._predict_hist = metrics.predict_latency.labels(model)
         self._learn_hist = metrics.learn_latency.labels(model)
@@ -190,6 +196,9 @@ class EventProcessor:
         self.tracker.update(label, predicted)  # type: ignore[arg-type]
         self.ledger.add(event.id)
         res.learned += 1
+        if self.drift is not None:
+            for d in self.drift.update(label, predicted):
+                self._detected(d, event)
         if self.join is not None:
             self.join.mark_resolved(event.id)
             waiting = self.join.early.pop(event.id, None)
@@ -197,6 +206,21 @@ class EventProcessor:
                 self._reject(waiting.record, res, LABEL_ALREADY_LEARNED,
                              f"event {event.id!r} arrived with its own label, which was learned")
         return True
+
+    def _detected(self, d: Detection, event: Event) -> None:
+        """A drift detector fired: log it, count it, publish the audit record."""
+        self.detections.append(d)
+        self.metrics.drift_detections.labels(d.detector, d.level).inc()
+        log.warning("%s signalled by %s after %d labeled events (error rate since its last signal %.4f; "
+                    "event %r; model %s v%d)", d.level, d.detector, d.labeled, d.error_mean, event.id,
+                    self.learner.name, self.learner.version)
+        if self.audit_topic is not None:
+            self.sink.publish(self.audit_topic, d.detector, orjson.dumps({
+                "type": "detection", "detector": d.detector, "level": d.level, "labeled": d.labeled,
+                "statistic": {"error_mean": d.error_mean}, "event_id": event.id, "model": self.learner.name,
+                "model_version": self.learner.version, "model_updates": self.learner.updates,
+                "at_ms": int(time.time() * 1000),
+            }))
 
     def _join_label(self, rec: InboundRecord, lab: LabelRecord, res: BatchResult) -> None:
         join = self.join
@@ -260,6 +284,7 @@ class EventProcessor:
             "dedup": self.dedup.state_dict() if self.dedup is not None else None,
             "join": self.join.state_dict() if self.join is not None else None,
             "predicted_total": self.predicted_total,
+            "drift": self.drift.state_dict() if self.drift is not None else None,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -271,6 +296,8 @@ class EventProcessor:
         if self.join is not None and state.get("join"):
             self.join.load_state_dict(state["join"])
         self.predicted_total = int(state.get("predicted_total", 0))
+        if self.drift is not None and state.get("drift"):
+            self.drift.load_state_dict(state["drift"])
         self._refresh_gauges()
 
     def _publish_counts(self, res: BatchResult) -> None:

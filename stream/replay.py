@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
+from driftline.adapters.detectors import monitor_from
 from driftline.errors import ConfigError
 from driftline.learners.base import Learner
 from driftline.monitoring.metrics import ServiceMetrics
@@ -127,6 +128,8 @@ class Summary:
     # series for the report: (labeled events so far, rolling metric), sampled after each batch
     rolling: list[tuple[int, float]] = field(default_factory=list, repr=False)
     predict_ms: list[float] = field(default_factory=list, repr=False)
+    # drift detector signals: (labeled events when it fired, detector, level)
+    detections: list[tuple[int, str, str]] = field(default_factory=list)
     label_delays_s: list[float] = field(default_factory=list, repr=False)
 
     def deterministic(self) -> dict[str, Any]:
@@ -201,9 +204,11 @@ def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord
     metrics = ServiceMetrics(registry, model=learner.name, task=learner.task)
     sink = OutputSink(writer, "replay.predictions", "replay.dead-letter", metrics)
     join = LabelJoin(int(settings.labels.ttl_seconds * 1000), settings.labels.max_pending)
+    drift = monitor_from(settings.drift.detectors, task=learner.task, seed=settings.model.seed)
     processor = EventProcessor(learner, sink, metrics, rolling_window=settings.metrics.rolling_window,
                                max_payload_bytes=settings.max_payload_bytes, dedup_window=settings.dedup_window,
-                               join=join, labels_topic=LABELS_TOPIC)
+                               join=join, labels_topic=LABELS_TOPIC,
+                               drift=drift)
     summary = Summary(model=learner.name, label_delay=_describe(label_delay), seed=seed,
                       label_delays_s=list(label_delays))
     bar = _bar(progress, total)
@@ -250,6 +255,7 @@ def _finish(summary: Summary, processor: EventProcessor, writer: _CollectingWrit
     summary.model_version = processor.learner.version
     summary.model_updates = processor.learner.updates
     summary.ledger_digest = f"{processor.ledger.learned}:{processor.ledger.digest:016x}"
+    summary.detections = [(d.labeled, d.detector, d.level) for d in processor.detections]
     summary.predict_ms = [float(p.get("latency_ms", 0.0)) for p in writer.predictions]
     if summary.predict_ms:
         ordered = sorted(summary.predict_ms)

@@ -30,6 +30,11 @@ def _rolling(summary: Summary, path: Path) -> None:
     if summary.rolling:
         xs, ys = zip(*summary.rolling, strict=True)
         ax.plot(xs, ys, color="#1f77b4", linewidth=1.6, label=f"rolling {summary.metric}")
+        for level, style, color in (("drift", "--", "#d62728"), ("warning", ":", "#ff7f0e")):
+            marks = sorted({n for n, _, lv in summary.detections if lv == level})
+            for i, n in enumerate(marks):
+                ax.axvline(n, linestyle=style, color=color, linewidth=1.0,
+                           label=f"{level} detected ({len(marks)})" if i == 0 else None)
         ax.legend(loc="lower right")
     else:
         ax.text(0.5, 0.5, "no labeled events", ha="center", va="center", transform=ax.transAxes)

@@ -80,3 +80,19 @@ def test_labels_that_never_come_expire(tmp_path: Path) -> None:
     assert 0 < s.labels_expired < 500
     assert s.learned + s.labels_expired == 500
     assert s.dead_lettered.get("label_expired", 0) == s.labels_expired  # their late labels
+
+
+def test_detections_are_in_the_summary_and_marked_on_the_plot(tmp_path: Path) -> None:
+    events = []
+    for e in itertools.islice(from_generator("STAGGER", params={"classification_function": 0}, seed=1, drift_at=3000,
+                                             drift_params={"classification_function": 2}, id_prefix="s"), 6000):
+        e.pop("timestamp")
+        events.append(e)
+    cfg = {"model": {"name": "HoeffdingTreeClassifier"}, "drift": {"detectors": [{"name": "HDDM_W"}]}}
+    plain = replay({"model": cfg["model"]}, events)
+    s = replay(cfg, events, report_dir=tmp_path)
+    drifts = [n for n, det, level in s.detections if level == "drift"]
+    assert {det for _, det, _ in s.detections} == {"HDDM_W"}
+    assert any(3000 < n <= 3250 for n in drifts), s.detections
+    assert plain.detections == [] and plain.cumulative == s.cumulative  # detection alone changes nothing
+    assert json.loads((tmp_path / "summary.json").read_text())["detections"]
