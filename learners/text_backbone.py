@@ -65,7 +65,8 @@ class SentenceTransformerBackbone(Backbone):
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        dim = model.get_sentence_embedding_dimension()
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        dim = get_dim()
         if not dim:
             raise ConfigError(f"model.backbone.path: {str(model_dir)!r} does not declare an embedding dimension")
         self.dim = int(dim)
