@@ -8,13 +8,13 @@ warning level. A detector that fires is reset by River itself and keeps watching
 
 from __future__ import annotations
 
-import inspect
 import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from driftline.errors import ConfigError
+from driftline.params import construct
 
 # name -> (import path, takes only 0/1 errors, has a warning level). FHDDM is fed 1 = correct: River 0.26's
 # implementation flags a fall of its input's mean (MOA's accuracy semantics) although its docstring says
@@ -49,18 +49,7 @@ def _build(name: str, params: Mapping[str, Any], seed: int) -> Any:
         raise ConfigError(f"drift.detectors: unknown detector {name!r}; valid: {', '.join(DETECTORS)}")
     module, _, attr = DETECTORS[name][0].partition(":")
     cls = getattr(importlib.import_module(module), attr)
-    accepted = inspect.signature(cls).parameters
-    bad = [k for k in params if k not in accepted]
-    if bad:
-        raise ConfigError(f"drift.detectors.{name}.params: unknown parameter(s) {bad}; accepted: "
-                          f"{', '.join(accepted)}")
-    kwargs = dict(params)
-    if "seed" in accepted:
-        kwargs.setdefault("seed", seed)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"drift.detectors.{name}.params: {name}({kwargs}) failed: {exc}") from None
+    return construct(cls, params, where=f"drift.detectors.{name}.params", seed=seed)
 
 
 class _Watch:

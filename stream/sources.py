@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import inspect
 import itertools
 import json
 import numbers
@@ -20,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from driftline.errors import ConfigError
+from driftline.params import construct
 from driftline.stream.event import Event
 
 EventDict = dict[str, Any]
@@ -92,17 +92,7 @@ def from_dataset(name: str, *, id_prefix: str) -> Iterator[EventDict]:
 
 
 def _make_generator(cls: type, params: Mapping[str, Any], seed: int) -> Any:
-    accepted = inspect.signature(cls).parameters
-    bad = [k for k in params if k not in accepted]
-    if bad:
-        raise ConfigError(f"{cls.__name__} has no parameter(s) {bad}; accepted: {', '.join(accepted)}")
-    kwargs = dict(params)
-    if "seed" in accepted:
-        kwargs.setdefault("seed", seed)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{cls.__name__}({kwargs}) failed: {exc}") from exc
+    return construct(cls, params, where="generator parameters", seed=seed)
 
 
 def from_generator(
