@@ -302,9 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="run the long-running consumer (test-then-train service)",
-                       description="Consume the input topic in batches; predict each event and publish the "
-                                   "prediction; learn from labeled events; commit offsets after outputs are "
-                                   "flushed. SIGTERM/SIGINT finish the batch, flush, commit and exit 0.")
+                       description="Consume the input topic (and topics.labels, when set) in batches; predict each "
+                                   "event and publish the prediction; learn from labeled events and joined "
+                                   "labels; watch the error stream with drift.detectors; commit offsets after "
+                                   "outputs are flushed. SIGTERM/SIGINT finish the batch, flush, commit and "
+                                   "exit 0.")
     r.add_argument("--config", "-c", help="YAML config file (environment DRIFTLINE_* overrides it)")
     r.add_argument("--bootstrap-servers", help="override kafka.bootstrap_servers")
     r.add_argument("--metrics-port", type=int, help="override metrics.port (0: pick a free port)")
