@@ -106,6 +106,9 @@ class TorchHeadLearner:
         else:
             cls = torch.optim.Adam if p.optimizer == "adam" else torch.optim.AdamW
             self.optimizer = cls(groups, lr=p.lr, weight_decay=p.weight_decay)
+        # Raw features (identity backbone) are standardised online, as River heads do with model.scale:
+        # the statistics learn each event before it is transformed for learning (River's pipeline order).
+        self._scaler = RunningStandardizer(backbone.dim) if cfg.scale and backbone.cfg.kind == "identity" else None
         self._version = 1
         self._updates = 0
 
@@ -121,8 +124,10 @@ class TorchHeadLearner:
     def prepare_batch(self, xs: Sequence[Event]) -> None:
         self._batch.prepare(xs)
 
-    def _outputs(self, x: Event) -> Any:
+    def _outputs(self, x: Event, *, learn: bool = False) -> Any:
         z = self.top.forward([self._batch.get(x)])
+        if self._scaler is not None:
+            z = self._scaler.learn_transform(z) if learn else self._scaler.transform(z)
         out = self.head(z)
         if self.task == "classification":
             out = out[:, : len(self._classes)]
@@ -150,7 +155,7 @@ class TorchHeadLearner:
         target = self._target(y)
         self.head.train()
         self.top.modules.train()
-        out = self._outputs(x)
+        out = self._outputs(x, learn=True)
         if self.task == "regression":
             loss = functional.mse_loss(out[:, 0], torch.tensor([target], dtype=out.dtype, device=self.device))
         else:
@@ -195,6 +200,7 @@ class TorchHeadLearner:
             "backbone": self.fingerprint, "unfreeze_top_k": self.params.unfreeze_top_k,
             "head": cpu(self.head.state_dict()), "top": cpu(self.top.modules.state_dict()),
             "optimizer": _cpu_optimizer_state(self.optimizer.state_dict()),
+            "scaler": self._scaler.state_dict() if self._scaler is not None else None,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -211,10 +217,48 @@ class TorchHeadLearner:
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError) as exc:
             raise ValueError(f"state does not fit this head ({exc})") from None
+        if self._scaler is not None:
+            if state.get("scaler") is None:
+                raise ValueError("state was learned without feature scaling; config has model.scale: true")
+            self._scaler.load_state_dict(state["scaler"])
         self._classes = list(state["classes"])
         self._index = {c: i for i, c in enumerate(self._classes)}
         self._version = int(state["version"])
         self._updates = int(state["updates"])
+
+
+class RunningStandardizer:
+    """Online mean/variance (Welford) standardisation of a feature vector; zero variance maps to 0."""
+
+    def __init__(self, dim: int) -> None:
+        import torch
+
+        self.n = 0
+        self.mean = torch.zeros(dim, dtype=torch.float64)
+        self.m2 = torch.zeros(dim, dtype=torch.float64)
+
+    def transform(self, z: Any) -> Any:
+        import torch
+
+        if self.n == 0:
+            return z
+        std = torch.sqrt(self.m2 / self.n)
+        scaled = torch.where(std > 0, (z.double().cpu() - self.mean) / std.clamp_min(1e-300), 0.0)
+        return scaled.to(dtype=z.dtype, device=z.device)
+
+    def learn_transform(self, z: Any) -> Any:
+        x = z.detach().double().cpu().reshape(-1)
+        self.n += 1
+        delta = x - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (x - self.mean)
+        return self.transform(z)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "mean": self.mean.clone(), "m2": self.m2.clone()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.n, self.mean, self.m2 = int(state["n"]), state["mean"].clone(), state["m2"].clone()
 
 
 def _cpu_optimizer_state(sd: dict[str, Any]) -> dict[str, Any]:

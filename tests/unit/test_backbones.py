@@ -266,3 +266,27 @@ def test_minilm_fine_tuning_changes_only_the_unfrozen_layers() -> None:
     changed = [any(not torch.equal(a, b) for a, b in zip(x, _params_of(layer), strict=True))
                for x, layer in zip(before, layers, strict=True)]
     assert changed == [False] * 5 + [True]
+
+
+def test_torch_head_on_raw_features_standardises_them_online() -> None:
+    """A linear concept over features on very different scales (1e5 vs 1): with online standardisation a
+    linear head learns it; on the raw features Adam's updates are dwarfed by the large one."""
+    import random
+
+    rng = random.Random(5)
+    events = []
+    for i in range(3000):
+        big, small = rng.uniform(0, 1e5), rng.uniform(0, 1)
+        events.append(Event(id=str(i), features={"big": big, "small": small}, label=int(big / 1e5 + small > 1)))
+
+    def accuracy(scale: bool) -> float:
+        learner = build_learner(ModelSettings(name="TorchLinear", scale=scale, params={"lr": 0.01},  # type: ignore
+                                              backbone={"kind": "identity", "features": ["big", "small"]}))
+        hits = 0
+        for e in events:
+            hits += learner.predict_one(e).value == e.label
+            learner.learn_one(e, e.label)  # type: ignore[arg-type]
+        return hits / len(events)
+
+    scaled, raw = accuracy(True), accuracy(False)
+    assert scaled > 0.9 and scaled > raw + 0.1, (scaled, raw)
