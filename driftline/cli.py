@@ -156,7 +156,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     summary = replay(settings, build_learner(settings.model), records, label_delay=delay, seed=args.seed,
                      speed=args.speed, total=args.limit, progress=False if args.no_progress else None,
                      label_delays=delays)
-    summary.label_delays_s = delays
     if args.report:
         from driftline.stream.report import write_report
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -23,7 +22,8 @@ from pydantic import ValidationError
 from driftline.learners.base import EventRejected, Learner
 from driftline.learners.checkpoint import write_model_file
 from driftline.learners.factory import build_learner
-from driftline.monitoring.prequential import ClassificationTracker, RegressionTracker
+from driftline.monitoring.prequential import make_tracker
+from driftline.progress import progress_bar
 from driftline.settings import ModelSettings
 from driftline.stream.codec import DecodeError, decode_event
 from driftline.stream.event import Event
@@ -72,16 +72,11 @@ def pretrain(cfg: ModelSettings, source: Source, output: str | Path, *, source_n
     """Train ``cfg``'s model on ``source`` and write it to ``output``; returns what happened."""
     learner: Learner = build_learner(cfg)
     report = PretrainReport(source=source_name, output=str(output))
-    tracker: ClassificationTracker | RegressionTracker = (
-        ClassificationTracker(1000) if cfg.task == "classification" else RegressionTracker(1000))
+    tracker = make_tracker(cfg.task, 1000)
     events = _events(source, report.skipped)
     if limit is not None:
         events = itertools.islice(events, limit)
-    bar = None
-    if progress or (progress is None and sys.stderr.isatty()):
-        from tqdm import tqdm
-
-        bar = tqdm(total=limit, unit="ev", desc="pretrain", file=sys.stderr)
+    bar = progress_bar(limit, desc="pretrain", unit="ev", show=progress)
     t0 = time.monotonic()
     while chunk := list(itertools.islice(events, batch_size)):
         learner.prepare_batch(chunk)
@@ -97,15 +92,11 @@ def pretrain(cfg: ModelSettings, source: Source, output: str | Path, *, source_n
                 continue
             tracker.update(e.label, pred.value)  # type: ignore[arg-type]
             report.learned += 1
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
+        bar.update(len(chunk))
+    bar.close()
     report.seconds = time.monotonic() - t0
-    if isinstance(tracker, ClassificationTracker):
-        report.value = tracker.cumulative_accuracy if tracker.n else None
-    else:
-        report.metric, report.value = "MAE", tracker.cumulative_mae if tracker.n else None
+    report.metric = "accuracy" if cfg.task == "classification" else "MAE"
+    report.value = tracker.cumulative if tracker.n else None
     if report.learned == 0:
         from driftline.errors import ConfigError
 

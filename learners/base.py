@@ -43,6 +43,34 @@ class InputError(EventRejected):
 INPUT_KIND_MISMATCH = "input_kind_mismatch"
 
 
+class LearnerBase:
+    """What every learner shares: the (version, updates) counters and the one-at-a-time ``*_many``."""
+
+    _version = 1
+    _updates = 0
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def updates(self) -> int:
+        return self._updates
+
+    def predict_one(self, x: Event) -> Prediction:
+        raise NotImplementedError
+
+    def learn_one(self, x: Event, y: Label | float) -> None:
+        raise NotImplementedError
+
+    def predict_many(self, xs: Sequence[Event]) -> list[Prediction]:
+        return [self.predict_one(x) for x in xs]
+
+    def learn_many(self, xs: Sequence[Event], ys: Sequence[Label | float]) -> None:
+        for x, y in zip(xs, ys, strict=True):
+            self.learn_one(x, y)
+
+
 @runtime_checkable
 class Learner(Protocol):
     """Test-then-train model: predict an event first, learn from it once its label is known.

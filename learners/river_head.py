@@ -18,6 +18,7 @@ from driftline.learners.base import (
     INPUT_KIND_MISMATCH,
     InputError,
     LabelError,
+    LearnerBase,
     Prediction,
     Task,
     check_fingerprint,
@@ -67,7 +68,7 @@ def _build_optimizer(spec: dict[str, Any]) -> Any:
         raise ConfigError(f"model.params.optimizer: {name}({spec!r}) failed: {exc}") from exc
 
 
-class RiverLearner:
+class RiverLearner(LearnerBase):
     """A River estimator (with preprocessing) behind the `Learner` protocol."""
 
     def __init__(self, cfg: ModelSettings) -> None:
@@ -91,14 +92,6 @@ class RiverLearner:
         self.fingerprint: dict[str, Any] | None = None  # the backbone's, for learners that have one
 
     # -- identity -------------------------------------------------------------------------
-    @property
-    def version(self) -> int:
-        return self._version
-
-    @property
-    def updates(self) -> int:
-        return self._updates
-
     # -- test-then-train ------------------------------------------------------------------
     def prepare_batch(self, xs: Sequence[Event]) -> None:
         """Nothing to precompute: the features are the input."""
@@ -135,12 +128,7 @@ class RiverLearner:
         self._model.learn_one(self._prep.learn_transform_one(features), target)
         self._updates += 1
 
-    def predict_many(self, xs: Sequence[Event]) -> list[Prediction]:
-        return [self.predict_one(x) for x in xs]
 
-    def learn_many(self, xs: Sequence[Event], ys: Sequence[Label | float]) -> None:
-        for x, y in zip(xs, ys, strict=True):
-            self.learn_one(x, y)
 
     def _check_label(self, y: Label | float) -> Any:
         checked = check_label_type(self.task, y)

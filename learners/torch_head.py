@@ -22,6 +22,7 @@ from driftline.errors import ConfigError
 from driftline.learners.backbones import Backbone
 from driftline.learners.base import (
     LabelError,
+    LearnerBase,
     Prediction,
     Task,
     check_fingerprint,
@@ -64,7 +65,7 @@ def parse_params(name: str, params: Mapping[str, Any]) -> TorchHeadParams:
         raise ConfigError("\n".join(lines)) from None
 
 
-class TorchHeadLearner:
+class TorchHeadLearner(LearnerBase):
     """A torch head (optionally with the backbone's top layers) learning one event at a time."""
 
     mlp = False
@@ -112,14 +113,6 @@ class TorchHeadLearner:
         self._version = 1
         self._updates = 0
 
-    @property
-    def version(self) -> int:
-        return self._version
-
-    @property
-    def updates(self) -> int:
-        return self._updates
-
     # -- test-then-train ------------------------------------------------------------------------
     def prepare_batch(self, xs: Sequence[Event]) -> None:
         self._batch.prepare(xs)
@@ -165,12 +158,7 @@ class TorchHeadLearner:
         self.optimizer.step()
         self._updates += 1
 
-    def learn_many(self, xs: Sequence[Event], ys: Sequence[Label | float]) -> None:
-        for x, y in zip(xs, ys, strict=True):
-            self.learn_one(x, y)
 
-    def predict_many(self, xs: Sequence[Event]) -> list[Prediction]:
-        return [self.predict_one(x) for x in xs]
 
     def _target(self, y: Label | float) -> Any:
         checked = check_label_type(self.task, y)

@@ -13,6 +13,8 @@ from typing import Any
 class ClassificationTracker:
     """Accuracy over everything seen and over the last ``window`` labeled events."""
 
+    metric = "accuracy"  # what `cumulative` and `rolling` measure
+
     def __init__(self, window: int) -> None:
         self.window = window
         self.n = 0
@@ -38,6 +40,9 @@ class ClassificationTracker:
     def rolling_accuracy(self) -> float:
         return self._recent_correct / len(self._recent) if self._recent else math.nan
 
+    cumulative = cumulative_accuracy
+    rolling = rolling_accuracy
+
     def state_dict(self) -> dict[str, Any]:
         return {"window": self.window, "n": self.n, "correct": self.correct, "recent": list(self._recent)}
 
@@ -54,6 +59,8 @@ class RegressionTracker:
 
     A missing prediction (model not trained yet) is scored as predicting 0.0.
     """
+
+    metric = "mae"  # what `cumulative` and `rolling` measure
 
     def __init__(self, window: int) -> None:
         self.window = window
@@ -94,6 +101,9 @@ class RegressionTracker:
     def rolling_rmse(self) -> float:
         return math.sqrt(max(self._r_sq, 0.0) / len(self._recent)) if self._recent else math.nan
 
+    cumulative = cumulative_mae
+    rolling = rolling_mae
+
     def state_dict(self) -> dict[str, Any]:
         return {"window": self.window, "n": self.n, "abs_sum": self.abs_sum, "sq_sum": self.sq_sum,
                 "recent": list(self._recent)}
@@ -105,3 +115,11 @@ class RegressionTracker:
             self._recent.append(float(err))
             self._r_abs += abs(err)
             self._r_sq += err * err
+
+
+Tracker = ClassificationTracker | RegressionTracker
+
+
+def make_tracker(task: str, window: int) -> Tracker:
+    """The tracker for a task: accuracy for classification, MAE/RMSE for regression."""
+    return ClassificationTracker(window) if task == "classification" else RegressionTracker(window)

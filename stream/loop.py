@@ -22,14 +22,12 @@ from kafka.errors import (
 )
 from prometheus_client import CollectorRegistry
 
-from driftline.adapters.detectors import monitor_from
 from driftline.learners.base import Learner
 from driftline.monitoring.http import MetricsServer
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import Settings
 from driftline.stream.checkpointing import Checkpointer
 from driftline.stream.kafka_io import ensure_topics, make_consumer, topic_partitions
-from driftline.stream.labels import LabelJoin
 from driftline.stream.processor import BatchResult, EventProcessor
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import OutputSink
@@ -128,13 +126,8 @@ class Service:
         writer = make_writer(s.kafka)
         consumer = make_consumer(s.kafka)
         sink = OutputSink(writer, s.topics.predictions, s.topics.dead_letter, self.metrics)
-        join = (LabelJoin(int(s.labels.ttl_seconds * 1000), s.labels.max_pending)
-                if s.topics.labels else None)
-        processor = EventProcessor(self.learner, sink, self.metrics, rolling_window=s.metrics.rolling_window,
-                                   max_payload_bytes=s.max_payload_bytes, dedup_window=s.dedup_window,
-                                   join=join, labels_topic=s.topics.labels, expired_topic=s.topics.expired,
-                                   drift=monitor_from(s.drift.detectors, task=self.learner.task, seed=s.model.seed),
-                                   audit_topic=s.topics.audit)
+        processor = EventProcessor.from_settings(s, self.learner, sink, self.metrics, labels_topic=s.topics.labels,
+                                                 expired_topic=s.topics.expired, audit_topic=s.topics.audit)
         self.processor = processor
         checkpointer = Checkpointer(s.checkpoint, processor, self.metrics)
         self.checkpointer = checkpointer

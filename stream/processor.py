@@ -18,10 +18,11 @@ from typing import Any
 
 import orjson
 
-from driftline.adapters.detectors import Detection, DriftMonitor
+from driftline.adapters.detectors import Detection, DriftMonitor, monitor_from
 from driftline.learners.base import EventRejected, Learner
 from driftline.monitoring.metrics import ServiceMetrics
-from driftline.monitoring.prequential import ClassificationTracker, RegressionTracker
+from driftline.monitoring.prequential import ClassificationTracker, Tracker, make_tracker
+from driftline.settings import Settings
 from driftline.stream.codec import DecodeError, decode_event, decode_label, encode_prediction
 from driftline.stream.dedup import DedupWindow
 from driftline.stream.event import Event, Label, LabelRecord
@@ -87,10 +88,7 @@ class EventProcessor:
         self.sink = sink
         self.metrics = metrics
         self.max_payload_bytes = max_payload_bytes
-        self.tracker: ClassificationTracker | RegressionTracker = (
-            ClassificationTracker(rolling_window) if learner.task == "classification"
-            else RegressionTracker(rolling_window)
-        )
+        self.tracker: Tracker = make_tracker(learner.task, rolling_window)
         self.ledger = LearnLedger()
         self.dedup = DedupWindow(dedup_window) if dedup_window > 0 else None
         self.join = join
@@ -104,6 +102,20 @@ class EventProcessor:
         self._predict_hist = metrics.predict_latency.labels(model)
         self._learn_hist = metrics.learn_latency.labels(model)
         self._prepare_hist = metrics.prepare_latency.labels(model)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, learner: Learner, sink: OutputSink, metrics: ServiceMetrics, *,
+                      labels_topic: str | None, expired_topic: str | None = None,
+                      audit_topic: str | None = None) -> EventProcessor:
+        """The pipeline a config describes (what `run` and `replay` both process with). With a
+        ``labels_topic``, records of that topic are joined to their events within ``settings.labels``."""
+        s = settings
+        join = LabelJoin(int(s.labels.ttl_seconds * 1000), s.labels.max_pending) if labels_topic else None
+        return cls(learner, sink, metrics, rolling_window=s.metrics.rolling_window,
+                   max_payload_bytes=s.max_payload_bytes, dedup_window=s.dedup_window, join=join,
+                   labels_topic=labels_topic, expired_topic=expired_topic,
+                   drift=monitor_from(s.drift.detectors, task=learner.task, seed=s.model.seed),
+                   audit_topic=audit_topic)
 
     def process(self, records: Sequence[InboundRecord]) -> BatchResult:
         res = BatchResult(consumed=len(records))

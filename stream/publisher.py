@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections.abc import Iterable
 
+from driftline.progress import progress_bar
 from driftline.settings import KafkaSettings
 from driftline.stream.kafka_io import make_producer
 from driftline.stream.sources import EventDict
@@ -22,11 +22,8 @@ def publish(
     ``rate`` is events per second (None: as fast as possible). Raises if Kafka does not
     acknowledge every record.
     """
-    from tqdm import tqdm
-
     producer = make_producer(kafka, client_suffix="publisher")
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=limit, unit="ev", disable=not show, desc=f"-> {topic}", file=sys.stderr)
+    bar = progress_bar(limit, desc=f"-> {topic}", unit="ev", show=progress)
     sent = 0
     start = time.monotonic()
     futures = []

@@ -15,7 +15,6 @@ import heapq
 import itertools
 import json
 import random
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,14 +24,12 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
-from driftline.adapters.detectors import monitor_from
 from driftline.errors import ConfigError
 from driftline.learners.base import Learner
 from driftline.monitoring.metrics import ServiceMetrics
-from driftline.monitoring.prequential import ClassificationTracker
+from driftline.progress import progress_bar
 from driftline.settings import Settings
 from driftline.stream.event import Event
-from driftline.stream.labels import LabelJoin
 from driftline.stream.processor import EventProcessor
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import REASON_HEADER, OutputSink
@@ -75,22 +72,24 @@ class LabelDelay:
         return self.low if self.kind == "fixed" else rng.uniform(self.low, self.high)
 
 
+PREDICTIONS_TOPIC = "replay.predictions"
+DEAD_LETTER_TOPIC = "replay.dead-letter"
+
+
 class _CollectingWriter:
-    """A RecordWriter that keeps what the pipeline publishes (replays do not write to Kafka)."""
+    """A RecordWriter that keeps what a replay reports of its outputs (replays do not write to Kafka):
+    each prediction's latency, and the dead letters by reason."""
 
     def __init__(self) -> None:
-        self.predictions: list[dict[str, Any]] = []
+        self.predict_ms: list[float] = []
         self.dead: Counter[str] = Counter()
-        self.other: Counter[str] = Counter()
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
              headers: Sequence[tuple[str, bytes]] | None = None) -> None:
-        if topic == "replay.predictions":
-            self.predictions.append(orjson.loads(value or b"{}"))
-        elif topic == "replay.dead-letter":
+        if topic == PREDICTIONS_TOPIC:
+            self.predict_ms.append(float(orjson.loads(value or b"{}").get("latency_ms", 0.0)))
+        elif topic == DEAD_LETTER_TOPIC:
             self.dead[dict(headers or ()).get(REASON_HEADER, b"?").decode()] += 1
-        else:
-            self.other[topic] += 1
 
     def flush(self, timeout: float | None = None) -> FlushResult:
         return FlushResult(sent=0)
@@ -198,20 +197,17 @@ def simulate(events: Iterable[Event | dict[str, Any]], delay: LabelDelay, seed: 
 def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord], *, label_delay: LabelDelay,
            seed: int, batch_size: int = 100, speed: float | None = None, total: int | None = None,
            progress: bool | None = None, label_delays: Sequence[float] = ()) -> Summary:
-    """Run the pipeline over ``records`` (as `simulate` yields them, or a topic range)."""
+    """Run the pipeline over ``records`` (as `simulate` yields them, or a topic range).
+
+    ``label_delays``: the delays `simulate` drew (its ``delays_out``); read once the records are consumed.
+    """
     writer = _CollectingWriter()
     registry = CollectorRegistry()
     metrics = ServiceMetrics(registry, model=learner.name, task=learner.task)
-    sink = OutputSink(writer, "replay.predictions", "replay.dead-letter", metrics)
-    join = LabelJoin(int(settings.labels.ttl_seconds * 1000), settings.labels.max_pending)
-    drift = monitor_from(settings.drift.detectors, task=learner.task, seed=settings.model.seed)
-    processor = EventProcessor(learner, sink, metrics, rolling_window=settings.metrics.rolling_window,
-                               max_payload_bytes=settings.max_payload_bytes, dedup_window=settings.dedup_window,
-                               join=join, labels_topic=LABELS_TOPIC,
-                               drift=drift)
-    summary = Summary(model=learner.name, label_delay=_describe(label_delay), seed=seed,
-                      label_delays_s=list(label_delays))
-    bar = _bar(progress, total)
+    sink = OutputSink(writer, PREDICTIONS_TOPIC, DEAD_LETTER_TOPIC, metrics)
+    processor = EventProcessor.from_settings(settings, learner, sink, metrics, labels_topic=LABELS_TOPIC)
+    summary = Summary(model=learner.name, label_delay=_describe(label_delay), seed=seed)
+    bar = progress_bar(total, desc="replay", unit="rec", show=progress)
     t0 = time.perf_counter()
     first_ts: int | None = None
     it = iter(records)
@@ -222,41 +218,34 @@ def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord
             wait = due - (time.perf_counter() - t0)
             if wait > 0:
                 time.sleep(wait)
-        res = processor.process(batch)
+        processor.process(batch)
         summary.events += sum(1 for r in batch if r.topic != LABELS_TOPIC)
-        summary.predicted += res.predicted
-        summary.learned += res.learned
-        t = processor.tracker
-        if t.n:
-            roll = t.rolling_accuracy if isinstance(t, ClassificationTracker) else t.rolling_mae
-            summary.rolling.append((processor.ledger.learned, float(roll)))
-        if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
+        if processor.tracker.n:
+            summary.rolling.append((processor.ledger.learned, float(processor.tracker.rolling)))
+        bar.update(len(batch))
+    bar.close()
     summary.wall_s = time.perf_counter() - t0
     summary.events_per_s = summary.events / summary.wall_s if summary.wall_s > 0 else 0.0
     _finish(summary, processor, writer, registry)
+    summary.label_delays_s = list(label_delays)
     return summary
 
 
 def _finish(summary: Summary, processor: EventProcessor, writer: _CollectingWriter,
             registry: CollectorRegistry) -> None:
     t = processor.tracker
-    if isinstance(t, ClassificationTracker):
-        summary.cumulative = t.cumulative_accuracy if t.n else None
-        summary.final_rolling = t.rolling_accuracy if t.n else None
-    else:
-        summary.metric = "mae"
-        summary.cumulative = t.cumulative_mae if t.n else None
-        summary.final_rolling = t.rolling_mae if t.n else None
+    summary.metric = t.metric
+    summary.cumulative = t.cumulative if t.n else None
+    summary.final_rolling = t.rolling if t.n else None
+    summary.predicted = processor.predicted_total
+    summary.learned = processor.ledger.learned
     summary.dead_lettered = dict(sorted(writer.dead.items()))
     summary.labels_expired = int(sum(v for k, v in _samples(registry, "driftline_labels_expired_total")))
     summary.model_version = processor.learner.version
     summary.model_updates = processor.learner.updates
     summary.ledger_digest = f"{processor.ledger.learned}:{processor.ledger.digest:016x}"
     summary.detections = [(d.labeled, d.detector, d.level) for d in processor.detections]
-    summary.predict_ms = [float(p.get("latency_ms", 0.0)) for p in writer.predictions]
+    summary.predict_ms = writer.predict_ms
     if summary.predict_ms:
         ordered = sorted(summary.predict_ms)
         summary.predict_ms_p50 = ordered[len(ordered) // 2]
@@ -272,14 +261,6 @@ def _samples(registry: CollectorRegistry, name: str) -> Iterator[tuple[str, floa
 
 def _describe(d: LabelDelay) -> str:
     return {"none": "none", "fixed": f"fixed {d.low:g}s"}.get(d.kind, f"random {d.low:g}-{d.high:g}s")
-
-
-def _bar(progress: bool | None, total: int | None) -> Any:
-    if progress is False or (progress is None and not sys.stderr.isatty()):
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="rec", desc="replay", file=sys.stderr)
 
 
 def write_summary(path: str, summary: Summary) -> None:
