@@ -96,3 +96,18 @@ def test_detections_are_in_the_summary_and_marked_on_the_plot(tmp_path: Path) ->
     assert any(3000 < n <= 3250 for n in drifts), s.detections
     assert plain.detections == [] and plain.cumulative == s.cumulative  # detection alone changes nothing
     assert json.loads((tmp_path / "summary.json").read_text())["detections"]
+
+
+def test_speed_compresses_event_time_and_progress_shows(capsys: pytest.CaptureFixture[str]) -> None:
+    """100 events 1 s apart in event time, replayed 200x faster than real time: at least ~0.5 s of wall time
+    (a lower bound only: without --speed the same replay takes milliseconds)."""
+    from driftline.learners.factory import build_learner
+    from driftline.settings import load_settings
+    from driftline.stream.replay import replay as run_replay
+
+    settings = load_settings(None)
+    records = list(simulate(_events(100), LabelDelay(), seed=0, interval_ms=1000))
+    s = run_replay(settings, build_learner(settings.model), records, label_delay=LabelDelay(), seed=0,
+                   batch_size=10, speed=200.0, total=100, progress=True)
+    assert s.wall_s >= 0.45 and s.predicted == 100
+    assert "replay" in capsys.readouterr().err  # the progress bar, on stderr
