@@ -9,6 +9,7 @@ warning level. A detector that fires is reset by River itself and keeps watching
 from __future__ import annotations
 
 import pickle
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,14 +33,20 @@ DETECTORS: dict[str, tuple[str, bool, bool]] = {
 
 WARNING = "warning"
 DRIFT = "drift"
+IMPROVEMENT = "improvement"
+_RECENT = 32  # errors compared with the older ones to tell a rise from a fall
+_HISTORY = 5000  # errors kept to rebuild a detector after an improvement
 
 
 @dataclass(frozen=True, slots=True)
 class Detection:
     detector: str  # the configured name (e.g. "ADWIN" or "ADWIN#2" when a name repeats)
-    level: str  # warning | drift
+    level: str  # warning | drift | improvement
     labeled: int  # labeled events seen by the monitor when it fired
     error_mean: float  # mean error since the previous detection of this detector (the statistic it watched)
+    recent_error: float | None = None  # mean error of the latest events (after the estimated change)
+    since_change: int | None = None  # events since the estimated change point, when the detector knows it
+    source: str = "error"  # error (the prequential error stream) | input (label-free, on the inputs)
 
 
 def _build(name: str, params: Mapping[str, Any], seed: int) -> Any:
@@ -53,29 +60,56 @@ def _build(name: str, params: Mapping[str, Any], seed: int) -> Any:
 
 
 class _Watch:
-    def __init__(self, key: str, name: str, detector: Any) -> None:
+    def __init__(self, key: str, name: str, detector: Any, signals: str) -> None:
         self.key = key
         self.binary, self.warns = DETECTORS[name][1:]
+        self.adwin = name == "ADWIN"
+        self.signals = signals
         self.detector = detector
         self.sum = 0.0
         self.n = 0
         self.warned = False
+        self.recent: deque[float] = deque(maxlen=_RECENT)
+        self.history: deque[float] = deque(maxlen=_HISTORY)
+
+    def direction(self, before: float | None) -> tuple[bool, float, int | None]:
+        """(did the error rise?, recent error mean, events since the change) at a drift signal."""
+        if self.adwin:  # ADWIN keeps the window after the cut: its mean against the mean before
+            after = float(self.detector.estimation)
+            return after > (before if before is not None else -1.0), after, int(self.detector.width)
+        recent = sum(self.recent) / len(self.recent) if self.recent else 0.0
+        older_n = self.n - len(self.recent)
+        if older_n <= 0:
+            return True, recent, None  # nothing older since the last signal to compare with: a rise
+        return recent > (self.sum - sum(self.recent)) / older_n, recent, None
+
+    def feed(self, err: float) -> None:
+        self.detector.update((not err if self.key.startswith("FHDDM") else bool(err)) if self.binary else err)
+
+    def rebuild(self, keep: int) -> None:
+        """A fresh detector fed the last ``keep`` errors (instead of River's reset to nothing)."""
+        self.detector = self.detector.clone()
+        for err in list(self.history)[-keep:] if keep else ():
+            self.feed(err)
 
 
 class DriftMonitor:
     """Feeds the error of every labeled event to the configured detectors; reports what fires."""
 
-    def __init__(self, specs: Sequence[tuple[str, Mapping[str, Any]]], *, task: str, seed: int = 42) -> None:
+    def __init__(self, specs: Sequence[tuple[str, Mapping[str, Any]] | tuple[str, Mapping[str, Any], str]], *,
+                 task: str, seed: int = 42) -> None:
         self.task = task
         self.watches: list[_Watch] = []
         seen: dict[str, int] = {}
-        for name, params in specs:
+        for spec in specs:
+            name, params = spec[0], spec[1]
+            signals = spec[2] if len(spec) > 2 else DRIFT
             if task == "regression" and DETECTORS.get(name, ("", False, False))[1]:
                 raise ConfigError(f"drift.detectors: {name} watches 0/1 errors and cannot take a regression "
                                   "model's absolute errors; use ADWIN, PageHinkley or KSWIN")
             seen[name] = seen.get(name, 0) + 1
             key = name if seen[name] == 1 else f"{name}#{seen[name]}"
-            self.watches.append(_Watch(key, name, _build(name, params, seed)))
+            self.watches.append(_Watch(key, name, _build(name, params, seed), signals))
         self.labeled = 0
 
     def update(self, y_true: Any, y_pred: Any) -> list[Detection]:
@@ -87,12 +121,21 @@ class DriftMonitor:
             err = abs(float(y_true) - float(y_pred)) if y_pred is not None else 0.0
         out: list[Detection] = []
         for w in self.watches:
-            w.detector.update((not err if w.key.startswith("FHDDM") else bool(err)) if w.binary else err)
+            before = float(w.detector.estimation) if w.adwin else None
+            w.feed(err)
             w.sum += err
             w.n += 1
+            w.recent.append(err)
+            w.history.append(err)
             if w.detector.drift_detected:
-                out.append(Detection(w.key, DRIFT, self.labeled, w.sum / w.n))
-                w.sum, w.n, w.warned = 0.0, 0, False
+                rose, recent, since = w.direction(before)
+                out.append(Detection(w.key, w.signals if rose else IMPROVEMENT, self.labeled, w.sum / w.n,
+                                     recent, since))
+                kept = min(since or len(w.recent), len(w.history)) if not rose else 0
+                w.sum, w.n, w.warned = sum(list(w.history)[-kept:]) if kept else 0.0, kept, False
+                w.recent = deque(list(w.history)[-min(kept, _RECENT):] if kept else (), maxlen=_RECENT)
+                if not rose:
+                    w.rebuild(kept)
             elif w.warns and w.detector.warning_detected:
                 if not w.warned:  # once per warning zone, not on every event in it
                     out.append(Detection(w.key, WARNING, self.labeled, w.sum / w.n))
@@ -103,15 +146,18 @@ class DriftMonitor:
 
     def state_dict(self) -> dict[str, Any]:
         return {"labeled": self.labeled, "watches": pickle.dumps(
-            [(w.key, w.detector, w.sum, w.n, w.warned) for w in self.watches], protocol=pickle.HIGHEST_PROTOCOL)}
+            [(w.key, w.detector, w.sum, w.n, w.warned, list(w.recent), list(w.history)) for w in self.watches],
+            protocol=pickle.HIGHEST_PROTOCOL)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         saved = pickle.loads(state["watches"])
         if [k for k, *_ in saved] != [w.key for w in self.watches]:
             raise ValueError(f"the state has detectors {[k for k, *_ in saved]}, the config "
                              f"{[w.key for w in self.watches]}")
-        for w, (_, det, s, n, warned) in zip(self.watches, saved, strict=True):
+        for w, (_, det, s, n, warned, recent, history) in zip(self.watches, saved, strict=True):
             w.detector, w.sum, w.n, w.warned = det, s, n, warned
+            w.recent = deque(recent, maxlen=_RECENT)
+            w.history = deque(history, maxlen=_HISTORY)
         self.labeled = int(state["labeled"])
 
 
@@ -119,4 +165,4 @@ def monitor_from(detectors: Sequence[Any], *, task: str, seed: int) -> DriftMoni
     """The monitor for ``drift.detectors`` settings (None when none are configured)."""
     if not detectors:
         return None
-    return DriftMonitor([(d.name, d.params) for d in detectors], task=task, seed=seed)
+    return DriftMonitor([(d.name, d.params, d.signals) for d in detectors], task=task, seed=seed)

@@ -161,6 +161,9 @@ class DetectorSettings(_Frozen):
 
     name: str  # ADWIN, PageHinkley, KSWIN, DDM, EDDM, HDDM_A, HDDM_W, FHDDM
     params: dict[str, Any] = Field(default_factory=dict)
+    # "warning": report this detector's drifts as warnings (a more sensitive early detector: it starts
+    # the background learner, and never acts on its own).
+    signals: Literal["drift", "warning"] = "drift"
 
     @field_validator("name")
     @classmethod
@@ -172,10 +175,62 @@ class DetectorSettings(_Frozen):
         return v
 
 
+class InputDriftSettings(_Frozen):
+    """Label-free drift detection on the inputs: a recent window against a reference window."""
+
+    # ks: a two-sample Kolmogorov-Smirnov test per numeric feature (Bonferroni over features);
+    # mmd: maximum mean discrepancy on the backbone's embeddings, threshold calibrated on the reference.
+    kind: Literal["ks", "mmd"] | None = None  # None: off
+    reference: int = Field(1000, ge=50, le=100_000)  # first events (and the first after each detection)
+    window: int = Field(500, ge=20, le=100_000)  # the recent events compared with the reference
+    stride: int = Field(250, ge=1, le=100_000)  # test every this many events
+    alpha: float = Field(1e-4, gt=0, lt=1)  # ks: significance per test over all features
+    calibration_rounds: int = Field(200, ge=20, le=10_000)  # mmd: reference splits the threshold is set from
+    margin: float = Field(1.5, ge=1.0)  # mmd: threshold = the largest calibration statistic x margin
+
+
+class PolicySettings(_Frozen):
+    """One rung of the adaptation ladder."""
+
+    name: Literal["background", "reset", "replay_burst", "adabn", "adversarial"]
+    params: dict[str, Any] = Field(default_factory=dict)
+    # Which detections this rung acts on: error-stream detectors, input detectors, or both.
+    on: Literal["error", "input", "any"] = "error"
+
+
+class GuardSettings(_Frozen):
+    """After an adaptation the model before it keeps learning beside the adapted one (a shadow);
+    if the adapted model does worse over the next ``window`` labeled events, it is rolled back."""
+
+    window: int = Field(500, ge=0, le=1_000_000)  # 0: no guard
+    tolerance: float = Field(0.0, ge=0)  # how much worse (accuracy, or MAE for regression) is tolerated
+
+
 class DriftSettings(_Frozen):
-    """Drift detection (each detection is logged, counted and, with topics.audit, published)."""
+    """Drift detection and the adaptation it triggers (each detection and action is logged, counted
+    and, with topics.audit, published)."""
 
     detectors: list[DetectorSettings] = Field(default_factory=list)
+    input: InputDriftSettings = Field(default_factory=InputDriftSettings)
+    # The ladder, cheapest first: a drift acts with the first rung that can; a drift within
+    # escalate_within labeled events of the previous action (or after a rollback) starts one rung higher.
+    policies: list[PolicySettings] = Field(default_factory=list)
+    cooldown: int = Field(500, ge=0)  # labeled events after an action in which detections do not act
+    escalate_within: int = Field(3000, ge=0)
+    window: int = Field(1000, ge=10, le=1_000_000)  # recent labeled (and unlabeled) events kept for adapting
+    replay_buffer: int = Field(2000, ge=0, le=1_000_000)  # reservoir sample of labeled events (source replay)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DriftSettings:
+        labeled = {"background", "reset", "replay_burst"}
+        for i, p in enumerate(self.policies):
+            if p.on != "error" and p.name in labeled:
+                raise ValueError(f"policies[{i}]: {p.name} learns from labels and cannot act on input detections "
+                                 f"(on: {p.on}); use adabn or adversarial for label-free adaptation")
+        if [p.name for p in self.policies].count("background") > 1:
+            raise ValueError("policies: background may appear once")
+        return self
 
 
 class MetricsSettings(_Frozen):

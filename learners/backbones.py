@@ -111,6 +111,66 @@ class Backbone:
             full = torch.cat(chunks) if chunks else torch.empty((0, self.dim), device=self.device)
         return full.clone()
 
+    # -- batch-norm statistics (AdaBN) ------------------------------------------------------------
+    def norm_layers(self) -> list[Any]:
+        """The eager batch-norm layers of the model (TorchScript modules are not searched)."""
+        from torch import nn
+
+        root = getattr(self, "module", None) or getattr(self, "model", None)
+        if not isinstance(root, nn.Module) or isinstance(root, torch_jit_types()):
+            return []
+        return [m for m in root.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def norm_state(self) -> dict[str, Any] | None:
+        layers = self.norm_layers()
+        if not layers:
+            return None
+        return {f"{i}.{k}": v.detach().cpu().clone() for i, m in enumerate(layers)
+                for k, v in m.state_dict().items() if k.startswith(("running_", "num_batches"))}
+
+    def load_norm_state(self, state: dict[str, Any]) -> None:
+        for i, m in enumerate(self.norm_layers()):
+            m.load_state_dict({**m.state_dict(), **{k.split(".", 1)[1]: v for k, v in state.items()
+                                                    if k.split(".", 1)[0] == str(i)}})
+
+    def renormalize(self, events: Sequence[Event]) -> float:
+        """AdaBN: re-estimate every batch-norm layer's running statistics on ``events`` (the running
+        means become the exact means over the events; the variances the size-weighted average of the
+        chunks' variances); returns the mean absolute change of the running means."""
+        import torch
+
+        layers = self.norm_layers()
+        ok = []
+        for e in events:
+            try:
+                self.check(e)
+            except InputError:
+                continue
+            ok.append(e)
+        before = [m.running_mean.clone() for m in layers]
+        saved = [(m.momentum, m.training) for m in layers]
+        for m in layers:
+            m.reset_running_stats()
+            m.train()
+        bs = max(self.cfg.batch_size, 2)
+        seen = 0
+        try:
+            with torch.no_grad():
+                for i in range(0, len(ok), bs):
+                    chunk = ok[i: i + bs]
+                    if len(chunk) < 2:  # a batch-norm layer in training mode needs two rows
+                        continue
+                    seen += len(chunk)
+                    for m in layers:  # a running average weighted by chunk size: the means are exact
+                        m.momentum = len(chunk) / seen
+                    self._forward(chunk)
+        finally:
+            for m, (momentum, training) in zip(layers, saved, strict=True):
+                m.momentum = momentum
+                m.train(training)
+        shifts = [float((m.running_mean - b).abs().mean()) for m, b in zip(layers, before, strict=True)]
+        return sum(shifts) / len(shifts) if shifts else 0.0
+
     def _layers(self) -> list[Any] | None:
         """The layers fine-tuning may unfreeze, bottom to top; None if this backbone cannot be split."""
         return None
@@ -240,6 +300,12 @@ class _SequentialTop:
         for layer in self.modules:  # type: ignore[attr-defined]
             h = layer(h)
         return h.reshape(h.shape[0], -1)
+
+
+def torch_jit_types() -> tuple[type, ...]:
+    import torch
+
+    return (torch.jit.ScriptModule,)
 
 
 def _file(path: str | None, what: str) -> Path:

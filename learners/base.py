@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 from driftline.stream.event import Event, Label
 
@@ -57,6 +58,38 @@ class LearnerBase:
     def updates(self) -> int:
         return self._updates
 
+    def set_version(self, version: int) -> None:
+        self._version = version
+
+    def spawn(self, state: Mapping[str, Any], *, detach: bool = False) -> Self:
+        """Another learner of this kind holding ``state``: it shares this one's frozen backbone and
+        batch cache (so it costs a head, not a model), or with ``detach`` owns copies of them (for a
+        learner whose backbone an adaptation changes in place)."""
+        memo: dict[int, Any] = {}
+        batch = getattr(self, "_batch", None)
+        if detach:
+            if batch is not None:  # the copy starts with an empty cache
+                memo[id(batch._events)], memo[id(batch._items)] = [], {}
+        else:
+            memo = {id(o): o for o in (getattr(self, "backbone", None), batch) if o is not None}
+        clone = copy.deepcopy(self, memo)
+        # a shared backbone's normalisation statistics belong to the active learner: leave them be
+        clone.load_state_dict(state if detach else {k: v for k, v in state.items() if k != "norm"})
+        return clone
+
+    def _norm_state(self) -> dict[str, Any] | None:
+        """The backbone's batch-norm statistics (adapted by ``adabn``), or None without any."""
+        backbone = getattr(self, "backbone", None)
+        return backbone.norm_state() if backbone is not None else None
+
+    def _load_norm_state(self, state: Mapping[str, Any]) -> None:
+        backbone = getattr(self, "backbone", None)
+        if backbone is not None and state.get("norm") is not None:
+            backbone.load_norm_state(state["norm"])
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
     def predict_one(self, x: Event) -> Prediction:
         raise NotImplementedError
 
@@ -104,6 +137,14 @@ class Learner(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+    def set_version(self, version: int) -> None:
+        """Name a new model generation (after a swap, adaptation or rollback)."""
+        ...
+
+    def spawn(self, state: Mapping[str, Any], *, detach: bool = False) -> Learner:
+        """A second learner of this kind holding ``state`` (background learners, rollback shadows)."""
+        ...
 
 
 def check_fingerprint(saved: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> None:

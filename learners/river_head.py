@@ -152,6 +152,7 @@ class RiverLearner(LearnerBase):
             "updates": self._updates,
             "model": pickle.dumps((self._prep, self._model), protocol=pickle.HIGHEST_PROTOCOL),
             "backbone": self.fingerprint,
+            "norm": self._norm_state(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -160,6 +161,7 @@ class RiverLearner(LearnerBase):
             raise ValueError(f"state has classes {state['classes']!r}, config has {self._classes!r}")
         check_fingerprint(state.get("backbone"), self.fingerprint)
         self._prep, self._model = pickle.loads(state["model"])
+        self._load_norm_state(state)
         self._version = int(state["version"])
         self._updates = int(state["updates"])
 

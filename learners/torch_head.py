@@ -160,6 +160,111 @@ class TorchHeadLearner(LearnerBase):
 
 
 
+    # -- adaptation -----------------------------------------------------------------------------
+    def _usable(self, pairs: Sequence[tuple[Event, Any]]) -> tuple[list[Event], list[Any]]:
+        """The events the backbone can read, with their targets (labels it cannot learn are left out)."""
+        events, targets = [], []
+        for e, y in pairs:
+            try:
+                self.backbone.check(e)
+                t = self._target(y) if y is not None else None
+            except ValueError:  # EventRejected: unreadable input or unlearnable label
+                continue
+            events.append(e)
+            targets.append(t)
+        return events, targets
+
+    def _loss(self, out: Any, targets: Sequence[Any]) -> Any:
+        import torch
+        from torch.nn import functional
+
+        if self.task == "regression":
+            return functional.mse_loss(out[:, 0], torch.tensor(list(targets), dtype=out.dtype, device=self.device))
+        return functional.cross_entropy(out[:, : len(self._classes)], torch.tensor(list(targets), device=self.device))
+
+    def _scaled(self, z: Any) -> Any:
+        return self._scaler.transform(z) if self._scaler is not None else z
+
+    def fine_tune(self, xs: Sequence[Event], ys: Sequence[Label | float], *, batch_size: int = 32) -> None:
+        """One pass of mini-batch steps (head and unfrozen backbone layers) over ``xs`` in the given order."""
+        events, targets = self._usable(list(zip(xs, ys, strict=True)))
+        items = self.top.prefix(events) if events else []
+        self.head.train()
+        self.top.modules.train()
+        for i in range(0, len(items), batch_size):
+            out = self.head(self._scaled(self.top.forward(items[i: i + batch_size])))
+            loss = self._loss(out, targets[i: i + batch_size])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self._updates += len(items[i: i + batch_size])
+
+    def adversarial_unsupported(self) -> str | None:
+        if self.mlp or self.params.unfreeze_top_k > 0:
+            return None
+        return "TorchLinear on a frozen backbone has no trainable representation"
+
+    def _represent(self, items: Sequence[Any]) -> Any:
+        z = self._scaled(self.top.forward(items))
+        return self.head[:3](z) if self.mlp else z  # type: ignore[index]
+
+    def _classifier(self) -> Any:
+        return self.head[3] if self.mlp else self.head  # type: ignore[index]
+
+    def adapt_adversarial(self, source: Sequence[tuple[Event, Label | float]], target: Sequence[Event], *,
+                          epochs: int, lr: float, weight: float, batch_size: int, seed: int) -> dict[str, Any]:
+        """Domain-adversarial training (DANN): the representation learns to classify the labeled
+        ``source`` events while a domain discriminator, behind a gradient-reversal layer, fails to tell
+        them from the unlabeled ``target`` events. Returns the discriminator's accuracy before and after
+        (0.5: the domains look alike to it)."""
+        import torch
+        from torch import nn
+        from torch.nn import functional
+
+        s_events, s_targets = self._usable(source)
+        t_events, _ = self._usable([(e, None) for e in target])
+        if not s_events or not t_events:
+            return {"source": len(s_events), "target": len(t_events), "steps": 0}
+        s_items, t_items = self.top.prefix(s_events), self.top.prefix(t_events)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fdim = self.params.hidden if self.mlp else self.backbone.dim
+            disc = nn.Sequential(nn.Linear(fdim, 64), nn.ReLU(), nn.Linear(64, 1)).to(self.device)
+        params = [*self.head.parameters(), *self.top.modules.parameters(), *disc.parameters()]
+        opt = torch.optim.Adam(params, lr=lr)
+        half = max(batch_size // 2, 1)
+
+        def domain_accuracy() -> float:
+            with torch.no_grad():
+                fs, ft = self._represent(s_items), self._represent(t_items)
+                pred = disc(torch.cat([fs, ft])).squeeze(1) > 0
+                truth = torch.cat([torch.zeros(len(fs)), torch.ones(len(ft))]).bool().to(pred.device)
+                return float((pred == truth).float().mean())
+
+        self.head.train()
+        self.top.modules.train()
+        steps = max(max(len(s_items), len(t_items)) // half, 1)
+        acc_before = None
+        for epoch in range(epochs):
+            ps, pt = torch.randperm(len(s_items), generator=gen), torch.randperm(len(t_items), generator=gen)
+            for step in range(steps):
+                si = [int(ps[(step * half + j) % len(ps)]) for j in range(half)]
+                ti = [int(pt[(step * half + j) % len(pt)]) for j in range(half)]
+                fs = self._represent([s_items[i] for i in si])
+                ft = self._represent([t_items[i] for i in ti])
+                loss_c = self._loss(self._classifier()(fs), [s_targets[i] for i in si])
+                logits = disc(_reverse(torch.cat([fs, ft]), weight)).squeeze(1)
+                truth = torch.cat([torch.zeros(len(fs)), torch.ones(len(ft))]).to(logits.device)
+                loss = loss_c + functional.binary_cross_entropy_with_logits(logits, truth)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if epoch == 0:
+                acc_before = domain_accuracy()
+        return {"source": len(s_items), "target": len(t_items), "epochs": epochs, "steps": steps * epochs,
+                "domain_accuracy_first_epoch": acc_before, "domain_accuracy": domain_accuracy()}
+
     def _target(self, y: Label | float) -> Any:
         checked = check_label_type(self.task, y)
         if isinstance(checked, float):  # regression
@@ -189,6 +294,7 @@ class TorchHeadLearner(LearnerBase):
             "head": cpu(self.head.state_dict()), "top": cpu(self.top.modules.state_dict()),
             "optimizer": _cpu_optimizer_state(self.optimizer.state_dict()),
             "scaler": self._scaler.state_dict() if self._scaler is not None else None,
+            "norm": self._norm_state(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -209,6 +315,7 @@ class TorchHeadLearner(LearnerBase):
             if state.get("scaler") is None:
                 raise ValueError("state was learned without feature scaling; config has model.scale: true")
             self._scaler.load_state_dict(state["scaler"])
+        self._load_norm_state(state)
         self._classes = list(state["classes"])
         self._index = {c: i for i, c in enumerate(self._classes)}
         self._version = int(state["version"])
@@ -247,6 +354,29 @@ class RunningStandardizer:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.n, self.mean, self.m2 = int(state["n"]), state["mean"].clone(), state["m2"].clone()
+
+
+_REVERSE: Any = None
+
+
+def _reverse(x: Any, weight: float) -> Any:
+    """Gradient reversal: the identity forward, the gradient times ``-weight`` backward."""
+    global _REVERSE
+    if _REVERSE is None:
+        import torch
+
+        class Reverse(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx: Any, x: Any, w: float) -> Any:
+                ctx.w = w
+                return x.view_as(x)
+
+            @staticmethod
+            def backward(ctx: Any, grad: Any) -> Any:
+                return -ctx.w * grad, None
+
+        _REVERSE = Reverse
+    return _REVERSE.apply(x, weight)
 
 
 def _cpu_optimizer_state(sd: dict[str, Any]) -> dict[str, Any]:

@@ -58,6 +58,10 @@ class ServiceMetrics:
         self.drift_detections = Counter("driftline_drift_detections",
                                         "Drift detector signals, by detector and level (warning, drift).",
                                         ["detector", "level"], registry=registry)
+        self.adaptations = Counter("driftline_adaptations",
+                                   "Adaptation actions (a policy of the ladder, rollback, or none when no rung "
+                                   "could act), by the detector that triggered them.", ["detector", "action"],
+                                   registry=registry)
         self.labels_expired = Counter("driftline_labels_expired",
                                       "Predictions that never got a label, by reason (ttl, capacity).", ["reason"],
                                       registry=registry)

@@ -18,11 +18,12 @@ from typing import Any
 
 import orjson
 
-from driftline.adapters.detectors import Detection, DriftMonitor, monitor_from
+from driftline.adapters.adaptation import Adapter
+from driftline.adapters.detectors import IMPROVEMENT, Detection, DriftMonitor, monitor_from
 from driftline.learners.base import EventRejected, Learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.monitoring.prequential import ClassificationTracker, Tracker, make_tracker
-from driftline.settings import Settings
+from driftline.settings import DriftSettings, Settings
 from driftline.stream.codec import DecodeError, decode_event, decode_label, encode_prediction
 from driftline.stream.dedup import DedupWindow
 from driftline.stream.event import Event, Label, LabelRecord
@@ -83,7 +84,7 @@ class EventProcessor:
                  rolling_window: int, max_payload_bytes: int, dedup_window: int = 0,
                  join: LabelJoin | None = None, labels_topic: str | None = None,
                  expired_topic: str | None = None, drift: DriftMonitor | None = None,
-                 audit_topic: str | None = None) -> None:
+                 audit_topic: str | None = None, adapt: DriftSettings | None = None, seed: int = 42) -> None:
         self.learner = learner
         self.sink = sink
         self.metrics = metrics
@@ -98,6 +99,8 @@ class EventProcessor:
         self.drift = drift
         self.audit_topic = audit_topic
         self.detections: deque[Detection] = deque(maxlen=10_000)  # the latest, for reports
+        self.adapter = (Adapter(learner, adapt, seed=seed, metrics=metrics, emit=self._audit)
+                        if adapt is not None and adapt.policies else None)
         model = learner.name
         self._predict_hist = metrics.predict_latency.labels(model)
         self._learn_hist = metrics.learn_latency.labels(model)
@@ -115,12 +118,13 @@ class EventProcessor:
                    max_payload_bytes=s.max_payload_bytes, dedup_window=s.dedup_window, join=join,
                    labels_topic=labels_topic, expired_topic=expired_topic,
                    drift=monitor_from(s.drift.detectors, task=learner.task, seed=s.model.seed),
-                   audit_topic=audit_topic)
+                   audit_topic=audit_topic, adapt=s.drift, seed=s.model.seed)
 
     def process(self, records: Sequence[InboundRecord]) -> BatchResult:
         res = BatchResult(consumed=len(records))
         learner, sink, perf, dedup, reject = self.learner, self.sink, time.perf_counter, self.dedup, self._reject
         join, labels_topic, max_bytes = self.join, self.labels_topic, self.max_payload_bytes
+        adapter = self.adapter
         items: list[tuple[InboundRecord, Event | LabelRecord]] = []
         prepare: list[Event] = []
         for rec in records:
@@ -179,6 +183,8 @@ class EventProcessor:
                 rec.partition,
             )
             res.predicted += 1
+            if adapter is not None:
+                adapter.observe_input(event)
             if event.label is not None:
                 self._learn(event, event.label, pred.value, rec, res)
             elif join is not None:
@@ -208,6 +214,8 @@ class EventProcessor:
         self.tracker.update(label, predicted)  # type: ignore[arg-type]
         self.ledger.add(event.id)
         res.learned += 1
+        if self.adapter is not None:
+            self.adapter.observe_labeled(event, label, predicted)
         if self.drift is not None:
             for d in self.drift.update(label, predicted):
                 self._detected(d, event)
@@ -220,19 +228,26 @@ class EventProcessor:
         return True
 
     def _detected(self, d: Detection, event: Event) -> None:
-        """A drift detector fired: log it, count it, publish the audit record."""
+        """A drift detector fired: log it, count it, publish the audit record, let the ladder act."""
         self.detections.append(d)
         self.metrics.drift_detections.labels(d.detector, d.level).inc()
-        log.warning("%s signalled by %s after %d labeled events (error rate since its last signal %.4f; "
-                    "event %r; model %s v%d)", d.level, d.detector, d.labeled, d.error_mean, event.id,
-                    self.learner.name, self.learner.version)
+        log.log(logging.INFO if d.level == IMPROVEMENT else logging.WARNING,
+                "%s signalled by %s after %d labeled events (error rate since its last signal %.4f, latest "
+                "%s; event %r; model %s v%d)", d.level, d.detector, d.labeled, d.error_mean,
+                "?" if d.recent_error is None else f"{d.recent_error:.4f}", event.id, self.learner.name,
+                self.learner.version)
+        statistic = {"error_mean": d.error_mean, "recent_error": d.recent_error, "since_change": d.since_change}
+        self._audit({"type": "detection", "detector": d.detector, "level": d.level, "source": d.source,
+                     "labeled": d.labeled, "statistic": statistic, "event_id": event.id, "model": self.learner.name,
+                     "model_version": self.learner.version, "model_updates": self.learner.updates})
+        if self.adapter is not None:
+            self.adapter.on_detection(d)
+
+    def _audit(self, record: dict[str, Any]) -> None:
+        """Publish an audit record (detection or adaptation) when topics.audit is set."""
         if self.audit_topic is not None:
-            self.sink.publish(self.audit_topic, d.detector, orjson.dumps({
-                "type": "detection", "detector": d.detector, "level": d.level, "labeled": d.labeled,
-                "statistic": {"error_mean": d.error_mean}, "event_id": event.id, "model": self.learner.name,
-                "model_version": self.learner.version, "model_updates": self.learner.updates,
-                "at_ms": int(time.time() * 1000),
-            }))
+            key = record.get("detector") or record.get("action") or "driftline"
+            self.sink.publish(self.audit_topic, str(key), orjson.dumps({**record, "at_ms": int(time.time() * 1000)}))
 
     def _join_label(self, rec: InboundRecord, lab: LabelRecord, res: BatchResult) -> None:
         join = self.join
@@ -297,6 +312,7 @@ class EventProcessor:
             "join": self.join.state_dict() if self.join is not None else None,
             "predicted_total": self.predicted_total,
             "drift": self.drift.state_dict() if self.drift is not None else None,
+            "adapter": self.adapter.state_dict() if self.adapter is not None else None,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -310,6 +326,8 @@ class EventProcessor:
         self.predicted_total = int(state.get("predicted_total", 0))
         if self.drift is not None and state.get("drift"):
             self.drift.load_state_dict(state["drift"])
+        if self.adapter is not None and state.get("adapter"):
+            self.adapter.load_state_dict(state["adapter"])
         self._refresh_gauges()
 
     def _publish_counts(self, res: BatchResult) -> None:

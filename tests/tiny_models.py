@@ -45,3 +45,31 @@ def torch_backbone(path: Path, **extra: Any) -> dict[str, Any]:
     return {"kind": "torch", "path": str(path), "class_path": "tests.tiny_models:TinyEncoder",
             "args": {"in_dim": len(AGRAWAL_NUMERIC), "out_dim": 8}, "features": AGRAWAL_NUMERIC,
             "device": "cpu", **extra}
+
+
+class BNEncoder(nn.Module):
+    """Linear -> BatchNorm1d -> Tanh: a backbone with batch-norm statistics (for AdaBN)."""
+
+    def __init__(self, in_dim: int, out_dim: int = 8) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_dim, out_dim)
+        self.norm = nn.BatchNorm1d(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.norm(self.proj(x)))
+
+
+def save_bn_encoder(directory: Path, in_dim: int, out_dim: int = 8, seed: int = 0,
+                    fit_on: torch.Tensor | None = None) -> Path:
+    """A BNEncoder whose batch-norm statistics were estimated on ``fit_on`` (the source domain)."""
+    torch.manual_seed(seed)
+    model = BNEncoder(in_dim, out_dim)
+    if fit_on is not None:
+        model.norm.momentum = None
+        model.train()
+        with torch.no_grad():
+            model(fit_on)
+        model.eval()
+    path = directory / f"bn-encoder-{in_dim}-{out_dim}.pt"
+    torch.save(model.state_dict(), path)
+    return path

@@ -1,0 +1,215 @@
+"""Adaptation policies: what the service does to the model when drift is detected.
+
+Each policy is one rung of the ladder in ``drift.policies``. `Policy.check` runs at start-up (a
+policy that cannot apply to the configured model is a ConfigError that says why);
+`Policy.ready` says whether it can act now (else the ladder tries the next rung); `Policy.apply`
+changes the active learner in place and returns what it did, for the audit record.
+
+- ``background``: a learner started at a warning from the starting model learns beside the active
+  one; at the drift it is swapped in (River's DriftRetraining idea).
+- ``reset``: the model goes back to the starting model (pretrained, or fresh) and relearns the
+  recent window, by default only the events after the detector's estimated change point.
+- ``replay_burst``: fine-tunes (head and unfrozen backbone layers) on the recent window mixed with a
+  replay sample of the stream so far, for a few epochs.
+- ``adabn``: re-estimates the backbone's batch-norm statistics on the recent inputs (label-free).
+- ``adversarial``: domain-adversarial training (gradient reversal against a domain discriminator) of
+  the head's representation on unlabeled recent inputs against the labeled replay (label-free on
+  the new domain).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from driftline.errors import ConfigError
+from driftline.learners.base import Learner
+from driftline.stream.event import Event, Label
+
+if TYPE_CHECKING:
+    from driftline.adapters.adaptation import Adapter
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BackgroundParams(_Params):
+    start: Literal["initial", "current"] = "initial"  # what the background learner starts from
+    max_age: int = Field(5000, ge=1)  # labeled events it waits for a drift before it is dropped
+    min_learned: int = Field(30, ge=0)  # a background learner that learned fewer is not swapped in
+
+
+class ResetParams(_Params):
+    since_change: bool = True  # relearn only what came after the estimated change point (when known)
+    min_events: int = Field(30, ge=0)  # relearn at least this many recent events
+    epochs: int = Field(1, ge=1, le=100)
+
+
+class ReplayBurstParams(_Params):
+    epochs: int = Field(2, ge=1, le=100)
+    replay_ratio: float = Field(1.0, ge=0, le=100)  # replayed events per recent event
+    batch_size: int = Field(32, ge=1, le=4096)  # torch heads: mini-batch size
+
+
+class AdaBNParams(_Params):
+    min_events: int = Field(100, ge=2)  # recent inputs needed to re-estimate the statistics
+
+
+class AdversarialParams(_Params):
+    epochs: int = Field(3, ge=1, le=100)
+    lr: float = Field(1e-3, gt=0, le=1)
+    weight: float = Field(0.3, ge=0, le=100)  # gradient-reversal strength (the domain loss weight)
+    batch_size: int = Field(64, ge=2, le=4096)
+    min_events: int = Field(100, ge=2)  # recent inputs and replayed labeled events needed
+
+
+class Policy:
+    name: ClassVar[str]
+    params_model: ClassVar[type[_Params]]
+    touches_backbone: ClassVar[bool] = False  # its rollback shadow needs its own copy of the backbone
+
+    def __init__(self, params: Mapping[str, Any], where: str) -> None:
+        try:
+            self.params: Any = self.params_model.model_validate(dict(params))
+        except ValidationError as exc:
+            lines = []
+            for err in exc.errors():
+                loc = ".".join(str(p) for p in err["loc"])
+                msg = "unknown parameter" if err["type"] == "extra_forbidden" else err["msg"]
+                lines.append(f"{where}.params.{loc}: {msg} (valid for {self.name}: "
+                             f"{', '.join(self.params_model.model_fields)})")
+            raise ConfigError("\n".join(lines)) from None
+        self.where = where
+
+    def check(self, learner: Learner) -> None:
+        """Raise ConfigError if this policy cannot work on this learner."""
+
+    def ready(self, ctx: Adapter) -> str | None:
+        """Why this policy cannot act now (None: it can)."""
+        return None
+
+    def apply(self, ctx: Adapter) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class Background(Policy):
+    name = "background"
+    params_model = BackgroundParams
+
+    def ready(self, ctx: Adapter) -> str | None:
+        bg = ctx.background
+        if bg is None:
+            return "no background learner (no warning before this drift)"
+        if bg.learned < self.params.min_learned:
+            return f"the background learner has learned {bg.learned} events (< min_learned {self.params.min_learned})"
+        return None
+
+    def apply(self, ctx: Adapter) -> dict[str, Any]:
+        bg = ctx.background
+        assert bg is not None
+        ctx.learner.load_state_dict(bg.learner.state_dict())
+        ctx.background = None
+        return {"background_learned": bg.learned, "background_started_at": bg.started_at}
+
+
+class Reset(Policy):
+    name = "reset"
+    params_model = ResetParams
+
+    def apply(self, ctx: Adapter) -> dict[str, Any]:
+        recent = list(ctx.recent)
+        since = ctx.detection.since_change if ctx.detection is not None else None
+        if self.params.since_change and since is not None:
+            recent = recent[-max(since, self.params.min_events):]
+        ctx.learner.load_state_dict(ctx.initial_state)
+        for _ in range(self.params.epochs):
+            _learn(ctx.learner, recent)
+        return {"relearned": len(recent), "since_change": since, "epochs": self.params.epochs}
+
+
+class ReplayBurst(Policy):
+    name = "replay_burst"
+    params_model = ReplayBurstParams
+
+    def ready(self, ctx: Adapter) -> str | None:
+        return "no recent labeled events" if not ctx.recent else None
+
+    def apply(self, ctx: Adapter) -> dict[str, Any]:
+        recent = list(ctx.recent)
+        rng = random.Random(ctx.seed + ctx.actions_taken)
+        k = min(len(ctx.replay), round(len(recent) * self.params.replay_ratio))
+        replayed = rng.sample(ctx.replay, k) if k else []
+        pairs = recent + replayed
+        fine_tune = getattr(ctx.learner, "fine_tune", None)
+        for _ in range(self.params.epochs):
+            rng.shuffle(pairs)
+            if fine_tune is not None:
+                fine_tune([e for e, _ in pairs], [y for _, y in pairs], batch_size=self.params.batch_size)
+            else:
+                _learn(ctx.learner, pairs)
+        return {"recent": len(recent), "replayed": len(replayed), "epochs": self.params.epochs}
+
+
+class AdaBN(Policy):
+    name = "adabn"
+    params_model = AdaBNParams
+    touches_backbone = True
+
+    def check(self, learner: Learner) -> None:
+        backbone = getattr(learner, "backbone", None)
+        if backbone is None or not backbone.norm_layers():
+            raise ConfigError(f"{self.where}: adabn re-estimates batch-norm statistics, and this model's backbone "
+                              f"({getattr(getattr(backbone, 'cfg', None), 'kind', 'identity')}) has no batch-norm "
+                              "layers (adabn needs a torch backbone with BatchNorm layers)")
+
+    def ready(self, ctx: Adapter) -> str | None:
+        n = len(ctx.inputs)
+        return f"{n} recent inputs (< min_events {self.params.min_events})" if n < self.params.min_events else None
+
+    def apply(self, ctx: Adapter) -> dict[str, Any]:
+        backbone: Any = getattr(ctx.learner, "backbone")  # noqa: B009 (checked at start-up)
+        shift = backbone.renormalize(list(ctx.inputs))
+        ctx.learner.prepare_batch([])  # embeddings cached before the change are stale
+        return {"inputs": len(ctx.inputs), "layers": len(backbone.norm_layers()), "mean_shift": shift}
+
+
+class Adversarial(Policy):
+    name = "adversarial"
+    params_model = AdversarialParams
+
+    def check(self, learner: Learner) -> None:
+        why = getattr(learner, "adversarial_unsupported", lambda: "it is not a torch head")()
+        if why:
+            raise ConfigError(f"{self.where}: adversarial adaptation trains the head's representation, and {why} "
+                              "(use TorchMLP, or a torch head with model.params.unfreeze_top_k > 0)")
+
+    def ready(self, ctx: Adapter) -> str | None:
+        need = self.params.min_events
+        if len(ctx.inputs) < need or len(ctx.replay) < need:
+            return (f"{len(ctx.inputs)} recent inputs and {len(ctx.replay)} replayed labeled events "
+                    f"(< min_events {need})")
+        return None
+
+    def apply(self, ctx: Adapter) -> dict[str, Any]:
+        p = self.params
+        out: dict[str, Any] = ctx.learner.adapt_adversarial(  # type: ignore[attr-defined]
+            list(ctx.replay), list(ctx.inputs), epochs=p.epochs, lr=p.lr, weight=p.weight,
+            batch_size=p.batch_size, seed=ctx.seed + ctx.actions_taken)
+        ctx.learner.prepare_batch([])
+        return out
+
+
+def _learn(learner: Learner, pairs: list[tuple[Event, Label | float]]) -> None:
+    for e, y in pairs:
+        learner.learn_one(e, y)
+
+
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (Background, Reset, ReplayBurst, AdaBN, Adversarial)}
+
+
+def build_policy(name: str, params: Mapping[str, Any], where: str) -> Policy:
+    return POLICIES[name](params, where)

@@ -1,0 +1,246 @@
+"""Drift detection and adaptation on River's synthetic streams with a known drift point.
+
+Every scenario runs through the service's own pipeline (`EventProcessor` built from a config, as
+`driftline run` and `driftline replay` build it), test-then-train, in consumed batches of 100, with
+adaptation off (detectors only) and on (the ladder below), for seeds 1..5:
+
+- abrupt: Agrawal classification function 0 -> 4, STAGGER concept 0 -> 2, at event 5,000 (two
+  generators chained, not ConceptDriftStream with a tiny width);
+- gradual: Hyperplane whose weights start moving at 5,000 (mag_change 0.005), RandomRBFDrift whose
+  centroids start moving at 5,000 (change_speed 0.01); the concept at 5,000 is the one before it;
+- recurring: Agrawal 0 -> 4 -> 0 with changes at 5,000 and 10,000;
+- stationary: Agrawal function 0 for 100,000 events (adaptation off and on: every drift signal is a
+  false alarm).
+
+Model: HoeffdingTreeClassifier (grace_period 50) behind the default preprocessing. Detector: ADWIN on
+the prequential error stream (level ``drift`` only; ``improvement`` signals, a falling error, are not
+alarms). Ladder: [reset (relearn what came after ADWIN's estimated change point), replay_burst].
+
+Printed per scenario: detection delay (events from the drift point to the first drift signal after
+it; median over seeds), false alarms (drift signals before the drift point, or anywhere on the
+stationary stream), accuracy in the 2,000 events before and after the drift with adaptation off and
+on, overall prequential accuracy off/on. Last line: one JSON object with
+
+- ``adwin_delay_agrawal``: median delay on abrupt Agrawal;
+- ``false_alarms_stationary``: drift signals on the stationary stream, total over seeds (adaptation on);
+- ``recovery_ratio``: accuracy in drift+1,000..drift+2,000 / accuracy in the 1,000 events before the
+  drift, adaptation on, median over the abrupt scenarios x seeds;
+- ``acc_gain``: overall accuracy with adaptation minus without, mean over the drift scenarios.
+
+    python benchmarks/drift.py [--seeds 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from driftline.learners.factory import build_learner
+from driftline.monitoring.metrics import ServiceMetrics
+from driftline.settings import Settings
+from driftline.stream.processor import EventProcessor
+from driftline.stream.records import InboundRecord
+from driftline.stream.sink import OutputSink
+from driftline.stream.writer import FlushResult
+
+DRIFT_AT = 5000
+BATCH = 100
+MODEL = {"name": "HoeffdingTreeClassifier", "params": {"grace_period": 50}}
+DETECTORS = [{"name": "ADWIN"}]
+LADDER = [{"name": "reset"}, {"name": "replay_burst"}]
+
+
+def _gen(name: str, seed: int, **kw: Any) -> Iterator[tuple[dict[str, Any], Any]]:
+    from river.datasets import synth
+
+    return iter(getattr(synth, name)(seed=seed, **kw) if name not in ("RandomRBFDrift",) else
+                synth.RandomRBFDrift(seed_model=seed, seed_sample=seed + 1000, **kw))
+
+
+def _chain(parts: Sequence[tuple[Iterator[tuple[dict[str, Any], Any]], int]]) -> Iterator[tuple[dict[str, Any], Any]]:
+    for it, n in parts:
+        yield from itertools.islice(it, n)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    kind: str  # abrupt | gradual | recurring | stationary
+    drifts: tuple[int, ...]
+    n: int
+    make: Callable[[int], Iterator[tuple[dict[str, Any], Any]]]
+
+
+def scenarios(stationary_n: int) -> list[Scenario]:
+    def agrawal(seed: int) -> Iterator[tuple[dict[str, Any], Any]]:
+        return _chain([(_gen("Agrawal", seed, classification_function=0), DRIFT_AT),
+                       (_gen("Agrawal", seed + 100, classification_function=4), DRIFT_AT)])
+
+    def stagger(seed: int) -> Iterator[tuple[dict[str, Any], Any]]:
+        return _chain([(_gen("STAGGER", seed, classification_function=0), DRIFT_AT),
+                       (_gen("STAGGER", seed + 100, classification_function=2), DRIFT_AT)])
+
+    def hyperplane(seed: int) -> Iterator[tuple[dict[str, Any], Any]]:
+        return _chain([(_gen("Hyperplane", seed, n_features=10, n_drift_features=5, mag_change=0.0), DRIFT_AT),
+                       (_gen("Hyperplane", seed, n_features=10, n_drift_features=5, mag_change=0.005), DRIFT_AT)])
+
+    def rbf(seed: int) -> Iterator[tuple[dict[str, Any], Any]]:
+        return _chain([(_gen("RandomRBFDrift", seed, n_classes=2, n_features=10, n_centroids=20,
+                             change_speed=0.0, n_drift_centroids=20), DRIFT_AT),
+                       (_gen("RandomRBFDrift", seed, n_classes=2, n_features=10, n_centroids=20,
+                             change_speed=0.01, n_drift_centroids=20), DRIFT_AT)])
+
+    def recurring(seed: int) -> Iterator[tuple[dict[str, Any], Any]]:
+        return _chain([(_gen("Agrawal", seed, classification_function=0), DRIFT_AT),
+                       (_gen("Agrawal", seed + 100, classification_function=4), DRIFT_AT),
+                       (_gen("Agrawal", seed + 200, classification_function=0), DRIFT_AT)])
+
+    def stationary(seed: int) -> Iterator[tuple[dict[str, Any], Any]]:
+        return _gen("Agrawal", seed, classification_function=0)
+
+    return [
+        Scenario("agrawal_0_4", "abrupt", (DRIFT_AT,), 2 * DRIFT_AT, agrawal),
+        Scenario("stagger_0_2", "abrupt", (DRIFT_AT,), 2 * DRIFT_AT, stagger),
+        Scenario("hyperplane", "gradual", (DRIFT_AT,), 2 * DRIFT_AT, hyperplane),
+        Scenario("rbf_drift", "gradual", (DRIFT_AT,), 2 * DRIFT_AT, rbf),
+        Scenario("agrawal_recurring", "recurring", (DRIFT_AT, 2 * DRIFT_AT), 3 * DRIFT_AT, recurring),
+        Scenario("stationary", "stationary", (), stationary_n, stationary),
+    ]
+
+
+class _Predictions:
+    """A writer that keeps each prediction's value, in order (the pipeline's own outputs)."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+             headers: Sequence[tuple[str, bytes]] | None = None) -> None:
+        if topic == "bench.predictions":
+            self.values.append(orjson.loads(value or b"{}").get("prediction"))
+
+    def flush(self, timeout: float | None = None) -> FlushResult:
+        return FlushResult(sent=0)
+
+    def partitions_for(self, topic: str) -> int:
+        return 1
+
+    def close(self, timeout: float = 30.0) -> None:
+        pass
+
+
+@dataclass
+class Run:
+    correct: list[bool]
+    drifts: list[int]  # event index (0-based) of each drift signal
+    actions: list[tuple[int, str]]
+    wall_s: float
+
+
+def run(scenario: Scenario, seed: int, adapt: bool) -> Run:
+    settings = Settings(model={**MODEL, "seed": seed},
+                        drift={"detectors": DETECTORS, "policies": LADDER if adapt else []})
+    learner = build_learner(settings.model)
+    writer = _Predictions()
+    metrics = ServiceMetrics(CollectorRegistry(), model=learner.name, task=learner.task)
+    sink = OutputSink(writer, "bench.predictions", "bench.dead-letter", metrics)  # type: ignore[arg-type]
+    proc = EventProcessor.from_settings(settings, learner, sink, metrics, labels_topic=None)
+    labels: list[Any] = []
+    t0 = time.perf_counter()
+    stream = itertools.islice(scenario.make(seed), scenario.n)
+    i = 0
+    while batch := list(itertools.islice(stream, BATCH)):
+        records = []
+        for x, y in batch:
+            y = int(y) if isinstance(y, bool) else y
+            labels.append(y)
+            body = {"id": f"e{i}", "features": {str(k): (float(v) if isinstance(v, int | float) else str(v))
+                                                  for k, v in x.items()}, "label": y}
+            records.append(InboundRecord("bench.events", 0, i, 1_700_000_000_000 + i, None, orjson.dumps(body)))
+            i += 1
+        proc.process(records)
+    wall = time.perf_counter() - t0
+    assert len(writer.values) == len(labels), "every event is predicted"
+    correct = [p == y for p, y in zip(writer.values, labels, strict=True)]
+    drifts = [d.labeled - 1 for d in proc.detections if d.level == "drift"]
+    actions = [(a.labeled - 1, a.action) for a in proc.adapter.actions] if proc.adapter is not None else []
+    return Run(correct, drifts, actions, wall)
+
+
+def _acc(xs: Sequence[bool]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="a 20,000-event stationary stream (CI smoke)")
+    ap.add_argument("--only", help="run only this scenario")
+    args = ap.parse_args(argv)
+    logging.getLogger("driftline").setLevel(logging.ERROR)
+    seeds = range(1, args.seeds + 1)
+    delays_agrawal: list[float] = []
+    false_stationary = 0
+    ratios: list[float] = []
+    gains: list[float] = []
+    print(f"{'scenario':<20}{'delay':>7}{'false':>7}{'before':>8}{'after off':>11}{'after on':>10}"
+          f"{'overall off':>13}{'overall on':>12}{'actions':>9}{'s':>6}")
+    for sc in scenarios(20_000 if args.quick else 100_000):
+        if args.only and sc.name != args.only:
+            continue
+        delays, false, before, after_off, after_on, acc_off, acc_on, n_actions, wall = ([] for _ in range(9))
+        for seed in seeds:
+            off, on = run(sc, seed, False), run(sc, seed, True)
+            wall.append(off.wall_s + on.wall_s)
+            acc_off.append(_acc(off.correct))
+            acc_on.append(_acc(on.correct))
+            n_actions.append(len(on.actions))
+            if not sc.drifts:
+                false.append(len(on.drifts))
+                continue
+            first = sc.drifts[0]
+            false.append(sum(1 for d in on.drifts if d < first))
+            for at in sc.drifts:
+                hits = [d - at for d in on.drifts if d >= at]
+                if hits:
+                    delays.append(hits[0])
+            before.append(_acc(on.correct[first - 2000: first]))
+            after_off.append(_acc(off.correct[first: first + 2000]))
+            after_on.append(_acc(on.correct[first: first + 2000]))
+            if sc.kind == "abrupt":
+                ratios.append(_acc(on.correct[first + 1000: first + 2000]) / _acc(on.correct[first - 1000: first]))
+        if sc.name == "agrawal_0_4":
+            delays_agrawal = list(delays)
+        if sc.kind == "stationary":
+            false_stationary = sum(false)
+        else:
+            gains.append(statistics.mean(acc_on) - statistics.mean(acc_off))
+
+        def med(xs: list[float]) -> str:
+            return f"{statistics.median(xs):.3f}" if xs else "-"
+
+        print(f"{sc.name:<20}{(statistics.median(delays) if delays else float('nan')):>7.0f}{sum(false):>7d}"
+              f"{med(before):>8}{med(after_off):>11}{med(after_on):>10}{med(acc_off):>13}{med(acc_on):>12}"
+              f"{statistics.mean(n_actions):>9.1f}{sum(wall):>6.1f}", flush=True)
+    result = {
+        "adwin_delay_agrawal": statistics.median(delays_agrawal) if delays_agrawal else None,
+        "false_alarms_stationary": false_stationary,
+        "recovery_ratio": round(statistics.median(ratios), 4) if ratios else None,
+        "acc_gain": round(statistics.mean(gains), 4) if gains else None,
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The ladder around the policies: rollback guard, cooldown, escalation, sources, and nothing-to-do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from driftline.adapters.detectors import DRIFT
+from driftline.learners.factory import build_learner
+from tests.contract.test_policy_contract import Harness, accuracy, detection, river, stream
+
+
+def test_guard_rolls_back_a_harmful_adaptation_without_losing_labels(tmp_path: Path) -> None:
+    # no drift at all: resetting a well-trained model to a fresh one that relearns 30 events is harmful
+    learner = build_learner(river(tmp_path))
+    h = Harness(learner, [{"name": "reset", "params": {"min_events": 30}}], guard={"window": 300})
+    h.feed(stream("A", 2000, 1))
+    h.adapter.on_detection(detection(since=5))
+    assert h.records[-1]["action"] == "reset" and learner.version == 2
+    shadow = h.adapter.guard.shadow if h.adapter.guard else None
+    assert shadow is not None
+    h.feed(stream("A", 300, 2, start=2000))
+    rollback = h.records[-1]
+    assert rollback["action"] == "rollback", h.records
+    d = rollback["details"]
+    assert d["of"] == "reset" and d["window"] == 300 and d["error_adapted"] > d["error_unadapted"]
+    assert (rollback["model_version_before"], rollback["model_version_after"], learner.version) == (2, 3, 3)
+    # the model now is the shadow: the unadapted model that also learned the guard window's labels
+    probe = list(stream("A", 200, 9, start=9000))
+    assert [learner.predict_one(e).proba for e in probe] == [shadow.predict_one(e).proba for e in probe]
+    assert learner.updates == 2300
+    assert h.count("ADWIN", "rollback") == 1 and h.adapter.guard is None
+    assert h.adapter.ladder.escalate  # the next drift starts one rung higher
+
+
+def test_guard_keeps_a_helpful_adaptation(tmp_path: Path) -> None:
+    learner = build_learner(river(tmp_path))
+    h = Harness(learner, [{"name": "reset", "params": {"min_events": 30}}], guard={"window": 300})
+    h.feed(stream("A", 2000, 1))
+    h.feed(stream("B", 100, 2))
+    h.adapter.on_detection(detection(since=100))
+    h.feed(stream("B", 300, 3, start=100))
+    assert h.records[-1]["action"] == "guard_passed"
+    d = h.records[-1]["details"]
+    assert d["error_adapted"] < d["error_unadapted"]
+    assert learner.version == 2 and accuracy(learner, list(stream("B", 200, 9, start=9000))) > 0.85
+
+
+def test_cooldown_suppresses_and_a_quick_second_drift_escalates(tmp_path: Path) -> None:
+    h = Harness(build_learner(river(tmp_path)), [{"name": "reset"}, {"name": "replay_burst"}],
+                cooldown=100, escalate_within=500, guard={"window": 0})
+    h.feed(stream("A", 300, 1))
+    h.adapter.on_detection(detection())
+    h.feed(stream("A", 50, 2, start=300))
+    h.adapter.on_detection(detection())  # within the cooldown: no action
+    assert [r["action"] for r in h.records] == ["reset"]
+    h.feed(stream("A", 100, 3, start=350))
+    h.adapter.on_detection(detection())  # after the cooldown, within escalate_within: rung 2
+    assert [r["action"] for r in h.records] == ["reset", "replay_burst"] and h.records[-1]["rung"] == 1
+    h.feed(stream("A", 600, 4, start=450))
+    h.adapter.on_detection(detection())  # long after: back to the bottom
+    assert h.records[-1]["action"] == "reset" and h.records[-1]["rung"] == 0
+
+
+def test_rungs_act_only_on_their_source_and_none_is_recorded(tmp_path: Path) -> None:
+    h = Harness(build_learner(river(tmp_path)), [{"name": "reset"}], guard={"window": 0})
+    h.feed(stream("A", 100, 1))
+    h.adapter.on_detection(detection(source="input"))  # an input drift: reset acts on error drifts only
+    r = h.records[-1]
+    assert (r["action"], r["level"]) == ("none", DRIFT) and h.count("KS", "none") == 1
+    assert h.learner.version == 1
+
+
+def test_warning_starts_and_max_age_drops_the_background_learner(tmp_path: Path) -> None:
+    h = Harness(build_learner(river(tmp_path)), [{"name": "background", "params": {"max_age": 50}}])
+    h.feed(stream("A", 100, 1))
+    h.adapter.on_detection(detection("warning"))
+    assert h.records[-1]["action"] == "background_started" and h.adapter.background is not None
+    h.feed(stream("A", 51, 2, start=100))
+    assert h.records[-1]["action"] == "background_dropped" and h.adapter.background is None
+    assert h.count("ADWIN", "background_started") == 0  # not adaptations: audited and logged only
