@@ -47,6 +47,7 @@ class Detection:
     recent_error: float | None = None  # mean error of the latest events (after the estimated change)
     since_change: int | None = None  # events since the estimated change point, when the detector knows it
     source: str = "error"  # error (the prequential error stream) | input (label-free, on the inputs)
+    statistic: Mapping[str, Any] | None = None  # input detectors: the test's statistic, p-value or threshold
 
 
 def _build(name: str, params: Mapping[str, Any], seed: int) -> Any:

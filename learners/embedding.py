@@ -68,3 +68,8 @@ class BackboneRiverLearner(RiverLearner):
 
     def _features(self, x: Event) -> Mapping[str, Any]:
         return dict(zip(self._names, self._batch.get(x), strict=True))
+
+    def embedding(self, x: Event) -> list[float]:
+        """The backbone's embedding of ``x`` (cached for a prepared batch), for input drift detection."""
+        row: list[float] = self._batch.get(x)
+        return row

@@ -126,6 +126,15 @@ class TorchHeadLearner(LearnerBase):
             out = out[:, : len(self._classes)]
         return out
 
+    def embedding(self, x: Event) -> list[float]:
+        """The backbone's embedding of ``x`` (its top layers included), for input drift detection."""
+        import torch
+
+        with torch.inference_mode():
+            z = self.top.forward([self._batch.get(x)])
+        out: list[float] = z[0].float().cpu().tolist()
+        return out
+
     def predict_one(self, x: Event) -> Prediction:
         import torch
 

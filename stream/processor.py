@@ -20,6 +20,7 @@ import orjson
 
 from driftline.adapters.adaptation import Adapter
 from driftline.adapters.detectors import IMPROVEMENT, Detection, DriftMonitor, monitor_from
+from driftline.adapters.input_drift import InputDriftMonitor, input_monitor_from
 from driftline.learners.base import EventRejected, Learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.monitoring.prequential import ClassificationTracker, Tracker, make_tracker
@@ -84,7 +85,8 @@ class EventProcessor:
                  rolling_window: int, max_payload_bytes: int, dedup_window: int = 0,
                  join: LabelJoin | None = None, labels_topic: str | None = None,
                  expired_topic: str | None = None, drift: DriftMonitor | None = None,
-                 audit_topic: str | None = None, adapt: DriftSettings | None = None, seed: int = 42) -> None:
+                 audit_topic: str | None = None, adapt: DriftSettings | None = None, seed: int = 42,
+                 input_drift: InputDriftMonitor | None = None) -> None:
         self.learner = learner
         self.sink = sink
         self.metrics = metrics
@@ -99,6 +101,7 @@ class EventProcessor:
         self.drift = drift
         self.audit_topic = audit_topic
         self.detections: deque[Detection] = deque(maxlen=10_000)  # the latest, for reports
+        self.input_drift = input_drift
         self.adapter = (Adapter(learner, adapt, seed=seed, metrics=metrics, emit=self._audit)
                         if adapt is not None and adapt.policies else None)
         model = learner.name
@@ -118,13 +121,14 @@ class EventProcessor:
                    max_payload_bytes=s.max_payload_bytes, dedup_window=s.dedup_window, join=join,
                    labels_topic=labels_topic, expired_topic=expired_topic,
                    drift=monitor_from(s.drift.detectors, task=learner.task, seed=s.model.seed),
-                   audit_topic=audit_topic, adapt=s.drift, seed=s.model.seed)
+                   audit_topic=audit_topic, adapt=s.drift, seed=s.model.seed,
+                   input_drift=input_monitor_from(s.drift.input, seed=s.model.seed, learner=learner))
 
     def process(self, records: Sequence[InboundRecord]) -> BatchResult:
         res = BatchResult(consumed=len(records))
         learner, sink, perf, dedup, reject = self.learner, self.sink, time.perf_counter, self.dedup, self._reject
         join, labels_topic, max_bytes = self.join, self.labels_topic, self.max_payload_bytes
-        adapter = self.adapter
+        adapter, input_drift = self.adapter, self.input_drift
         items: list[tuple[InboundRecord, Event | LabelRecord]] = []
         prepare: list[Event] = []
         for rec in records:
@@ -185,6 +189,9 @@ class EventProcessor:
             res.predicted += 1
             if adapter is not None:
                 adapter.observe_input(event)
+            if input_drift is not None:
+                for d in input_drift.update(event):
+                    self._detected(d, event)
             if event.label is not None:
                 self._learn(event, event.label, pred.value, rec, res)
             elif join is not None:
@@ -231,12 +238,17 @@ class EventProcessor:
         """A drift detector fired: log it, count it, publish the audit record, let the ladder act."""
         self.detections.append(d)
         self.metrics.drift_detections.labels(d.detector, d.level).inc()
-        log.log(logging.INFO if d.level == IMPROVEMENT else logging.WARNING,
-                "%s signalled by %s after %d labeled events (error rate since its last signal %.4f, latest "
-                "%s; event %r; model %s v%d)", d.level, d.detector, d.labeled, d.error_mean,
-                "?" if d.recent_error is None else f"{d.recent_error:.4f}", event.id, self.learner.name,
-                self.learner.version)
-        statistic = {"error_mean": d.error_mean, "recent_error": d.recent_error, "since_change": d.since_change}
+        if d.source == "input":
+            log.warning("input drift signalled by %s after %d events (%s; event %r; model %s v%d)", d.detector,
+                        d.labeled, d.statistic, event.id, self.learner.name, self.learner.version)
+        else:
+            log.log(logging.INFO if d.level == IMPROVEMENT else logging.WARNING,
+                    "%s signalled by %s after %d labeled events (error rate since its last signal %.4f, latest "
+                    "%s; event %r; model %s v%d)", d.level, d.detector, d.labeled, d.error_mean,
+                    "?" if d.recent_error is None else f"{d.recent_error:.4f}", event.id, self.learner.name,
+                    self.learner.version)
+        statistic = dict(d.statistic) if d.statistic is not None else {
+            "error_mean": d.error_mean, "recent_error": d.recent_error, "since_change": d.since_change}
         self._audit({"type": "detection", "detector": d.detector, "level": d.level, "source": d.source,
                      "labeled": d.labeled, "statistic": statistic, "event_id": event.id, "model": self.learner.name,
                      "model_version": self.learner.version, "model_updates": self.learner.updates})
@@ -313,6 +325,7 @@ class EventProcessor:
             "predicted_total": self.predicted_total,
             "drift": self.drift.state_dict() if self.drift is not None else None,
             "adapter": self.adapter.state_dict() if self.adapter is not None else None,
+            "input_drift": self.input_drift.state_dict() if self.input_drift is not None else None,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -326,6 +339,8 @@ class EventProcessor:
         self.predicted_total = int(state.get("predicted_total", 0))
         if self.drift is not None and state.get("drift"):
             self.drift.load_state_dict(state["drift"])
+        if self.input_drift is not None and state.get("input_drift"):
+            self.input_drift.load_state_dict(state["input_drift"])
         if self.adapter is not None and state.get("adapter"):
             self.adapter.load_state_dict(state["adapter"])
         self._refresh_gauges()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from driftline.adapters.detectors import DRIFT
 from driftline.learners.factory import build_learner
 from tests.contract.test_policy_contract import Harness, accuracy, detection, river, stream
+from tests.contract.test_policy_contract import stream as contract_stream
 
 
 def test_guard_rolls_back_a_harmful_adaptation_without_losing_labels(tmp_path: Path) -> None:
@@ -78,3 +80,41 @@ def test_warning_starts_and_max_age_drops_the_background_learner(tmp_path: Path)
     h.feed(stream("A", 51, 2, start=100))
     assert h.records[-1]["action"] == "background_dropped" and h.adapter.background is None
     assert h.count("ADWIN", "background_started") == 0  # not adaptations: audited and logged only
+
+
+def test_processor_wires_input_detection_and_the_ladder_with_audit_records() -> None:
+    import json
+
+    import orjson
+    from prometheus_client import CollectorRegistry
+
+    from driftline.monitoring.metrics import ServiceMetrics
+    from driftline.settings import Settings
+    from driftline.stream.processor import EventProcessor
+    from driftline.stream.records import InboundRecord
+    from driftline.stream.sink import OutputSink
+    from tests.unit.test_property_bad_input import MemoryWriter
+
+    s = Settings(topics={"audit": "audit"}, model={"name": "GaussianNB"},
+                 drift={"input": {"kind": "ks"}, "policies": [{"name": "reset"}]})
+    learner = build_learner(s.model)
+    writer, registry = MemoryWriter(), CollectorRegistry()
+    metrics = ServiceMetrics(registry, model=learner.name, task=learner.task)
+    proc = EventProcessor.from_settings(s, learner, OutputSink(writer, "p", "d", metrics), metrics, labels_topic=None,
+                                        audit_topic="audit")
+    stream = list(itertools.chain(contract_stream("A", 2000, 1), contract_stream("C", 1000, 2, start=2000)))
+    for i in range(0, len(stream), 100):
+        proc.process([InboundRecord("in", 0, i + j, 1_700_000_000_000 + i + j, None,
+                                    orjson.dumps(e.model_dump(mode="json", exclude_none=True)))
+                      for j, e in enumerate(stream[i: i + 100])])
+    audit = [json.loads(v or b"") for t, _, v, _ in writer.records if t == "audit"]
+    detections = [r for r in audit if r["type"] == "detection"]
+    assert [r["source"] for r in detections] == ["input"] and 2000 < detections[0]["labeled"] <= 2750
+    assert detections[0]["statistic"]["feature"] in ("x0", "x1")
+    # reset learns from labels: it does not act on an input detection, and says so
+    assert [r["action"] for r in audit if r["type"] == "adaptation"] == ["none"]
+    assert registry.get_sample_value("driftline_drift_detections_total", {"detector": "KS", "level": "drift"}) == 1
+    restored = EventProcessor.from_settings(s, build_learner(s.model), OutputSink(MemoryWriter(), "p", "d", metrics),
+                                            metrics, labels_topic=None)
+    restored.load_state_dict(proc.state_dict())
+    assert restored.input_drift is not None and restored.input_drift.seen == 3000
