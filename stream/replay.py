@@ -129,6 +129,8 @@ class Summary:
     predict_ms: list[float] = field(default_factory=list, repr=False)
     # drift detector signals: (labeled events when it fired, detector, level)
     detections: list[tuple[int, str, str]] = field(default_factory=list)
+    # adaptation actions of the ladder: (labeled events when it acted, action, detector that triggered it)
+    adaptations: list[tuple[int, str, str]] = field(default_factory=list)
     label_delays_s: list[float] = field(default_factory=list, repr=False)
 
     def deterministic(self) -> dict[str, Any]:
@@ -245,6 +247,8 @@ def _finish(summary: Summary, processor: EventProcessor, writer: _CollectingWrit
     summary.model_updates = processor.learner.updates
     summary.ledger_digest = f"{processor.ledger.learned}:{processor.ledger.digest:016x}"
     summary.detections = [(d.labeled, d.detector, d.level) for d in processor.detections]
+    if processor.adapter is not None:
+        summary.adaptations = [(a.labeled, a.action, a.detector) for a in processor.adapter.actions]
     summary.predict_ms = writer.predict_ms
     if summary.predict_ms:
         ordered = sorted(summary.predict_ms)

@@ -35,6 +35,16 @@ def _rolling(summary: Summary, path: Path) -> None:
             for i, n in enumerate(marks):
                 ax.axvline(n, linestyle=style, color=color, linewidth=1.0,
                            label=f"{level} detected ({len(marks)})" if i == 0 else None)
+        # adaptations: a marker on the curve where the ladder acted (rollbacks apart)
+        lo, hi = ax.get_ylim()
+        for kind, marker, color in (("adaptation", "^", "#2ca02c"), ("rollback", "v", "#9467bd")):
+            acts = [n for n, action, _ in summary.adaptations
+                    if (action == "rollback") == (kind == "rollback") and action != "none"]
+            if acts:
+                names = sorted({a for _, a, _ in summary.adaptations if a not in ("rollback", "none")})
+                label = f"{kind} ({len(acts)})" + (f": {', '.join(names)}" if kind == "adaptation" else "")
+                ax.scatter(acts, [lo + 0.04 * (hi - lo)] * len(acts), marker=marker, s=60, color=color,
+                           zorder=3, label=label)
         ax.legend(loc="lower right")
     else:
         ax.text(0.5, 0.5, "no labeled events", ha="center", va="center", transform=ax.transAxes)
@@ -75,6 +85,12 @@ def write_report(summary: Summary, directory: str | Path) -> Path:
     (out / "summary.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
     rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in data.items())
     figures = "\n".join(f'<figure><img src="{p}" alt="{p[:-4]}"></figure>' for p in PLOTS)
+    timeline = sorted([(n, "detection", f"{det} {level}") for n, det, level in summary.detections] +
+                      [(n, "adaptation", f"{action} (after {det or '-'})") for n, action, det in summary.adaptations])
+    events = "\n".join(f"<tr><td>{n}</td><td>{kind}</td><td>{html.escape(what)}</td></tr>"
+                        for n, kind, what in timeline[:500])
+    timeline_html = (f"<h2>Drift and adaptation</h2>\n<table><tr><th>labeled events</th><th>kind</th><th>what</th></tr>"
+                     f"\n{events}\n</table>" if timeline else "")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>driftline replay: {html.escape(summary.model)}</title>
 <style>
@@ -90,6 +106,7 @@ img {{ max-width: 100%; border: 1px solid #ddd; }}
 {rows}
 </table>
 {figures}
+{timeline_html}
 </body></html>
 """
     index = out / "index.html"

@@ -111,3 +111,30 @@ def test_speed_compresses_event_time_and_progress_shows(capsys: pytest.CaptureFi
                    batch_size=10, speed=200.0, total=100, progress=True)
     assert s.wall_s >= 0.45 and s.predicted == 100
     assert "replay" in capsys.readouterr().err  # the progress bar, on stderr
+
+
+def test_policies_run_in_replay_and_adaptations_are_marked_on_the_plot(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    events = []
+    for e in itertools.islice(from_generator("STAGGER", params={"classification_function": 0}, seed=1, drift_at=3000,
+                                             drift_params={"classification_function": 2}, id_prefix="s"), 6000):
+        e.pop("timestamp")
+        events.append(e)
+    model = {"name": "HoeffdingTreeClassifier"}
+    detect = {"detectors": [{"name": "ADWIN"}]}
+    plain = replay({"model": model, "drift": detect}, events, report_dir=tmp_path / "plain")
+    s = replay({"model": model, "drift": {**detect, "policies": [{"name": "reset"}]}}, events, report_dir=tmp_path)
+    assert plain.adaptations == []
+    acts = [(n, a) for n, a, _ in s.adaptations]
+    assert acts and acts[0][1] == "reset" and 3000 < acts[0][0] <= 3250, s.adaptations
+    assert s.model_version > 1 and s.cumulative is not None and plain.cumulative is not None
+    assert s.cumulative > plain.cumulative  # the policy ran: the model recovered faster
+    assert json.loads((tmp_path / "summary.json").read_text())["adaptations"][0][1] == "reset"
+    assert "Drift and adaptation" in (tmp_path / "index.html").read_text()
+
+    def green(path: Path) -> int:  # pixels of the adaptation marker colour (#2ca02c)
+        img = matplotlib.image.imread(str(path))[..., :3]
+        return int((abs(img - [0x2C / 255, 0xA0 / 255, 0x2C / 255]).max(axis=-1) < 0.05).sum())
+
+    assert green(tmp_path / "rolling.png") > 20 and green(tmp_path / "plain" / "rolling.png") == 0
