@@ -103,6 +103,10 @@ class Adapter:
         self.ladder = _Ladder()
         self._background = next((p for p, _ in self.policies if isinstance(p, Background)), None)
 
+    def action_names(self) -> list[str]:
+        """Every value the ``action`` label of driftline_adaptations_total can take here."""
+        return [p.name for p, _ in self.policies] + [ROLLBACK, NONE]
+
     @property
     def actions_taken(self) -> int:
         return len(self.ladder.actions)

@@ -58,6 +58,10 @@ class ServiceMetrics:
         self.drift_detections = Counter("driftline_drift_detections",
                                         "Drift detector signals, by detector and level (warning, drift).",
                                         ["detector", "level"], registry=registry)
+        self.gpu_memory = Gauge("driftline_gpu_memory_bytes", "GPU memory allocated by the model (torch).",
+                                ["device"], registry=registry)
+        self.gpu_utilization = Gauge("driftline_gpu_utilization_ratio", "GPU utilisation (NVML), 0-1.",
+                                     ["device"], registry=registry)
         self.adaptations = Counter("driftline_adaptations",
                                    "Adaptation actions (a policy of the ladder, rollback, or none when no rung "
                                    "could act), by the detector that triggered them.", ["detector", "action"],

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # System packages the test suite needs beyond Python: Java 17+ and Maven (the Kafka broker) are
-# expected; Debian's chromium renders the replay report for its screenshot test. Installs what is
+# expected; Debian's chromium renders the replay report for its screenshot test; Debian's prometheus
+# (prometheus + promtool) runs the dashboard and alert tests (it is not started). Installs what is
 # missing when it can (root or passwordless sudo, apt); otherwise says what to install.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if command -v apt-get >/dev/null 2>&1; then
   SUDO=""

@@ -7,6 +7,7 @@ hand is finished, flushed and committed, then the consumer leaves its group.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -20,7 +21,7 @@ from kafka.errors import (
     RetriableError,
     UnknownMemberIdError,
 )
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from driftline.learners.base import Learner
 from driftline.monitoring.http import MetricsServer
@@ -78,6 +79,8 @@ class Service:
         self.learner = learner
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ServiceMetrics(self.registry, model=learner.name, task=learner.task)
+        # process_cpu_seconds_total, process_resident_memory_bytes, ... (the process dashboard)
+        ProcessCollector(registry=self.registry)
         self.totals = RunTotals()
         self._stop = threading.Event()
         self._heartbeat = time.monotonic()
@@ -193,6 +196,7 @@ class Service:
         if now - self._lag_at < self.settings.metrics.lag_interval_s:
             return
         self._lag_at = now
+        self._update_gpu()
         seen: set[tuple[str, str]] = set()
         for tp in consumer.assignment():
             hw = consumer.highwater(tp)
@@ -209,6 +213,19 @@ class Service:
         for key in self._lag_keys - seen:
             self.metrics.lag.remove(*key)
         self._lag_keys = seen
+
+    def _update_gpu(self) -> None:
+        """GPU memory (and utilisation, where NVML answers) of the devices this process uses."""
+        import sys
+
+        torch = sys.modules.get("torch")  # only a model that imported torch can be on a GPU
+        if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return
+        for i in range(torch.cuda.device_count()):
+            device = f"cuda:{i}"
+            self.metrics.gpu_memory.labels(device).set(torch.cuda.memory_allocated(i))
+            with contextlib.suppress(Exception):  # no NVML (pynvml) here: memory only
+                self.metrics.gpu_utilization.labels(device).set(torch.cuda.utilization(i) / 100.0)
 
     def _close(self, consumer: KafkaConsumer, writer: RecordWriter) -> None:
         try:

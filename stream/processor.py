@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from driftline.adapters.adaptation import Adapter
-from driftline.adapters.detectors import IMPROVEMENT, Detection, DriftMonitor, monitor_from
+from driftline.adapters.detectors import DRIFT, IMPROVEMENT, WARNING, Detection, DriftMonitor, monitor_from
 from driftline.adapters.input_drift import InputDriftMonitor, input_monitor_from
 from driftline.learners.base import EventRejected, Learner
 from driftline.monitoring.metrics import ServiceMetrics
@@ -104,6 +104,19 @@ class EventProcessor:
         self.input_drift = input_drift
         self.adapter = (Adapter(learner, adapt, seed=seed, metrics=metrics, emit=self._audit)
                         if adapt is not None and adapt.policies else None)
+        # every (detector, level) and (detector, action) series exists from the start at 0, so a first
+        # signal is a change Prometheus can see (dashboard annotations use changes())
+        detectors = [w.key for w in drift.watches] if drift is not None else []
+        for name in detectors:
+            for level in (DRIFT, WARNING, IMPROVEMENT):
+                metrics.drift_detections.labels(name, level)
+        if input_drift is not None:
+            detectors.append(input_drift.name)
+            metrics.drift_detections.labels(input_drift.name, DRIFT)
+        if self.adapter is not None:
+            for name in detectors:
+                for action in self.adapter.action_names():
+                    metrics.adaptations.labels(name, action)
         model = learner.name
         self._predict_hist = metrics.predict_latency.labels(model)
         self._learn_hist = metrics.learn_latency.labels(model)
