@@ -50,8 +50,8 @@ from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import Settings
 from driftline.stream.processor import EventProcessor
 from driftline.stream.records import InboundRecord
+from driftline.stream.replay import DEAD_LETTER_TOPIC, PREDICTIONS_TOPIC, CollectingWriter
 from driftline.stream.sink import OutputSink
-from driftline.stream.writer import FlushResult
 
 DRIFT_AT = 5000
 BATCH = 100
@@ -118,27 +118,6 @@ def scenarios(stationary_n: int) -> list[Scenario]:
     ]
 
 
-class _Predictions:
-    """A writer that keeps each prediction's value, in order (the pipeline's own outputs)."""
-
-    def __init__(self) -> None:
-        self.values: list[Any] = []
-
-    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
-             headers: Sequence[tuple[str, bytes]] | None = None) -> None:
-        if topic == "bench.predictions":
-            self.values.append(orjson.loads(value or b"{}").get("prediction"))
-
-    def flush(self, timeout: float | None = None) -> FlushResult:
-        return FlushResult(sent=0)
-
-    def partitions_for(self, topic: str) -> int:
-        return 1
-
-    def close(self, timeout: float = 30.0) -> None:
-        pass
-
-
 @dataclass
 class Run:
     correct: list[bool]
@@ -153,9 +132,9 @@ def run(scenario: Scenario, seed: int, adapt: bool, delta: float = 0.001) -> Run
     settings = Settings(model={**MODEL, "seed": seed},
                         drift={"detectors": detectors, "policies": LADDER if adapt else [], "input": INPUT})
     learner = build_learner(settings.model)
-    writer = _Predictions()
+    writer = CollectingWriter(keep_predictions=True)
     metrics = ServiceMetrics(CollectorRegistry(), model=learner.name, task=learner.task)
-    sink = OutputSink(writer, "bench.predictions", "bench.dead-letter", metrics)  # type: ignore[arg-type]
+    sink = OutputSink(writer, PREDICTIONS_TOPIC, DEAD_LETTER_TOPIC, metrics)
     proc = EventProcessor.from_settings(settings, learner, sink, metrics, labels_topic=None)
     labels: list[Any] = []
     t0 = time.perf_counter()
@@ -172,8 +151,8 @@ def run(scenario: Scenario, seed: int, adapt: bool, delta: float = 0.001) -> Run
             i += 1
         proc.process(records)
     wall = time.perf_counter() - t0
-    assert len(writer.values) == len(labels), "every event is predicted"
-    correct = [p == y for p, y in zip(writer.values, labels, strict=True)]
+    assert writer.predictions is not None and len(writer.predictions) == len(labels), "every event is predicted"
+    correct = [p == y for p, y in zip(writer.predictions, labels, strict=True)]
     drifts = [d.labeled - 1 for d in proc.detections if d.level == "drift" and d.source == "error"]
     inputs = [d.labeled - 1 for d in proc.detections if d.source == "input"]
     actions = [(a.labeled - 1, a.action) for a in proc.adapter.actions] if proc.adapter is not None else []

@@ -76,18 +76,23 @@ PREDICTIONS_TOPIC = "replay.predictions"
 DEAD_LETTER_TOPIC = "replay.dead-letter"
 
 
-class _CollectingWriter:
+class CollectingWriter:
     """A RecordWriter that keeps what a replay reports of its outputs (replays do not write to Kafka):
-    each prediction's latency, and the dead letters by reason."""
+    each prediction's latency, the dead letters by reason, and with ``keep_predictions`` each
+    prediction's value in order (for benchmarks that score every event)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_predictions: bool = False) -> None:
         self.predict_ms: list[float] = []
         self.dead: Counter[str] = Counter()
+        self.predictions: list[Any] | None = [] if keep_predictions else None
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
              headers: Sequence[tuple[str, bytes]] | None = None) -> None:
         if topic == PREDICTIONS_TOPIC:
-            self.predict_ms.append(float(orjson.loads(value or b"{}").get("latency_ms", 0.0)))
+            body = orjson.loads(value or b"{}")
+            self.predict_ms.append(float(body.get("latency_ms", 0.0)))
+            if self.predictions is not None:
+                self.predictions.append(body.get("prediction"))
         elif topic == DEAD_LETTER_TOPIC:
             self.dead[dict(headers or ()).get(REASON_HEADER, b"?").decode()] += 1
 
@@ -203,7 +208,7 @@ def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord
 
     ``label_delays``: the delays `simulate` drew (its ``delays_out``); read once the records are consumed.
     """
-    writer = _CollectingWriter()
+    writer = CollectingWriter()
     registry = CollectorRegistry()
     metrics = ServiceMetrics(registry, model=learner.name, task=learner.task)
     sink = OutputSink(writer, PREDICTIONS_TOPIC, DEAD_LETTER_TOPIC, metrics)
@@ -233,7 +238,7 @@ def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord
     return summary
 
 
-def _finish(summary: Summary, processor: EventProcessor, writer: _CollectingWriter,
+def _finish(summary: Summary, processor: EventProcessor, writer: CollectingWriter,
             registry: CollectorRegistry) -> None:
     t = processor.tracker
     summary.metric = t.metric
