@@ -101,7 +101,7 @@ class Adapter:
         self.guard: Guard | None = None
         self.detection: Detection | None = None  # the one being acted on
         self.ladder = _Ladder()
-        self._background = next((p for p, _ in self.policies if isinstance(p, Background)), None)
+        self._background_policy = next((p for p, _ in self.policies if isinstance(p, Background)), None)
 
     def action_names(self) -> list[str]:
         """Every value the ``action`` label of driftline_adaptations_total can take here."""
@@ -149,11 +149,12 @@ class Adapter:
     def on_detection(self, d: Detection) -> None:
         """A detector fired: start a background learner at a warning, act at a drift."""
         if d.level == WARNING and d.source == "error":
-            if self._background is not None and self.background is None:
-                start = self.initial_state if self._background.params.start == "initial" else self.learner.state_dict()
+            bg_policy = self._background_policy
+            if bg_policy is not None and self.background is None:
+                start = self.initial_state if bg_policy.params.start == "initial" else self.learner.state_dict()
                 self.background = BackgroundLearner(self.learner.spawn(start), self.labeled)
                 self._record({"action": "background_started", "detector": d.detector, "level": d.level,
-                              "details": {"start": self._background.params.start}}, count=False)
+                              "details": {"start": bg_policy.params.start}}, count=False)
             return
         if d.level != DRIFT or not self.policies:
             return
@@ -231,8 +232,8 @@ class Adapter:
 
     # -- helpers ----------------------------------------------------------------------------------
     def _max_age(self) -> int:
-        assert self._background is not None
-        return int(self._background.params.max_age)
+        assert self._background_policy is not None
+        return int(self._background_policy.params.max_age)
 
     def _reservoir(self, pair: tuple[Event, Label | float]) -> None:
         size = self.cfg.replay_buffer

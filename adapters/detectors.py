@@ -34,8 +34,8 @@ DETECTORS: dict[str, tuple[str, bool, bool]] = {
 WARNING = "warning"
 DRIFT = "drift"
 IMPROVEMENT = "improvement"
-_RECENT = 32  # errors compared with the older ones to tell a rise from a fall
-_HISTORY = 5000  # errors kept to rebuild a detector after an improvement
+_RECENT = 32  # latest errors compared with the older ones to tell a rise from a fall
+_HISTORY = 5000  # errors kept (to compare, and to rebuild a detector after an improvement)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,32 +65,46 @@ class _Watch:
         self.key = key
         self.binary, self.warns = DETECTORS[name][1:]
         self.adwin = name == "ADWIN"
+        self.fhddm = name == "FHDDM"
         self.signals = signals
         self.detector = detector
         self.sum = 0.0
-        self.n = 0
+        self.n = 0  # errors since the last signal (the last n of `history`, up to its length)
         self.warned = False
-        self.recent: deque[float] = deque(maxlen=_RECENT)
         self.history: deque[float] = deque(maxlen=_HISTORY)
+
+    def recent(self) -> list[float]:
+        """The latest errors since the last signal, at most ``_RECENT``."""
+        k = min(self.n, _RECENT, len(self.history))
+        return list(self.history)[-k:] if k else []
 
     def direction(self, before: float | None) -> tuple[bool, float, int | None]:
         """(did the error rise?, recent error mean, events since the change) at a drift signal."""
         if self.adwin:  # ADWIN keeps the window after the cut: its mean against the mean before
             after = float(self.detector.estimation)
             return after > (before if before is not None else -1.0), after, int(self.detector.width)
-        recent = sum(self.recent) / len(self.recent) if self.recent else 0.0
-        older_n = self.n - len(self.recent)
+        latest = self.recent()
+        recent = sum(latest) / len(latest) if latest else 0.0
+        older_n = self.n - len(latest)
         if older_n <= 0:
             return True, recent, None  # nothing older since the last signal to compare with: a rise
-        return recent > (self.sum - sum(self.recent)) / older_n, recent, None
+        return recent > (self.sum - sum(latest)) / older_n, recent, None
 
     def feed(self, err: float) -> None:
-        self.detector.update((not err if self.key.startswith("FHDDM") else bool(err)) if self.binary else err)
+        self.detector.update((not err if self.fhddm else bool(err)) if self.binary else err)
 
-    def rebuild(self, keep: int) -> None:
-        """A fresh detector fed the last ``keep`` errors (instead of River's reset to nothing)."""
+    def restart(self, rose: bool, since: int | None) -> None:
+        """After a signal. A rise: start over (River resets the detector itself). A fall: a fresh detector
+        fed the errors since the change (ADWIN's kept window, else the latest), instead of River's reset
+        to nothing."""
+        self.warned = False
+        if rose:
+            self.sum, self.n = 0.0, 0
+            return
+        tail = list(self.history)[-min(since or len(self.recent()), len(self.history)):]
+        self.sum, self.n = sum(tail), len(tail)
         self.detector = self.detector.clone()
-        for err in list(self.history)[-keep:] if keep else ():
+        for err in tail:
             self.feed(err)
 
 
@@ -126,17 +140,12 @@ class DriftMonitor:
             w.feed(err)
             w.sum += err
             w.n += 1
-            w.recent.append(err)
             w.history.append(err)
             if w.detector.drift_detected:
                 rose, recent, since = w.direction(before)
                 out.append(Detection(w.key, w.signals if rose else IMPROVEMENT, self.labeled, w.sum / w.n,
                                      recent, since))
-                kept = min(since or len(w.recent), len(w.history)) if not rose else 0
-                w.sum, w.n, w.warned = sum(list(w.history)[-kept:]) if kept else 0.0, kept, False
-                w.recent = deque(list(w.history)[-min(kept, _RECENT):] if kept else (), maxlen=_RECENT)
-                if not rose:
-                    w.rebuild(kept)
+                w.restart(rose, since)
             elif w.warns and w.detector.warning_detected:
                 if not w.warned:  # once per warning zone, not on every event in it
                     out.append(Detection(w.key, WARNING, self.labeled, w.sum / w.n))
@@ -147,7 +156,7 @@ class DriftMonitor:
 
     def state_dict(self) -> dict[str, Any]:
         return {"labeled": self.labeled, "watches": pickle.dumps(
-            [(w.key, w.detector, w.sum, w.n, w.warned, list(w.recent), list(w.history)) for w in self.watches],
+            [(w.key, w.detector, w.sum, w.n, w.warned, list(w.history)) for w in self.watches],
             protocol=pickle.HIGHEST_PROTOCOL)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -155,10 +164,9 @@ class DriftMonitor:
         if [k for k, *_ in saved] != [w.key for w in self.watches]:
             raise ValueError(f"the state has detectors {[k for k, *_ in saved]}, the config "
                              f"{[w.key for w in self.watches]}")
-        for w, (_, det, s, n, warned, recent, history) in zip(self.watches, saved, strict=True):
+        for w, (_, det, s, n, warned, *history) in zip(self.watches, saved, strict=True):
             w.detector, w.sum, w.n, w.warned = det, s, n, warned
-            w.recent = deque(recent, maxlen=_RECENT)
-            w.history = deque(history, maxlen=_HISTORY)
+            w.history = deque(history[-1] if history else (), maxlen=_HISTORY)  # none in 0.x states before it
         self.labeled = int(state["labeled"])
 
 

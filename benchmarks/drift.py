@@ -63,8 +63,9 @@ LADDER = [{"name": "reset"}, {"name": "replay_burst"}]
 def _gen(name: str, seed: int, **kw: Any) -> Iterator[tuple[dict[str, Any], Any]]:
     from river.datasets import synth
 
-    return iter(getattr(synth, name)(seed=seed, **kw) if name not in ("RandomRBFDrift",) else
-                synth.RandomRBFDrift(seed_model=seed, seed_sample=seed + 1000, **kw))
+    if name == "RandomRBFDrift":  # seeds its model (the concept) and its samples apart
+        return iter(synth.RandomRBFDrift(seed_model=seed, seed_sample=seed + 1000, **kw))
+    return iter(getattr(synth, name)(seed=seed, **kw))
 
 
 def _chain(parts: Sequence[tuple[Iterator[tuple[dict[str, Any], Any]], int]]) -> Iterator[tuple[dict[str, Any], Any]]:

@@ -188,6 +188,14 @@ class InputDriftSettings(_Frozen):
     calibration_rounds: int = Field(200, ge=20, le=10_000)  # mmd: reference splits the threshold is set from
     margin: float = Field(1.5, ge=1.0)  # mmd: threshold = the largest calibration statistic x margin
 
+    @model_validator(mode="after")
+    def _calibratable(self) -> InputDriftSettings:
+        if self.kind == "mmd" and self.window > self.reference - 2:
+            raise ValueError(f"mmd calibrates its threshold on splits of the reference into a window-sized part and "
+                             f"the rest (two events at least): window ({self.window}) must be at most reference - 2 "
+                             f"({self.reference - 2})")
+        return self
+
 
 class PolicySettings(_Frozen):
     """One rung of the adaptation ladder."""

@@ -37,14 +37,14 @@ def _rolling(summary: Summary, path: Path) -> None:
                            label=f"{level} detected ({len(marks)})" if i == 0 else None)
         # adaptations: a marker on the curve where the ladder acted (rollbacks apart)
         lo, hi = ax.get_ylim()
-        for kind, marker, color in (("adaptation", "^", "#2ca02c"), ("rollback", "v", "#9467bd")):
-            acts = [n for n, action, _ in summary.adaptations
-                    if (action == "rollback") == (kind == "rollback") and action != "none"]
+        adapted = [(n, a) for n, a, _ in summary.adaptations if a not in ("rollback", "none")]
+        names = ", ".join(sorted({a for _, a in adapted}))
+        rolled = [n for n, a, _ in summary.adaptations if a == "rollback"]
+        for acts, marker, color, label in (([n for n, _ in adapted], "^", "#2ca02c", f"adaptation: {names}"),
+                                           (rolled, "v", "#9467bd", "rollback")):
             if acts:
-                names = sorted({a for _, a, _ in summary.adaptations if a not in ("rollback", "none")})
-                label = f"{kind} ({len(acts)})" + (f": {', '.join(names)}" if kind == "adaptation" else "")
                 ax.scatter(acts, [lo + 0.04 * (hi - lo)] * len(acts), marker=marker, s=60, color=color,
-                           zorder=3, label=label)
+                           zorder=3, label=f"{label} ({len(acts)})")
         ax.legend(loc="lower right")
     else:
         ax.text(0.5, 0.5, "no labeled events", ha="center", va="center", transform=ax.transAxes)

@@ -89,3 +89,14 @@ def test_regression_errors_feed_real_valued_detectors() -> None:
         fired += [(i, d.detector) for d in m.update(y, pred) if d.level == DRIFT]
     assert {d for i, d in fired if i >= 2000} == {"ADWIN", "PageHinkley"}
     assert not [i for i, _ in fired if i < 2000]
+
+
+def test_a_state_saved_before_the_error_history_was_kept_still_loads() -> None:
+    a = DriftMonitor([("ADWIN", {})], task="classification", seed=1)
+    _feed(a, _errors(500, 0.1, random.Random(3)))
+    state = a.state_dict()
+    old = [entry[:5] for entry in pickle.loads(state["watches"])]  # (key, detector, sum, n, warned)
+    b = DriftMonitor([("ADWIN", {})], task="classification", seed=1)
+    b.load_state_dict({**state, "watches": pickle.dumps(old)})
+    more = _errors(1500, 0.5, random.Random(4))
+    assert _feed(b, more) == _feed(a, more)

@@ -102,3 +102,10 @@ def test_detection_names_the_feature_and_the_statistic(encoder: Path) -> None:
 def test_mmd_needs_a_backbone() -> None:
     with pytest.raises(ConfigError, match="mmd compares backbone embeddings"):
         input_monitor_from(InputDriftSettings(kind="mmd"), seed=1, learner=build_learner(ModelSettings()))
+
+
+def test_mmd_window_must_leave_room_to_calibrate_on_the_reference() -> None:
+    with pytest.raises(ValueError, match=r"window \(500\) must be at most reference - 2 \(498\)"):
+        InputDriftSettings(kind="mmd", reference=500, window=500)
+    InputDriftSettings(kind="ks", reference=500, window=500)  # ks compares the samples directly
+    InputDriftSettings(kind="mmd", reference=502, window=500)

@@ -82,12 +82,18 @@ def test_labels_that_never_come_expire(tmp_path: Path) -> None:
     assert s.dead_lettered.get("label_expired", 0) == s.labels_expired  # their late labels
 
 
-def test_detections_are_in_the_summary_and_marked_on_the_plot(tmp_path: Path) -> None:
+def _stagger_drift_at_3000() -> list[dict[str, Any]]:
+    """6,000 STAGGER events, concept 0 then 2 from event 3,000, without timestamps (1 s apart in replay)."""
     events = []
     for e in itertools.islice(from_generator("STAGGER", params={"classification_function": 0}, seed=1, drift_at=3000,
                                              drift_params={"classification_function": 2}, id_prefix="s"), 6000):
         e.pop("timestamp")
         events.append(e)
+    return events
+
+
+def test_detections_are_in_the_summary_and_marked_on_the_plot(tmp_path: Path) -> None:
+    events = _stagger_drift_at_3000()
     cfg = {"model": {"name": "HoeffdingTreeClassifier"}, "drift": {"detectors": [{"name": "HDDM_W"}]}}
     plain = replay({"model": cfg["model"]}, events)
     s = replay(cfg, events, report_dir=tmp_path)
@@ -116,11 +122,7 @@ def test_speed_compresses_event_time_and_progress_shows(capsys: pytest.CaptureFi
 def test_policies_run_in_replay_and_adaptations_are_marked_on_the_plot(tmp_path: Path) -> None:
     import matplotlib.image
 
-    events = []
-    for e in itertools.islice(from_generator("STAGGER", params={"classification_function": 0}, seed=1, drift_at=3000,
-                                             drift_params={"classification_function": 2}, id_prefix="s"), 6000):
-        e.pop("timestamp")
-        events.append(e)
+    events = _stagger_drift_at_3000()
     model = {"name": "HoeffdingTreeClassifier"}
     detect = {"detectors": [{"name": "ADWIN"}]}
     plain = replay({"model": model, "drift": detect}, events, report_dir=tmp_path / "plain")
