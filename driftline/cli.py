@@ -1,4 +1,4 @@
-"""The `driftline` command line: run, produce, demo, broker."""
+"""The `driftline` command line: run, produce, pretrain, replay, demo, checkpoint, config, broker."""
 
 from __future__ import annotations
 
@@ -19,10 +19,16 @@ from driftline.errors import ConfigError, DriftlineError
 log = logging.getLogger("driftline")
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, settings: Any = None) -> None:
+    """Log to stderr at ``level``; every secret of ``settings`` is redacted from every record."""
+    from driftline import secrecy
+
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(max(logging.WARNING, getattr(logging, level)))
+    if settings is not None:
+        secrecy.register(settings)
+    secrecy.install_log_redaction()
 
 
 def _kv(text: str) -> tuple[str, Any]:
@@ -59,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         overrides["metrics"] = {"port": args.metrics_port}
     settings = load_settings(args.config, **overrides)  # command-line values are validated too
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings)
     learner = build_learner(settings.model)
     service = Service(settings, learner)
     _install_stop_handlers(service.stop)
@@ -86,16 +92,18 @@ def _source(args: argparse.Namespace) -> Any:
 def cmd_produce(args: argparse.Namespace) -> int:
     from driftline.settings import load_settings
     from driftline.stream.kafka_io import ensure_topics
+    from driftline.stream.preflight import check_connection
     from driftline.stream.publisher import publish
 
     overrides = {"kafka": {"bootstrap_servers": args.bootstrap_servers}} if args.bootstrap_servers else {}
     settings = load_settings(args.config, **overrides)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings)
     kafka = settings.kafka
     topic = args.topic or settings.topics.input
     if args.generator and args.limit is None:
         log.info("synthetic generators are endless: producing until Ctrl-C (set --limit N to stop)")
     events = _source(args)
+    check_connection(kafka)
     ensure_topics(kafka, [topic], partitions=args.partitions)
     stop = threading.Event()
     _install_stop_handlers(stop.set)
@@ -112,7 +120,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     overrides = {"kafka": {"bootstrap_servers": args.bootstrap_servers}} if args.bootstrap_servers else {}
     settings = load_settings(args.config, **overrides)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings)
     source, name = _events_source(args, settings)
     report = pretrain(settings.model, source, args.output, source_name=name, limit=args.limit,
                       batch_size=args.batch_size, progress=False if args.no_progress else None)
@@ -133,7 +141,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     overrides = {"kafka": {"bootstrap_servers": args.bootstrap_servers}} if args.bootstrap_servers else {}
     settings = load_settings(args.config, **overrides)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings)
     delay = LabelDelay.parse(args.label_delay)
     source, name = _events_source(args, settings)
 
@@ -227,6 +235,45 @@ def cmd_checkpoint_rollback(args: argparse.Namespace) -> int:
 
 
 # -- broker ---------------------------------------------------------------------------------
+# -- config ---------------------------------------------------------------------------------
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """Print the effective configuration (file + environment + defaults); secrets print as **********."""
+    from driftline.settings import load_settings
+
+    settings = load_settings(args.config)
+    data = settings.model_dump(mode="json")  # SecretStr -> "**********"
+    if args.format == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Validate the configuration; with --connect also open one connection with its Kafka security."""
+    from driftline.monitoring.http_security import http_security
+    from driftline.settings import load_settings
+    from driftline.stream.kafka_security import client_security
+
+    settings = load_settings(args.config)
+    _setup_logging("WARNING", settings)
+    client_security(settings.kafka)  # CA, certificate, key and secret files are readable
+    http_security(settings.metrics)
+    if args.connect:
+        from driftline.stream.preflight import check_connection
+
+        if not check_connection(settings.kafka):
+            print(f"driftline: no broker of {settings.kafka.bootstrap_servers} answered", file=sys.stderr)
+            return 1
+        print(f"configuration valid; {settings.kafka.bootstrap_servers} accepted a "
+              f"{settings.kafka.security_protocol} connection")
+    else:
+        print("configuration valid")
+    return 0
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from driftline.stream.broker import LocalKafkaBroker, fetch_kafka
 
@@ -385,6 +432,23 @@ def build_parser() -> argparse.ArgumentParser:
         where.add_argument("--config", "-c", help="YAML config (uses checkpoint.directory)")
         where.add_argument("--dir", help="checkpoint directory")
         cp.set_defaults(func=func)
+
+    cf = sub.add_parser("config", help="show or check the effective configuration",
+                        description="The configuration the service would run with: the YAML file, then DRIFTLINE_* "
+                                    "environment variables over it, then defaults. Secrets are never printed.")
+    cfsub = cf.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    cs = cfsub.add_parser("show", help="print the effective configuration, secrets masked",
+                          description="Print the effective configuration; secrets print as **********.")
+    cs.add_argument("--config", "-c", help="YAML config file")
+    cs.add_argument("--format", choices=("yaml", "json"), default="yaml", help="output format (default yaml)")
+    cs.set_defaults(func=cmd_config_show)
+    cc = cfsub.add_parser("check", help="validate the configuration (and with --connect, the Kafka connection)",
+                          description="Validate the configuration and that its CA, certificate, key and secret "
+                                      "files can be read; with --connect, open one connection to the brokers "
+                                      "with the configured TLS/SASL. Exit 0: valid; 2: invalid or rejected.")
+    cc.add_argument("--config", "-c", help="YAML config file")
+    cc.add_argument("--connect", action="store_true", help="also connect to kafka.bootstrap_servers")
+    cc.set_defaults(func=cmd_config_check)
 
     b = sub.add_parser("broker", help="run (or just fetch) a local single-node Apache Kafka broker",
                        description="Fetch Apache Kafka's broker from Maven Central (once, into "

@@ -22,3 +22,10 @@ class PublishError(DriftlineError):
     """
 
     retriable = True
+
+
+class KafkaSecurityError(DriftlineError):
+    """A broker refused this client's TLS or SASL (untrusted certificate, rejected client certificate, wrong
+    credentials). Retrying cannot help, so the service stops; the message names the setting to check."""
+
+    retriable = False

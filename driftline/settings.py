@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,10 +30,64 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _one_of(owner: str, value: SecretStr | None, file: str | None, name: str, *, required: bool) -> None:
+    if value is not None and file is not None:
+        raise ValueError(f"{owner}: set {name} or {name}_file, not both")
+    if required and value is None and file is None:
+        raise ValueError(f"{owner}: {name} (or {name}_file) is required")
+
+
+class KafkaTlsSettings(_Frozen):
+    """TLS to the brokers (security_protocol SSL or SASL_SSL). Files are PEM."""
+
+    cafile: str | None = None  # CA bundle the brokers' certificates must chain to (None: the system's CAs)
+    certfile: str | None = None  # client certificate (mutual TLS), with keyfile
+    keyfile: str | None = None
+    key_password: SecretStr | None = None  # passphrase of an encrypted keyfile ...
+    key_password_file: str | None = None  # ... or a file holding it (e.g. a mounted Kubernetes secret)
+    check_hostname: bool = True  # the broker's certificate must name the host connected to
+    crlfile: str | None = None  # certificate revocation list checked for the broker's certificate
+
+    @model_validator(mode="after")
+    def _pairs(self) -> KafkaTlsSettings:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together (a client certificate and its key)")
+        _one_of("kafka.ssl", self.key_password, self.key_password_file, "key_password", required=False)
+        if self.keyfile is None and (self.key_password is not None or self.key_password_file is not None):
+            raise ValueError("key_password is for an encrypted keyfile, and no keyfile is set")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return any(v is not None for v in (self.cafile, self.certfile, self.crlfile)) or not self.check_hostname
+
+
+class KafkaSaslSettings(_Frozen):
+    """SASL authentication (security_protocol SASL_SSL or SASL_PLAINTEXT)."""
+
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] = "SCRAM-SHA-512"
+    username: str | None = None  # PLAIN / SCRAM
+    password: SecretStr | None = None  # PLAIN / SCRAM: the password (env DRIFTLINE_KAFKA__SASL__PASSWORD) ...
+    password_file: str | None = None  # ... or a file holding it
+    # OAUTHBEARER: a bearer token, or a file holding one that is read again at every (re)authentication,
+    # so a token refreshed by a sidecar is picked up.
+    oauth_token: SecretStr | None = None
+    oauth_token_file: str | None = None
+
+    @property
+    def configured(self) -> bool:
+        return any(v is not None for v in (self.username, self.password, self.password_file, self.oauth_token,
+                                           self.oauth_token_file))
+
+
 class KafkaSettings(_Frozen):
     """Connection and client tuning shared by the consumer and the producers."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
+    # Applies to every client the service creates (consumer, producers, admin).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl: KafkaTlsSettings = Field(default_factory=KafkaTlsSettings)
+    sasl: KafkaSaslSettings = Field(default_factory=KafkaSaslSettings)
     client_id: str = "driftline"
     group_id: str = "driftline"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
@@ -54,6 +108,29 @@ class KafkaSettings(_Frozen):
     # Where the service's producer runs: "process" (a child process, so publishing uses another
     # core), "thread" (in the service's process), or "auto" (process when there are 2+ CPUs).
     publisher: Literal["auto", "process", "thread"] = "auto"
+
+    @model_validator(mode="after")
+    def _security(self) -> KafkaSettings:
+        proto, sasl = self.security_protocol, self.sasl
+        if "SSL" not in proto and self.ssl.configured:
+            raise ValueError(f"ssl settings are set but security_protocol is {proto}: TLS would not be used "
+                             "(use SSL or SASL_SSL)")
+        if not proto.startswith("SASL"):
+            if sasl.configured:
+                raise ValueError(f"sasl settings are set but security_protocol is {proto}: they would not be used "
+                                 "(use SASL_SSL or SASL_PLAINTEXT)")
+            return self
+        if sasl.mechanism == "OAUTHBEARER":
+            _one_of("kafka.sasl", sasl.oauth_token, sasl.oauth_token_file, "oauth_token", required=True)
+            if sasl.password is not None or sasl.password_file is not None:
+                raise ValueError("kafka.sasl: OAUTHBEARER authenticates with oauth_token, not password")
+        else:
+            if not sasl.username:
+                raise ValueError(f"kafka.sasl.username is required for {sasl.mechanism}")
+            _one_of("kafka.sasl", sasl.password, sasl.password_file, "password", required=True)
+            if sasl.oauth_token is not None or sasl.oauth_token_file is not None:
+                raise ValueError(f"kafka.sasl: oauth_token is for OAUTHBEARER, not {sasl.mechanism}")
+        return self
 
 
 class TopicSettings(_Frozen):
@@ -241,11 +318,59 @@ class DriftSettings(_Frozen):
         return self
 
 
+class HttpTlsSettings(_Frozen):
+    """HTTPS for the metrics/health endpoints (certfile unset: plain HTTP)."""
+
+    certfile: str | None = None  # PEM certificate chain
+    keyfile: str | None = None  # PEM key (None: the key is in certfile)
+    key_password: SecretStr | None = None
+    key_password_file: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> HttpTlsSettings:
+        if self.certfile is None and (self.keyfile is not None or self.key_password is not None
+                                      or self.key_password_file is not None):
+            raise ValueError("certfile is required when any other metrics.tls setting is set")
+        _one_of("metrics.tls", self.key_password, self.key_password_file, "key_password", required=False)
+        return self
+
+
+class HttpAuthSettings(_Frozen):
+    """Authentication of /metrics (and of the probes with ``protect_health``)."""
+
+    kind: Literal["none", "basic", "bearer"] = "none"
+    username: str | None = None  # basic
+    password: SecretStr | None = None  # basic (env DRIFTLINE_METRICS__AUTH__PASSWORD) ...
+    password_file: str | None = None  # ... or a file holding it
+    token: SecretStr | None = None  # bearer (env DRIFTLINE_METRICS__AUTH__TOKEN) ...
+    token_file: str | None = None  # ... or a file holding it
+    # /healthz and /readyz stay open by default (kubelet probes carry no credentials).
+    protect_health: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> HttpAuthSettings:
+        if self.kind == "basic":
+            if not self.username:
+                raise ValueError("metrics.auth.username is required for basic auth")
+            _one_of("metrics.auth", self.password, self.password_file, "password", required=True)
+        elif self.kind == "bearer":
+            _one_of("metrics.auth", self.token, self.token_file, "token", required=True)
+        if self.kind != "basic" and (self.password is not None or self.password_file is not None):
+            raise ValueError(f"metrics.auth.password is for kind basic (kind is {self.kind})")
+        if self.kind != "bearer" and (self.token is not None or self.token_file is not None):
+            raise ValueError(f"metrics.auth.token is for kind bearer (kind is {self.kind})")
+        return self
+
+
 class MetricsSettings(_Frozen):
+    # Loopback by default: nothing outside the machine can read the metrics. In a container or pod set
+    # 0.0.0.0 (the pod network), and consider tls + auth when the network is shared.
     host: str = "127.0.0.1"
     port: int = Field(9464, ge=0, le=65535)
     rolling_window: int = Field(1000, ge=10, le=1_000_000)
     lag_interval_s: float = Field(2.0, gt=0)
+    tls: HttpTlsSettings = Field(default_factory=HttpTlsSettings)
+    auth: HttpAuthSettings = Field(default_factory=HttpAuthSettings)
 
 
 class CheckpointSettings(_Frozen):
@@ -293,6 +418,20 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
 
 
+SECRET_FIELDS = frozenset({"password", "key_password", "token", "oauth_token"})
+
+
+def _masked(value: Any, key: str = "") -> Any:
+    """``value`` with anything under a secret setting's name replaced (error messages echo inputs)."""
+    if key in SECRET_FIELDS and value is not None:
+        return "**********"
+    if isinstance(value, dict):
+        return {k: _masked(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_masked(v) for v in value]
+    return value
+
+
 def format_validation_error(exc: ValidationError) -> str:
     """One line per problem: ``dotted.path: message (got value)``."""
     lines = []
@@ -301,7 +440,7 @@ def format_validation_error(exc: ValidationError) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown setting"
-        value = err.get("input")
+        value = _masked(err.get("input"), str(err["loc"][-1]) if err["loc"] else "")
         got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {value!r})"
         lines.append(f"  {loc}: {msg}{got}")
     return "\n".join(lines)
@@ -330,4 +469,5 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         return cls(**overrides)
     except ValidationError as exc:
         where = f" in {str(path)!r}" if path is not None else ""
-        raise ConfigError(f"invalid configuration{where}:\n{format_validation_error(exc)}") from exc
+        # from None: a ValidationError's own text echoes the raw inputs, secrets included
+        raise ConfigError(f"invalid configuration{where}:\n{format_validation_error(exc)}") from None

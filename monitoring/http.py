@@ -1,12 +1,31 @@
-"""HTTP endpoints: /metrics (Prometheus text format), /healthz (liveness), /readyz (readiness)."""
+"""HTTP endpoints: /metrics (Prometheus text format), /healthz (liveness), /readyz (readiness).
+
+Optionally HTTPS and basic/bearer authentication (see `http_security`); the probes stay open unless
+configured otherwise.
+"""
 
 from __future__ import annotations
 
+import logging
+import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from driftline.monitoring.http_security import Authenticator
+
+log = logging.getLogger(__name__)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # failed TLS handshakes, clients hanging up mid-response: not worth a traceback on stderr
+        log.debug("http: request from %s failed", client_address, exc_info=True)
 
 
 class MetricsServer:
@@ -22,14 +41,28 @@ class MetricsServer:
         port: int,
         healthy: Callable[[], tuple[bool, str]],
         ready: Callable[[], tuple[bool, str]],
+        *,
+        tls: ssl.SSLContext | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self.registry = registry
+        self.tls = tls
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 30  # seconds a client may take to send its request (slow clients hold a thread)
+
+            def setup(self) -> None:
+                if isinstance(self.request, ssl.SSLSocket):
+                    self.request.settimeout(self.timeout)
+                    self.request.do_handshake()  # in this request's thread, not the accepting one
+                super().setup()
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
-                if path == "/metrics":
+                if auth is not None and auth.required(path) and not auth.check(self.headers.get("Authorization")):
+                    self._send(401, b"unauthorized\n", "text/plain", {"WWW-Authenticate": auth.challenge})
+                elif path == "/metrics":
                     self._send(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
                 elif path in ("/healthz", "/readyz"):
                     ok, detail = (healthy if path == "/healthz" else ready)()
@@ -37,18 +70,22 @@ class MetricsServer:
                 else:
                     self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain")
 
-            def _send(self, code: int, body: bytes, ctype: str) -> None:
+            def _send(self, code: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(body)
 
             def log_message(self, format: str, *args: object) -> None:
                 return  # scrapes every few seconds would flood the log
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server((host, port), Handler)
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True,
+                                                  do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self._server.serve_forever, name="driftline-http", daemon=True)
 
     @property
@@ -58,6 +95,11 @@ class MetricsServer:
     @property
     def host(self) -> str:
         return str(self._server.server_address[0])
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     def start(self) -> MetricsServer:
         self._thread.start()

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from driftline.errors import BrokerError
+from driftline.stream.broker_security import SECURE_LISTENERS, BrokerSecurity
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ class LocalKafkaBroker:
         work_dir: Path | None = None,
         heap: str = "512m",
         num_partitions: int = 1,
+        security: BrokerSecurity | None = None,
     ) -> None:
         self.version = version
         self.cache_dir = cache_dir
@@ -163,6 +165,9 @@ class LocalKafkaBroker:
         self.controller_port = free_port()
         self.heap = heap
         self.num_partitions = num_partitions
+        # with `security`: SSL (mutual TLS), SASL_SSL and SASL_PLAINTEXT listeners beside PLAINTEXT
+        self.security = security
+        self.secure_ports = {name: free_port() for name in SECURE_LISTENERS} if security else {}
         self._own_work_dir = work_dir is None
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="driftline-kafka-"))
         self._proc: subprocess.Popen[bytes] | None = None
@@ -171,6 +176,14 @@ class LocalKafkaBroker:
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def listener(self, protocol: str) -> str:
+        """Bootstrap address of the listener speaking ``protocol`` (PLAINTEXT, SSL, SASL_SSL, SASL_PLAINTEXT)."""
+        if protocol == "PLAINTEXT":
+            return self.bootstrap_servers
+        if protocol not in self.secure_ports:
+            raise BrokerError(f"this broker has no {protocol} listener (start it with security=BrokerSecurity...)")
+        return f"127.0.0.1:{self.secure_ports[protocol]}"
 
     @property
     def log_file(self) -> Path:
@@ -185,13 +198,19 @@ class LocalKafkaBroker:
 
     def _write_config(self) -> Path:
         props = self.work_dir / "server.properties"
+        listeners = {"PLAINTEXT": self.port, **self.secure_ports}
+        advertised = ",".join(f"{name}://127.0.0.1:{port}" for name, port in listeners.items())
+        protocols = ",".join(f"{name}:{name}" for name in [*listeners, "CONTROLLER"]).replace(
+            "CONTROLLER:CONTROLLER", "CONTROLLER:PLAINTEXT")
+        security = self.security.properties(self.secure_ports) if self.security else []
         props.write_text("\n".join([
             "process.roles=broker,controller",
             "node.id=1",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            f"listeners={advertised},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners={advertised}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"listener.security.protocol.map={protocols}",
+            *security,
             f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
             f"log.dirs={self.work_dir / 'data'}",
             f"num.partitions={self.num_partitions}",
@@ -223,7 +242,7 @@ class LocalKafkaBroker:
             ).stdout.strip().splitlines()[-1]
             fmt = subprocess.run(
                 self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
-                           "--standalone"),
+                           "--standalone", *(self.security.format_args() if self.security else [])),
                 capture_output=True, text=True, timeout=120,
             )
             if fmt.returncode != 0:

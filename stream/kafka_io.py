@@ -11,6 +11,7 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from driftline.settings import KafkaSettings
+from driftline.stream.kafka_security import client_security
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def make_producer(cfg: KafkaSettings, *, client_suffix: str = "producer", **over
     )
     if params["acks"] != "all":
         params["enable_idempotence"] = False
+    params.update(client_security(cfg))
     params.update(overrides)
     return KafkaProducer(**params)
 
@@ -54,6 +56,7 @@ def make_consumer(cfg: KafkaSettings, **overrides: Any) -> KafkaConsumer:
         max_poll_interval_ms=cfg.max_poll_interval_ms,
         request_timeout_ms=max(cfg.request_timeout_ms, cfg.session_timeout_ms + 5000),
     )
+    params.update(client_security(cfg))
     params.update(overrides)
     return KafkaConsumer(**params)
 
@@ -63,6 +66,7 @@ def make_admin(cfg: KafkaSettings) -> KafkaAdminClient:
         bootstrap_servers=cfg.bootstrap_servers.split(","),
         client_id=f"{cfg.client_id}-admin",
         request_timeout_ms=cfg.request_timeout_ms,
+        **client_security(cfg),
     )
 
 

@@ -25,10 +25,12 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from driftline.learners.base import Learner
 from driftline.monitoring.http import MetricsServer
+from driftline.monitoring.http_security import http_security
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import Settings
 from driftline.stream.checkpointing import Checkpointer
 from driftline.stream.kafka_io import ensure_topics, make_consumer, topic_partitions
+from driftline.stream.preflight import check_connection
 from driftline.stream.processor import BatchResult, EventProcessor
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import OutputSink
@@ -90,8 +92,9 @@ class Service:
         self._lag_keys: set[tuple[str, str]] = set()
         self.http: MetricsServer | None = None
         if serve_http:
+            tls, auth = http_security(settings.metrics)
             self.http = MetricsServer(self.registry, settings.metrics.host, settings.metrics.port,
-                                      healthy=self._healthy, ready=self._ready)
+                                      healthy=self._healthy, ready=self._ready, tls=tls, auth=auth)
 
     # -- probes -----------------------------------------------------------------------------
     def _healthy(self) -> tuple[bool, str]:
@@ -116,6 +119,7 @@ class Service:
 
     def run(self) -> RunTotals:
         s = self.settings
+        check_connection(s.kafka)  # a rejected certificate or password stops here, with the setting to check
         ensure_topics(s.kafka, [s.topics.input])
         # predictions mirror the input's partitioning (see sink.py); dead letters need no order. Labels are
         # keyed by event id with the input's partition count, so an event and its label meet in one instance.
@@ -125,7 +129,7 @@ class Service:
         inputs = [s.topics.input, *([s.topics.labels] if s.topics.labels else [])]
         if self.http is not None:
             self.http.start()
-            log.info("metrics on http://%s:%d/metrics", self.http.host, self.http.port)
+            log.info("metrics on %s/metrics", self.http.url)
         writer = make_writer(s.kafka)
         consumer = make_consumer(s.kafka)
         sink = OutputSink(writer, s.topics.predictions, s.topics.dead_letter, self.metrics)

@@ -13,10 +13,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from driftline.errors import ConfigError
 from driftline.settings import KafkaSettings
+from driftline.stream.kafka_io import make_consumer
+from driftline.stream.preflight import check_connection
 from driftline.stream.records import InboundRecord
 
 log = logging.getLogger(__name__)
@@ -53,9 +55,8 @@ def _ms(t: dt.datetime) -> int:
 
 def read_range(kafka: KafkaSettings, rng: TopicRange, *, timeout_s: float = 30.0) -> Iterator[InboundRecord]:
     """The records of ``rng`` in offset order per partition (partitions interleaved as fetched)."""
-    consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap_servers.split(","),
-                             client_id=f"{kafka.client_id}-range", enable_auto_commit=False, group_id=None,
-                             max_poll_records=kafka.max_poll_records)
+    check_connection(kafka)
+    consumer = make_consumer(kafka, client_id=f"{kafka.client_id}-range", group_id=None)
     try:
         deadline = time.monotonic() + timeout_s
         parts = consumer.partitions_for_topic(rng.topic)

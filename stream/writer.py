@@ -93,14 +93,19 @@ class ThreadWriter:
         self.producer.close(timeout=timeout)
 
 
-def _worker(conn: Connection, cfg_json: str, client_suffix: str) -> None:
+def _worker(conn: Connection, cfg: KafkaSettings, client_suffix: str) -> None:
     """Child process: own the producer, execute chunks and flush requests from the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     with contextlib.suppress(Exception):
         from driftline.stream.broker import _die_with_parent
 
         _die_with_parent()
-    writer = ThreadWriter(KafkaSettings.model_validate_json(cfg_json), client_suffix)
+    from driftline import secrecy
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s [writer]: %(message)s")
+    secrecy.register(cfg)
+    secrecy.install_log_redaction()
+    writer = ThreadWriter(cfg, client_suffix)
     conn.send(("ready", os.getpid()))
     try:
         while True:
@@ -131,7 +136,8 @@ class ProcessWriter:
     def __init__(self, cfg: KafkaSettings, client_suffix: str = "producer", start_timeout: float = 120.0) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_worker, args=(child, cfg.model_dump_json(), client_suffix),
+        # the settings object itself (pickled over the pipe): a JSON dump would mask its secrets
+        self._proc = ctx.Process(target=_worker, args=(child, cfg, client_suffix),
                                  name="driftline-writer", daemon=True)
         self._proc.start()
         child.close()
