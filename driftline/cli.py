@@ -20,12 +20,14 @@ log = logging.getLogger("driftline")
 
 
 def _setup_logging(level: str, settings: Any = None) -> None:
-    """Log to stderr at ``level``; every secret of ``settings`` is redacted from every record."""
+    """Log to stderr at ``level`` (kafka-python at ``settings.kafka_log_level``); every secret of
+    ``settings`` is redacted from every record."""
     from driftline import secrecy
 
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, getattr(logging, level)))
+    kafka_level = getattr(logging, settings.kafka_log_level if settings is not None else "WARNING")
+    logging.getLogger("kafka").setLevel(kafka_level)  # its records reach the root handler at any root level
     if settings is not None:
         secrecy.register(settings)
     secrecy.install_log_redaction()

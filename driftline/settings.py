@@ -405,6 +405,8 @@ class Settings(BaseSettings):
     # 0 turns it off. The window is checkpointed with the model.
     dedup_window: int = Field(0, ge=0, le=10_000_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # kafka-python's own loggers (connection trouble: DEBUG shows every request; secrets are redacted)
+    kafka_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
     @classmethod
     def settings_customise_sources(

@@ -26,7 +26,7 @@ def _k8s() -> dict[str, dict[str, Any]]:
 
 def test_k8s_manifests_match_the_service() -> None:
     k = _k8s()
-    assert set(k) == {"ConfigMap", "Deployment", "PersistentVolumeClaim", "Service", "PodMonitor"}
+    assert set(k) == {"ConfigMap", "Deployment", "PersistentVolumeClaim", "Service", "PodMonitor", "Secret"}
     pod = k["Deployment"]["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     port = {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"]
@@ -98,3 +98,24 @@ def test_compose_wires_kafka_driftline_prometheus_and_grafana_with_the_shipped_f
     assert grafana[provider["providers"][0]["options"]["path"]] == "./grafana/dashboards"
     for service in s.values():  # published ports stay on loopback
         assert all(str(p).startswith("127.0.0.1:") for p in service.get("ports", []))
+
+
+def test_k8s_secret_mount_serves_the_secured_config() -> None:
+    """The commented SASL_SSL lines of the ConfigMap, uncommented, are a valid config whose CA and password
+    files are keys of the shipped Secret, where the Deployment mounts it (readable by the pod's group)."""
+    k = _k8s()
+    pod = k["Deployment"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    mount = {m["name"]: m for m in c["volumeMounts"]}["kafka-secrets"]
+    volume = {v["name"]: v for v in pod["volumes"]}["kafka-secrets"]["secret"]
+    assert volume["secretName"] == k["Secret"]["metadata"]["name"] and volume["optional"] is True
+    assert mount["readOnly"] is True and volume["defaultMode"] & 0o040 and not volume["defaultMode"] & 0o004
+    text = k["ConfigMap"]["data"]["driftline.yaml"]
+    secured = re.sub(r"(?m)^(\s*)# ((?:security_protocol|ssl|sasl):)", r"\1\2", text)
+    assert secured != text
+    kafka = Settings(**yaml.safe_load(secured)).kafka
+    assert kafka.security_protocol == "SASL_SSL"
+    files = [kafka.ssl.cafile, kafka.sasl.password_file]
+    for f in files:
+        assert f is not None and f.startswith(mount["mountPath"] + "/")
+        assert f.rsplit("/", 1)[1] in k["Secret"]["stringData"]
