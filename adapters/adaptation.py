@@ -29,6 +29,7 @@ from typing import Any
 
 from driftline.adapters.detectors import DRIFT, WARNING, Detection
 from driftline.adapters.policies import Background, Policy, build_policy
+from driftline.errors import ConfigError
 from driftline.learners.base import Learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import DriftSettings
@@ -86,6 +87,9 @@ class Adapter:
         self.metrics = metrics
         self.emit = emit
         self.policies: list[tuple[Policy, str]] = []
+        why = getattr(learner, "ladder_unsupported", None)
+        if why and cfg.policies:
+            raise ConfigError(f"drift.policies: {why}")
         for i, p in enumerate(cfg.policies):
             policy = build_policy(p.name, p.params, f"drift.policies[{i}] ({p.name})")
             policy.check(learner)

@@ -71,6 +71,9 @@ def pretrain(cfg: ModelSettings, source: Source, output: str | Path, *, source_n
              limit: int | None = None, batch_size: int = 256, progress: bool | None = None) -> PretrainReport:
     """Train ``cfg``'s model on ``source`` and write it to ``output``; returns what happened."""
     learner: Learner = build_learner(cfg)
+    offline = getattr(learner, "set_synchronous", None)
+    if offline is not None:
+        offline(True)
     report = PretrainReport(source=source_name, output=str(output))
     tracker = make_tracker(cfg.task, 1000)
     events = _events(source, report.skipped)
@@ -94,6 +97,9 @@ def pretrain(cfg: ModelSettings, source: Source, output: str | Path, *, source_n
             report.learned += 1
         bar.update(len(chunk))
     bar.close()
+    drain = getattr(learner, "drain", None)
+    if drain is not None:
+        drain()  # the last, partial window too
     report.seconds = time.monotonic() - t0
     report.metric = "accuracy" if cfg.task == "classification" else "MAE"
     report.value = tracker.cumulative if tracker.n else None

@@ -21,7 +21,7 @@ from pydantic_settings import (
 )
 
 from driftline.errors import ConfigError
-from driftline.learners.registry import CLASSIFIERS, REGRESSORS, TORCH_HEADS
+from driftline.learners.registry import CLASSIFIERS, CONTINUAL, REGRESSORS, TORCH_HEADS
 
 Label = bool | int | str
 
@@ -208,7 +208,8 @@ class ModelSettings(_Frozen):
 
     @model_validator(mode="after")
     def _known_model(self) -> ModelSettings:
-        valid = {**(CLASSIFIERS if self.task == "classification" else REGRESSORS), **TORCH_HEADS}
+        valid = {**(CLASSIFIERS if self.task == "classification" else REGRESSORS), **TORCH_HEADS,
+                 **(CONTINUAL if self.task == "classification" else {})}
         if self.name not in valid:
             raise ValueError(
                 f"unknown {self.task} model {self.name!r}; valid names: {', '.join(sorted(valid))}"
@@ -218,7 +219,8 @@ class ModelSettings(_Frozen):
                 raise ValueError("classes is only valid for task 'classification'")
             if len(self.classes) < 2 or len(set(map(repr, self.classes))) != len(self.classes):
                 raise ValueError(f"classes must list at least two distinct labels, got {self.classes!r}")
-        if self.name in TORCH_HEADS and self.backbone.kind == "identity" and not self.backbone.features:
+        vector_head = self.name in TORCH_HEADS or self.name in CONTINUAL
+        if vector_head and self.backbone.kind == "identity" and not self.backbone.features:
             raise ValueError(f"{self.name} on the identity backbone needs backbone.features: the numeric "
                              "feature names that form its input vector")
         return self

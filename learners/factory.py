@@ -7,7 +7,7 @@ import logging
 from driftline.errors import ConfigError
 from driftline.learners.backbones import load_backbone
 from driftline.learners.base import Learner
-from driftline.learners.registry import TORCH_HEADS, resolve
+from driftline.learners.registry import CONTINUAL, TORCH_HEADS, resolve
 from driftline.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -20,10 +20,10 @@ def build_learner(cfg: ModelSettings) -> Learner:
     would stop it from predicting: bad parameters, missing or mismatched model files.
     """
     learner: Learner
-    if cfg.name in TORCH_HEADS:
+    if cfg.name in TORCH_HEADS or cfg.name in CONTINUAL:
         backbone = load_backbone(cfg.backbone, vector=True)
         assert backbone is not None
-        learner = resolve(TORCH_HEADS[cfg.name])(cfg, backbone)
+        learner = resolve({**TORCH_HEADS, **CONTINUAL}[cfg.name])(cfg, backbone)
     else:
         backbone = load_backbone(cfg.backbone)
         if backbone is None:

@@ -32,6 +32,12 @@ TORCH_HEADS: dict[str, str] = {
 }
 
 
+# The deep continual learner (Avalanche strategies in windows; see driftline.learners.continual).
+CONTINUAL: dict[str, str] = {
+    "Continual": "driftline.learners.continual:ContinualLearner",
+}
+
+
 def resolve(path: str) -> Any:
     """Import ``module:attr``."""
     module, _, attr = path.partition(":")

@@ -116,6 +116,16 @@ class ServiceMetrics:
             ["operation", "error"], registry=registry,
         )
         self.up = Gauge("driftline_up", "1 while the run loop is alive.", registry=registry)
+        # learners that train off the poll loop (Continual): windows waiting, and back-pressure
+        self.training_backlog = Gauge("driftline_training_backlog_windows",
+                                      "Windows of labeled events waiting for (or in) training.", ["model"],
+                                      registry=registry)
+        self.paused = Gauge("driftline_consumer_paused",
+                            "1 while the consumer's partitions are paused because training is behind.",
+                            registry=registry)
+        self.pauses = Counter("driftline_backpressure_pauses",
+                              "Times the consumer paused its partitions for training to catch up.",
+                              registry=registry)
         self.checkpoint_duration = Histogram(
             "driftline_checkpoint_duration_seconds", "Time to write one checkpoint (state + offsets, fsynced).",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0), registry=registry,

@@ -90,6 +90,7 @@ class Service:
         self._running = False
         self._lag_at = 0.0
         self._lag_keys: set[tuple[str, str]] = set()
+        self._paused = False
         self.http: MetricsServer | None = None
         if serve_http:
             tls, auth = http_security(settings.metrics)
@@ -164,7 +165,9 @@ class Service:
                     if checkpointer.due():
                         checkpointer.save("interval")  # 2. state + the offsets it reflects
                     self._commit(consumer)  # 3. progress marker
+                self._backpressure(consumer)
                 self._update_lag(consumer)
+            self._drain_training()
             checkpointer.save("shutdown")  # only reached on a graceful stop: everything is flushed
         finally:
             self._running = False
@@ -174,6 +177,35 @@ class Service:
         log.info("stopped after %d batches: %d consumed, %d predicted, %d learned, %d dead-lettered",
                  t.batches, t.consumed, t.predicted, t.learned, t.dead_lettered)
         return self.totals
+
+    def _backpressure(self, consumer: KafkaConsumer) -> None:
+        """Pause every assigned partition while the learner's training is behind (it keeps polling, so the
+        group keeps this member; paused partitions return no records); resume when it has caught up."""
+        saturated = getattr(self.learner, "saturated", None)
+        if saturated is None:
+            return
+        self.metrics.training_backlog.labels(self.learner.name).set(self.learner.backlog())  # type: ignore[attr-defined]
+        if saturated():
+            unpaused = set(consumer.assignment()) - set(consumer.paused())
+            if unpaused:
+                if not self._paused:
+                    self.metrics.pauses.inc()
+                    log.info("training is behind (%d windows waiting): pausing %d partitions",
+                             self.learner.backlog(), len(unpaused))  # type: ignore[attr-defined]
+                consumer.pause(*unpaused)
+                self._paused = True
+                self.metrics.paused.set(1)
+        elif self._paused:
+            consumer.resume(*consumer.paused())
+            self._paused = False
+            self.metrics.paused.set(0)
+            log.info("training caught up: resuming")
+
+    def _drain_training(self, timeout: float = 30.0) -> None:
+        """On a graceful stop, let windows in training finish (what is left is in the shutdown checkpoint)."""
+        drain = getattr(self.learner, "drain", None)
+        if drain is not None and not drain(timeout):
+            log.warning("training did not finish within %.0fs; the pending windows go into the checkpoint", timeout)
 
     def _commit(self, consumer: KafkaConsumer) -> None:
         """Commit the consumed positions. A commit is a progress marker only: the next batch's commit
@@ -238,3 +270,6 @@ class Service:
             consumer.close(autocommit=False)
             if self.http is not None:
                 self.http.stop()
+            close = getattr(self.learner, "close", None)
+            if close is not None:
+                close()

@@ -208,6 +208,9 @@ def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord
 
     ``label_delays``: the delays `simulate` drew (its ``delays_out``); read once the records are consumed.
     """
+    offline = getattr(learner, "set_synchronous", None)
+    if offline is not None:
+        offline(True)  # a learner that trains in the background trains each window as it closes
     writer = CollectingWriter()
     registry = CollectorRegistry()
     metrics = ServiceMetrics(registry, model=learner.name, task=learner.task)
@@ -231,6 +234,9 @@ def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord
             summary.rolling.append((processor.ledger.learned, float(processor.tracker.rolling)))
         bar.update(len(batch))
     bar.close()
+    drain = getattr(learner, "drain", None)
+    if drain is not None:
+        drain()
     summary.wall_s = time.perf_counter() - t0
     summary.events_per_s = summary.events / summary.wall_s if summary.wall_s > 0 else 0.0
     _finish(summary, processor, writer, registry)

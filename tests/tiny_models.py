@@ -28,6 +28,20 @@ def tiny_stack(in_dim: int, seed: int = 0) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, 16), nn.Tanh(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 8))
 
 
+class TinyStack(nn.Sequential):
+    """`tiny_stack` as a class (a torch state_dict backbone whose top layers can be unfrozen)."""
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__(nn.Linear(in_dim, 16), nn.Tanh(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 8))
+
+
+def save_stack(directory: Path, in_dim: int = len(AGRAWAL_NUMERIC), seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    path = directory / f"stack-{in_dim}.pt"
+    torch.save(TinyStack(in_dim).state_dict(), path)
+    return path
+
+
 def save_encoder(directory: Path, in_dim: int = len(AGRAWAL_NUMERIC), out_dim: int = 8, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     path = directory / f"encoder-{in_dim}-{out_dim}.pt"

@@ -13,7 +13,7 @@ import pytest
 from driftline.learners.backbones import INVALID_FEATURES
 from driftline.learners.base import INPUT_KIND_MISMATCH, InputError, LabelError, Learner, Prediction
 from driftline.learners.factory import build_learner
-from driftline.learners.registry import CLASSIFIERS, REGRESSORS, TORCH_HEADS
+from driftline.learners.registry import CLASSIFIERS, CONTINUAL, REGRESSORS, TORCH_HEADS
 from driftline.settings import ModelSettings
 from driftline.stream.event import Event
 from driftline.stream.sources import from_generator
@@ -33,7 +33,10 @@ CASES: list[Case] = [
     # torch heads, on the features as a vector and on backbones (one with its top layer unfrozen)
     *[(task, head, classes, bb) for head in TORCH_HEADS for bb in BACKBONES
       for task, classes in (("classification", None), ("classification", [0, 1]), ("regression", None))],
+    # the deep continual learner (Avalanche strategies in windows), trained synchronously here
+    *[("classification", "Continual", classes, bb) for bb in BACKBONES for classes in (None, [0, 1])],
 ]
+VECTOR_HEADS = {**TORCH_HEADS, **CONTINUAL}
 
 _MODEL_DIR = Path(tempfile.mkdtemp(prefix="driftline-contract-"))
 
@@ -44,7 +47,7 @@ FRIEDMAN = [str(i) for i in range(10)]
 def _backbone(kind: str, head: str, task: str) -> dict[str, Any]:
     names = AGRAWAL_NUMERIC if task == "classification" else FRIEDMAN
     if kind == "identity":
-        return {"kind": "identity", "features": names} if head in TORCH_HEADS else {}
+        return {"kind": "identity", "features": names} if head in VECTOR_HEADS else {}
     if kind == "torch":
         return torch_backbone(save_encoder(_MODEL_DIR, in_dim=len(names)), features=names,
                               args={"in_dim": len(names), "out_dim": 8})
@@ -53,10 +56,13 @@ def _backbone(kind: str, head: str, task: str) -> dict[str, Any]:
 
 
 def _params(case: Case) -> dict[str, Any]:
-    if case[1] not in TORCH_HEADS:
+    if case[1] not in VECTOR_HEADS:
         return {}
     params: dict[str, Any] = {"lr": 0.01}
-    if case[3] == "torchscript":
+    if case[1] in CONTINUAL:  # feature-extraction mode (unfrozen layers: tests/unit/test_continual.py)
+        params.update(strategy="Replay", strategy_params={"mem_size": 100}, window_events=40, hidden=32,
+                      synchronous=True)
+    elif case[3] == "torchscript":
         params["unfreeze_top_k"] = 1
     return params
 
@@ -153,7 +159,7 @@ def test_unseen_features_do_not_break_it(case: Case) -> None:
     assert extra.label is not None
     learner.learn_one(extra, extra.label)
     missing = events[1].model_copy(update={"features": {"salary": 1.0, "0": 1.0}})
-    if case[3] == "identity" and case[1] not in TORCH_HEADS:
+    if case[3] == "identity" and case[1] not in VECTOR_HEADS:
         learner.predict_one(missing)  # River heads take any feature dict
     else:  # a backbone reads a fixed vector: a clear rejection naming what is missing
         with pytest.raises(InputError) as info:
@@ -191,7 +197,7 @@ def test_batch_preparation_changes_nothing(case: Case) -> None:
 def test_state_learned_on_another_backbone_is_refused(case: Case) -> None:
     learner = _make(case)
     other_backbone = "torch" if case[3] != "torch" else "torchscript"
-    if case[1] not in TORCH_HEADS and other_backbone == "torchscript":
+    if case[1] not in VECTOR_HEADS and other_backbone == "torchscript":
         other_backbone = "identity"
     other = _make((case[0], case[1], case[2], other_backbone))
     with pytest.raises(ValueError, match=r"backbone|unfreeze_top_k"):
