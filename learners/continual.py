@@ -162,6 +162,11 @@ class ContinualLearner(LearnerBase):
         """The version predictions use now: the pinned one of the current batch (the latest when synchronous)."""
         return (self._published if self.worker.synchronous else self._pinned)[2]
 
+    @property
+    def latest_version(self) -> int:
+        """The newest published version (the next batch predicts with it)."""
+        return self._published[2]
+
     def set_version(self, version: int) -> None:
         self._version = version
         net, n, _ = self._published

@@ -133,8 +133,9 @@ class TrainingWorker:
                 while not self._stop and not self._sealed:
                     if self._open is not None and len(self._open) and len(self._sealed) < self.max_pending:
                         age = time.monotonic() - self._open.opened
-                        if age >= self.window_seconds:
-                            self._seal_locked()  # a quiet stream still trains on what it has
+                        # full (it grew while training was behind), or a quiet stream's partial window
+                        if len(self._open) >= self.window_events or age >= self.window_seconds:
+                            self._seal_locked()
                             continue
                         self._cv.wait(self.window_seconds - age)
                     else:

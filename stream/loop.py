@@ -184,7 +184,10 @@ class Service:
         saturated = getattr(self.learner, "saturated", None)
         if saturated is None:
             return
-        self.metrics.training_backlog.labels(self.learner.name).set(self.learner.backlog())  # type: ignore[attr-defined]
+        name = self.learner.name
+        self.metrics.training_backlog.labels(name).set(self.learner.backlog())  # type: ignore[attr-defined]
+        # training finishes between batches: the gauge shows the newest weights even when no batch comes
+        self.metrics.model_version.labels(name).set(self.learner.latest_version)  # type: ignore[attr-defined]
         if saturated():
             unpaused = set(consumer.assignment()) - set(consumer.paused())
             if unpaused:
