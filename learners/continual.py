@@ -293,9 +293,13 @@ class ContinualLearner(LearnerBase):
         with amp, torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed + self._experiences)
             self.strategy.train(exp, eval_streams=[], pin_memory=cuda, num_workers=0)
+        self._publish(w)
+
+    def _publish(self, w: Window) -> None:
+        """After training on ``w``: a copy of the trained network becomes the served one."""
         self._experiences += 1
         self._trained_classes = max(self._trained_classes, max(w.ys) + 1)
-        served = self._serving_copy(net)
+        served = self._serving_copy(self.strategy.model)
         self._version += 1
         self._published = (served, self._trained_classes, self._version)  # one assignment: the swap
 
