@@ -23,10 +23,11 @@ import random
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from driftline.errors import ConfigError
 from driftline.learners.base import Learner
+from driftline.params import validate
 from driftline.stream.event import Event, Label
 
 if TYPE_CHECKING:
@@ -73,16 +74,7 @@ class Policy:
     touches_backbone: ClassVar[bool] = False  # its rollback shadow needs its own copy of the backbone
 
     def __init__(self, params: Mapping[str, Any], where: str) -> None:
-        try:
-            self.params: Any = self.params_model.model_validate(dict(params))
-        except ValidationError as exc:
-            lines = []
-            for err in exc.errors():
-                loc = ".".join(str(p) for p in err["loc"])
-                msg = "unknown parameter" if err["type"] == "extra_forbidden" else err["msg"]
-                lines.append(f"{where}.params.{loc}: {msg} (valid for {self.name}: "
-                             f"{', '.join(self.params_model.model_fields)})")
-            raise ConfigError("\n".join(lines)) from None
+        self.params: Any = validate(self.params_model, params, where=f"{where}.params", name=self.name)
         self.where = where
 
     def check(self, learner: Learner) -> None:

@@ -1,12 +1,32 @@
-"""Build a library object (River generator, detector, ...) from user parameters, with clear errors."""
+"""User parameters into objects, with clear errors: library constructors (River generator, detector, ...)
+and our own pydantic parameter models (heads, strategies, policies)."""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from driftline.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], params: Mapping[str, Any], *, where: str, name: str) -> M:
+    """``params`` as ``model``; a ConfigError has one line per problem: ``where.key: message (valid for name:
+    the accepted keys)``."""
+    try:
+        return model.model_validate(dict(params))
+    except ValidationError as exc:
+        valid = ", ".join(model.model_fields) or "none"
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = "unknown parameter" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{where}.{loc}: {msg} (valid for {name}: {valid})")
+        raise ConfigError("\n".join(lines)) from None
 
 
 def construct(cls: Any, params: Mapping[str, Any], *, where: str, seed: int | None = None) -> Any:

@@ -179,3 +179,23 @@ def check_state_header(state: Mapping[str, Any], kind: str, what: str, task: Tas
         raise ValueError(f"not a {what} state: kind={state.get('kind')!r}")
     if (state["task"], state["name"]) != (task, name):
         raise ValueError(f"state is for {state['task']} model {state['name']!r}, this learner is {task} model {name!r}")
+
+
+TOO_MANY_CLASSES = "too_many_classes"
+
+
+def class_column(y: Label, index: dict[Label, int], classes: list[Label], fixed: tuple[Label, ...] | None,
+                 max_classes: int) -> int:
+    """The output column of label ``y`` for a head with a fixed class set, or one that takes new classes as
+    they come (appended to ``classes``/``index``) up to ``max_classes``; LabelError otherwise."""
+    idx = index.get(y)
+    if idx is not None:
+        return idx
+    if fixed is not None:
+        raise LabelError("unknown_label", f"label {y!r} is not one of the configured classes {fixed!r}")
+    if len(classes) >= max_classes:
+        raise LabelError(TOO_MANY_CLASSES, f"label {y!r} would be class number {len(classes) + 1}; "
+                         f"the head has room for model.params.max_classes={max_classes}")
+    index[y] = len(classes)
+    classes.append(y)
+    return index[y]

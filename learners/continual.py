@@ -19,27 +19,27 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from driftline.errors import ConfigError
 from driftline.learners.backbones import Backbone
 from driftline.learners.base import (
-    LabelError,
     LearnerBase,
     Prediction,
     Task,
     check_fingerprint,
     check_label_type,
     check_state_header,
+    class_column,
 )
 from driftline.learners.embedding import PreparedBatch
 from driftline.learners.strategies import build_strategy, dump_strategy, load_strategy, parse_strategy
 from driftline.learners.training_worker import TrainingWorker, Window
+from driftline.params import validate
 from driftline.settings import ModelSettings
 from driftline.stream.event import Event, Label
 
 STATE_KIND = "driftline.continual/1"
-TOO_MANY_CLASSES = "too_many_classes"
 
 
 class ContinualParams(BaseModel):
@@ -68,15 +68,7 @@ class ContinualParams(BaseModel):
 
 
 def parse_params(params: Mapping[str, Any]) -> ContinualParams:
-    try:
-        p = ContinualParams.model_validate(dict(params))
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            msg = "unknown parameter" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"model.params.{loc}: {msg} (valid for Continual: {', '.join(ContinualParams.model_fields)})")
-        raise ConfigError("\n".join(lines)) from None
+    p = validate(ContinualParams, params, where="model.params", name="Continual")
     parse_strategy(p.strategy, p.strategy_params)
     return p
 
@@ -258,17 +250,7 @@ class ContinualLearner(LearnerBase):
 
     def _target(self, y: Label | float) -> int:
         label = check_label_type(self.task, y)
-        idx = self._index.get(label)  # type: ignore[arg-type]
-        if idx is not None:
-            return idx
-        if self._fixed is not None:
-            raise LabelError("unknown_label", f"label {label!r} is not one of the configured classes {self._fixed!r}")
-        if len(self._classes) >= self.params.max_classes:
-            raise LabelError(TOO_MANY_CLASSES, f"label {label!r} would be class number {len(self._classes) + 1}; "
-                             f"the head has room for model.params.max_classes={self.params.max_classes}")
-        self._index[label] = len(self._classes)  # type: ignore[index]
-        self._classes.append(label)  # type: ignore[arg-type]
-        return self._index[label]  # type: ignore[index]
+        return class_column(label, self._index, self._classes, self._fixed, self.params.max_classes)  # type: ignore[arg-type]
 
     # -- the worker's side -------------------------------------------------------------------------------
     def _train_window(self, w: Window) -> None:

@@ -15,9 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from driftline.errors import ConfigError
+from driftline.params import validate
 
 
 class _Params(BaseModel):
@@ -103,16 +104,7 @@ def parse_strategy(name: str, params: Mapping[str, Any]) -> tuple[StrategySpec, 
     if spec is None:
         raise ConfigError(f"model.params.strategy: unknown Avalanche strategy {name!r}; valid: "
                           f"{', '.join(STRATEGIES)}")
-    try:
-        return spec, spec.params.model_validate(dict(params))
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            msg = "unknown parameter" if err["type"] == "extra_forbidden" else err["msg"]
-            valid = ", ".join(spec.params.model_fields) or "none"
-            lines.append(f"model.params.strategy_params.{loc}: {msg} (valid for {name}: {valid})")
-        raise ConfigError("\n".join(lines)) from None
+    return spec, validate(spec.params, params, where="model.params.strategy_params", name=name)
 
 
 def _silent_evaluator() -> Any:

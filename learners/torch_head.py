@@ -16,25 +16,24 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from driftline.errors import ConfigError
 from driftline.learners.backbones import Backbone
 from driftline.learners.base import (
-    LabelError,
     LearnerBase,
     Prediction,
     Task,
     check_fingerprint,
     check_label_type,
     check_state_header,
+    class_column,
 )
 from driftline.learners.embedding import PreparedBatch
+from driftline.params import validate
 from driftline.settings import ModelSettings
 from driftline.stream.event import Event, Label
 
 STATE_KIND = "driftline.torch-head/1"
-TOO_MANY_CLASSES = "too_many_classes"
 
 
 class TorchHeadParams(BaseModel):
@@ -54,15 +53,7 @@ class TorchHeadParams(BaseModel):
 
 
 def parse_params(name: str, params: Mapping[str, Any]) -> TorchHeadParams:
-    try:
-        return TorchHeadParams.model_validate(dict(params))
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            msg = "unknown parameter" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"model.params.{loc}: {msg} (valid for {name}: {', '.join(TorchHeadParams.model_fields)})")
-        raise ConfigError("\n".join(lines)) from None
+    return validate(TorchHeadParams, params, where="model.params", name=name)
 
 
 class TorchHeadLearner(LearnerBase):
@@ -278,18 +269,7 @@ class TorchHeadLearner(LearnerBase):
         checked = check_label_type(self.task, y)
         if isinstance(checked, float):  # regression
             return checked
-        y = checked
-        idx = self._index.get(y)
-        if idx is not None:
-            return idx
-        if self._fixed is not None:
-            raise LabelError("unknown_label", f"label {y!r} is not one of the configured classes {self._fixed!r}")
-        if len(self._classes) >= self.params.max_classes:
-            raise LabelError(TOO_MANY_CLASSES, f"label {y!r} would be class number {len(self._classes) + 1}; "
-                             f"the head has room for model.params.max_classes={self.params.max_classes}")
-        self._index[y] = len(self._classes)
-        self._classes.append(y)
-        return self._index[y]
+        return class_column(checked, self._index, self._classes, self._fixed, self.params.max_classes)
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
