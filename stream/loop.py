@@ -15,14 +15,17 @@ from dataclasses import dataclass
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import (
+    AuthorizationError,
     CommitFailedError,
     IllegalGenerationError,
     RebalanceInProgressError,
     RetriableError,
+    SaslAuthenticationFailedError,
     UnknownMemberIdError,
 )
 from prometheus_client import CollectorRegistry, ProcessCollector
 
+from driftline.errors import KafkaSecurityError
 from driftline.learners.base import Learner
 from driftline.monitoring.http import MetricsServer
 from driftline.monitoring.http_security import http_security
@@ -146,27 +149,40 @@ class Service:
             self.metrics.up.set(1)
             log.info("consuming %s as group %r with model %s (%s)", " + ".join(inputs), s.kafka.group_id,
                      self.learner.name, self.learner.task)
-            while not self._stop.is_set():
-                self._heartbeat = time.monotonic()
-                try:
-                    batch = consumer.poll(timeout_ms=s.kafka.poll_timeout_ms)
-                except RetriableError as exc:  # Kafka unreachable for now: poll again shortly
-                    self._retriable("poll", exc)
-                    self._stop.wait(min(1.0, s.kafka.poll_timeout_ms / 1000))
-                    continue
-                self._assigned = bool(consumer.assignment())
-                if batch:
-                    if self.totals.first_batch_at is None:
-                        self.totals.first_batch_at = time.monotonic()
-                    records = [InboundRecord.from_kafka(r) for recs in batch.values() for r in recs]
-                    self.totals.add(processor.process(records))
-                    checkpointer.advance(records)
-                    sink.flush()  # 1. outputs acknowledged
-                    if checkpointer.due():
-                        checkpointer.save("interval")  # 2. state + the offsets it reflects
-                    self._commit(consumer)  # 3. progress marker
-                self._backpressure(consumer)
-                self._update_lag(consumer)
+            consistent = True  # everything processed so far is flushed: the state may be saved
+            try:
+                while not self._stop.is_set():
+                    self._heartbeat = time.monotonic()
+                    try:
+                        batch = consumer.poll(timeout_ms=s.kafka.poll_timeout_ms)
+                    except RetriableError as exc:  # Kafka unreachable for now: poll again shortly
+                        self._retriable("poll", exc)
+                        self._stop.wait(min(1.0, s.kafka.poll_timeout_ms / 1000))
+                        continue
+                    self._assigned = bool(consumer.assignment())
+                    if batch:
+                        if self.totals.first_batch_at is None:
+                            self.totals.first_batch_at = time.monotonic()
+                        records = [InboundRecord.from_kafka(r) for recs in batch.values() for r in recs]
+                        consistent = False
+                        self.totals.add(processor.process(records))
+                        checkpointer.advance(records)
+                        sink.flush()  # 1. outputs acknowledged
+                        consistent = True
+                        if checkpointer.due():
+                            checkpointer.save("interval")  # 2. state + the offsets it reflects
+                        self._commit(consumer)  # 3. progress marker
+                    self._backpressure(consumer)
+                    self._update_lag(consumer)
+            except (SaslAuthenticationFailedError, AuthorizationError) as exc:
+                # credentials rotated or revoked, ACLs changed: retrying cannot fix it. Keep the state if
+                # it is consistent (outputs flushed), then stop with the reason.
+                if consistent:
+                    checkpointer.save("shutdown")
+                raise KafkaSecurityError(
+                    f"kafka: the brokers refused this service while it ran ({type(exc).__name__}: {exc}); "
+                    "check kafka.sasl.username / password (or password_file) and the ACLs of the topics and "
+                    "the group") from None
             self._drain_training()
             checkpointer.save("shutdown")  # only reached on a graceful stop: everything is flushed
         finally:

@@ -254,3 +254,45 @@ def test_no_secret_appears_in_logs_help_config_or_http(secure_broker: LocalKafka
         for rec in read_topic(secure_broker.bootstrap_servers, f"{topic_prefix}-{topic}"):
             payload = (rec.value or b"") + b"".join(v for _, v in rec.headers or [])
             assert not any(s.encode() in payload for s in secrets)
+
+
+def test_credentials_revoked_while_running_stop_the_service_with_exit_2(secure_broker: LocalKafkaBroker,
+                                                                        topic_prefix: str, tmp_path: Path) -> None:
+    """A password changed on the cluster while the service runs: at the next reconnect (here: a broker
+    restart) the brokers refuse it; the service checkpoints and exits 2 with the reason, never retrying on."""
+    from kafka import KafkaAdminClient
+    from kafka.admin._users import UserScramCredentialUpsertion
+
+    user, password = "rotating", "first-Password-1234"
+    admin = KafkaAdminClient(bootstrap_servers=secure_broker.bootstrap_servers)
+    try:
+        admin.alter_user_scram_credentials([UserScramCredentialUpsertion(user, "SCRAM-SHA-512", password)])
+    finally:
+        admin.close()
+    kafka, _ = _kafka_section(secure_broker, "SASL_SSL:SCRAM-SHA-512", tmp_path)
+    kafka["sasl"]["username"] = user
+    (tmp_path / "password").write_text(password)
+    kafka["sasl"]["password_file"] = str(tmp_path / "password")
+    config = _config(tmp_path, topic_prefix, kafka, checkpoint={"directory": str(tmp_path / "ckpt")})
+    assert _publish({**kafka, "sasl": {"mechanism": "SCRAM-SHA-512", "username": user, "password": password}},
+                    {}, f"{topic_prefix}-in") == EVENTS
+    log = tmp_path / "service.log"
+    proc = _run(config, {}, log)
+    try:
+        wait_for(lambda: len(read_topic(secure_broker.bootstrap_servers, f"{topic_prefix}-pred", timeout=10))
+                 >= EVENTS, 120, "predictions", interval=1.0)
+        admin = KafkaAdminClient(bootstrap_servers=secure_broker.bootstrap_servers)
+        try:
+            admin.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion(user, "SCRAM-SHA-512", "rotated-Password-5678")])
+        finally:
+            admin.close()
+        secure_broker.restart()  # every connection drops; the service must log in again
+        rc = proc.wait(120)  # retrying forever would run into this timeout
+    finally:
+        _stop(proc)
+    text = log.read_text()
+    assert rc == 2, text[-3000:]
+    assert "the brokers refused this service while it ran (SaslAuthenticationFailedError" in text
+    assert password not in text and "Traceback" not in text
+    assert any((tmp_path / "ckpt").iterdir())  # the state was kept before stopping
