@@ -80,6 +80,12 @@ DASHBOARDS = (
         Panel("End-to-end latency", _quantiles("driftline_end_to_end_latency_seconds", SEL), "s",
               "Kafka timestamp of the event to its prediction acknowledged."),
         Panel("Batch size", _quantiles("driftline_batch_records", SEL), "short"),
+        Panel("Training backlog and back-pressure", (
+            (f"driftline_training_backlog_windows{{{MSEL}}}", "windows waiting {{model}}"),
+            (f"driftline_consumer_paused{{{SEL}}}", "consumer paused"),
+            (f"increase(driftline_backpressure_pauses_total{{{SEL}}}[5m])", "pauses / 5m")), "short",
+              "Learners that train off the poll loop (Continual): windows of labeled events waiting for training, "
+              "and whether the consumer is paused until training catches up."),
     ), ANNOTATIONS),
     Dashboard("driftline-kafka", "driftline / Kafka", (
         Panel("Consumer lag", ((f"driftline_consumer_lag_records{{{SEL}}}", "{{topic}}/{{partition}}"),), "short"),
