@@ -28,6 +28,11 @@ def _setup_logging(level: str, settings: Any = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kafka_level = getattr(logging, settings.kafka_log_level if settings is not None else "WARNING")
     logging.getLogger("kafka").setLevel(kafka_level)  # its records reach the root handler at any root level
+    logging.captureWarnings(True)  # library warnings go through the log (and its redaction)
+    # Avalanche 0.6 warns about its own deprecated storage-policy call on every experience (and re-enables
+    # the warning each time): one line per trained window would flood a long-running service's log
+    logging.getLogger("py.warnings").addFilter(
+        lambda record: "Call to deprecated function update" not in record.getMessage())
     if settings is not None:
         secrecy.register(settings)
     secrecy.install_log_redaction()
