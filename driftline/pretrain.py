@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from driftline.learners.base import EventRejected, Learner
+from driftline.learners.base import EventRejected, Learner, offline
 from driftline.learners.checkpoint import write_model_file
 from driftline.learners.factory import build_learner
 from driftline.monitoring.prequential import make_tracker
@@ -71,9 +71,6 @@ def pretrain(cfg: ModelSettings, source: Source, output: str | Path, *, source_n
              limit: int | None = None, batch_size: int = 256, progress: bool | None = None) -> PretrainReport:
     """Train ``cfg``'s model on ``source`` and write it to ``output``; returns what happened."""
     learner: Learner = build_learner(cfg)
-    offline = getattr(learner, "set_synchronous", None)
-    if offline is not None:
-        offline(True)
     report = PretrainReport(source=source_name, output=str(output))
     tracker = make_tracker(cfg.task, 1000)
     events = _events(source, report.skipped)
@@ -81,25 +78,23 @@ def pretrain(cfg: ModelSettings, source: Source, output: str | Path, *, source_n
         events = itertools.islice(events, limit)
     bar = progress_bar(limit, desc="pretrain", unit="ev", show=progress)
     t0 = time.monotonic()
-    while chunk := list(itertools.islice(events, batch_size)):
-        learner.prepare_batch(chunk)
-        for e in chunk:
-            if e.label is None:
-                report.skipped["no_label"] += 1
-                continue
-            try:
-                pred = learner.predict_one(e)
-                learner.learn_one(e, e.label)
-            except EventRejected as exc:
-                report.skipped[exc.reason] += 1
-                continue
-            tracker.update(e.label, pred.value)  # type: ignore[arg-type]
-            report.learned += 1
-        bar.update(len(chunk))
-    bar.close()
-    drain = getattr(learner, "drain", None)
-    if drain is not None:
-        drain()  # the last, partial window too
+    with offline(learner):
+        while chunk := list(itertools.islice(events, batch_size)):
+            learner.prepare_batch(chunk)
+            for e in chunk:
+                if e.label is None:
+                    report.skipped["no_label"] += 1
+                    continue
+                try:
+                    pred = learner.predict_one(e)
+                    learner.learn_one(e, e.label)
+                except EventRejected as exc:
+                    report.skipped[exc.reason] += 1
+                    continue
+                tracker.update(e.label, pred.value)  # type: ignore[arg-type]
+                report.learned += 1
+            bar.update(len(chunk))
+        bar.close()
     report.seconds = time.monotonic() - t0
     report.metric = "accuracy" if cfg.task == "classification" else "MAE"
     report.value = tracker.cumulative if tracker.n else None

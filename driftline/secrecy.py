@@ -1,4 +1,5 @@
-"""Secret values: read from settings or files, collected for redaction, kept out of every log line.
+"""Secret values (and the files settings name): read from settings or files, collected for redaction,
+kept out of every log line.
 
 Secrets are `pydantic.SecretStr` in the settings (so ``repr``, ``model_dump`` and ``driftline config show``
 print ``**********``) or ``*_file`` paths to files holding them (a mounted Kubernetes secret). `resolve`
@@ -20,6 +21,17 @@ from driftline.errors import ConfigError
 
 MASK = "**********"
 _MIN_REDACTED = 4  # shorter values would redact ordinary words; such secrets are rejected by `resolve`
+
+
+def require_file(path: str, setting: str) -> str:
+    """``path`` if it names an existing file (a certificate, key or CA a setting points at); ConfigError naming
+    the setting otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{setting}: file {path!r} does not exist")
+    if not p.is_file():
+        raise ConfigError(f"{setting}: {path!r} is not a file")
+    return str(p)
 
 
 def read_secret_file(path: str, setting: str) -> str:

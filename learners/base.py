@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Self, runtime_checkable
 
@@ -199,3 +200,17 @@ def class_column(y: Label, index: dict[Label, int], classes: list[Label], fixed:
     index[y] = len(classes)
     classes.append(y)
     return index[y]
+
+
+@contextlib.contextmanager
+def offline(learner: Any) -> Iterator[None]:
+    """For replay and pretraining: a learner that trains in the background (Continual) trains each window
+    in the calling thread as it closes, so results do not depend on timing; when the block ends normally,
+    what is still pending (the last, partial window) is trained too."""
+    synchronous = getattr(learner, "set_synchronous", None)
+    if synchronous is not None:
+        synchronous(True)
+    yield
+    drain = getattr(learner, "drain", None)
+    if drain is not None:
+        drain()

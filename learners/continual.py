@@ -67,12 +67,6 @@ class ContinualParams(BaseModel):
     scale_warmup: int = Field(1000, ge=1)  # identity backbone: standardise with the first N labeled events
 
 
-def parse_params(params: Mapping[str, Any]) -> ContinualParams:
-    p = validate(ContinualParams, params, where="model.params", name="Continual")
-    parse_strategy(p.strategy, p.strategy_params)
-    return p
-
-
 class ContinualLearner(LearnerBase):
     """Backbone + head trained in windows by an Avalanche strategy in a worker thread."""
 
@@ -86,7 +80,7 @@ class ContinualLearner(LearnerBase):
             raise ConfigError("model.name: Continual (Avalanche strategies) is for task 'classification'")
         self.cfg, self.name = cfg, cfg.name
         self.task: Task = "classification"
-        self.params = p = parse_params(cfg.params)
+        self.params = p = validate(ContinualParams, cfg.params, where="model.params", name="Continual")
         self.strategy_spec, self.strategy_params = parse_strategy(p.strategy, p.strategy_params)
         self.backbone = backbone
         self.fingerprint = dict(backbone.fingerprint)
@@ -188,8 +182,7 @@ class ContinualLearner(LearnerBase):
     def _serving(self, xs: Sequence[Event]) -> tuple[Any, int, int]:
         """The events of a prepared batch predict with the version pinned when it was prepared; anything
         else (and everything in synchronous mode, where training is part of learn_one) with the latest."""
-        prepared = self._batch._items
-        if self.worker.synchronous or not all(id(x) in prepared for x in xs):
+        if self.worker.synchronous or not self._batch.holds(xs):
             self._pinned = self._published
         return self._pinned
 

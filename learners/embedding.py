@@ -41,6 +41,10 @@ class PreparedBatch:
             self._events = ok
             self._items = {id(e): item for e, item in zip(ok, items, strict=True)}
 
+    def holds(self, events: Sequence[Event]) -> bool:
+        """Whether every one of ``events`` belongs to the prepared batch."""
+        return all(id(e) in self._items for e in events)
+
     def get(self, e: Event) -> Any:
         item = self._items.get(id(e))
         if item is None:

@@ -54,7 +54,6 @@ class TrainingWorker:
         self._thread: threading.Thread | None = None
         self._name = name
         self.trained_windows = 0
-        self.last_train_seconds = 0.0
 
     # -- feeding (the poll loop's thread) -----------------------------------------------------------
     def add(self, x: Any, y: int) -> None:
@@ -102,7 +101,6 @@ class TrainingWorker:
                 self._inflight = w
             if w is None:
                 return False
-            t0 = time.perf_counter()
             try:
                 self.train_fn(w)
             except BaseException as exc:
@@ -110,7 +108,6 @@ class TrainingWorker:
                     self._error = exc  # before the window stops being in flight: drain() sees it
                 raise
             finally:
-                self.last_train_seconds = time.perf_counter() - t0
                 with self._cv:
                     self._inflight = None
                     self.trained_windows += 1

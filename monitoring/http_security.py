@@ -13,10 +13,9 @@ import binascii
 import hmac
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
 
 from driftline.errors import ConfigError
-from driftline.secrecy import resolve
+from driftline.secrecy import require_file, resolve
 from driftline.settings import HttpAuthSettings, HttpTlsSettings, MetricsSettings
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
@@ -26,9 +25,9 @@ def server_context(tls: HttpTlsSettings) -> ssl.SSLContext | None:
     """A server-side TLS context (TLS 1.2+), or None for plain HTTP."""
     if tls.certfile is None:
         return None
-    for setting, path in (("metrics.tls.certfile", tls.certfile), ("metrics.tls.keyfile", tls.keyfile)):
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(f"{setting}: file {path!r} does not exist")
+    require_file(tls.certfile, "metrics.tls.certfile")
+    if tls.keyfile is not None:
+        require_file(tls.keyfile, "metrics.tls.keyfile")
     password = resolve(tls.key_password, tls.key_password_file, "metrics.tls.key_password")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2

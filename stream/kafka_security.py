@@ -9,25 +9,15 @@ from __future__ import annotations
 
 import logging
 import ssl
-from pathlib import Path
 from typing import Any
 
 from kafka.net.sasl.oauth import AbstractTokenProvider
 
 from driftline.errors import ConfigError
-from driftline.secrecy import read_secret_file, resolve
+from driftline.secrecy import require_file, resolve
 from driftline.settings import KafkaSettings, KafkaTlsSettings
 
 log = logging.getLogger(__name__)
-
-
-def _file(path: str, setting: str) -> str:
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{setting}: file {path!r} does not exist")
-    if not p.is_file():
-        raise ConfigError(f"{setting}: {path!r} is not a file")
-    return str(p)
 
 
 def ssl_context(tls: KafkaTlsSettings) -> ssl.SSLContext:
@@ -39,20 +29,20 @@ def ssl_context(tls: KafkaTlsSettings) -> ssl.SSLContext:
     ctx.check_hostname = tls.check_hostname
     if tls.cafile is not None:
         try:
-            ctx.load_verify_locations(cafile=_file(tls.cafile, "kafka.ssl.cafile"))
+            ctx.load_verify_locations(cafile=require_file(tls.cafile, "kafka.ssl.cafile"))
         except ssl.SSLError as exc:
             raise ConfigError(f"kafka.ssl.cafile: {tls.cafile!r} holds no PEM certificate ({exc.reason})") from None
     else:
         ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if tls.crlfile is not None:
         try:
-            ctx.load_verify_locations(cafile=_file(tls.crlfile, "kafka.ssl.crlfile"))
+            ctx.load_verify_locations(cafile=require_file(tls.crlfile, "kafka.ssl.crlfile"))
         except ssl.SSLError as exc:
             raise ConfigError(f"kafka.ssl.crlfile: {tls.crlfile!r} is not a PEM CRL ({exc.reason})") from None
         ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     if tls.certfile is not None and tls.keyfile is not None:
-        certfile = _file(tls.certfile, "kafka.ssl.certfile")
-        keyfile = _file(tls.keyfile, "kafka.ssl.keyfile")
+        certfile = require_file(tls.certfile, "kafka.ssl.certfile")
+        keyfile = require_file(tls.keyfile, "kafka.ssl.keyfile")
         password = resolve(tls.key_password, tls.key_password_file, "kafka.ssl.key_password")
         try:
             ctx.load_cert_chain(certfile, keyfile, password=password or "")
@@ -85,10 +75,8 @@ def client_security(cfg: KafkaSettings) -> dict[str, Any]:
     if proto.startswith("SASL"):
         sasl = cfg.sasl
         params["sasl_mechanism"] = sasl.mechanism
-        if sasl.mechanism == "OAUTHBEARER":
-            if sasl.oauth_token_file is not None:
-                read_secret_file(sasl.oauth_token_file, "kafka.sasl.oauth_token_file")  # fail at start, not later
-            token = resolve(sasl.oauth_token, None, "kafka.sasl.oauth_token")
+        if sasl.mechanism == "OAUTHBEARER":  # an unreadable token file fails here, at start, not at login
+            token = resolve(sasl.oauth_token, sasl.oauth_token_file, "kafka.sasl.oauth_token")
             params["sasl_oauth_token_provider"] = TokenProvider(token, sasl.oauth_token_file)
         else:
             params["sasl_plain_username"] = sasl.username

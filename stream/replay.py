@@ -25,7 +25,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from driftline.errors import ConfigError
-from driftline.learners.base import Learner
+from driftline.learners.base import Learner, offline
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.progress import progress_bar
 from driftline.settings import Settings
@@ -208,9 +208,6 @@ def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord
 
     ``label_delays``: the delays `simulate` drew (its ``delays_out``); read once the records are consumed.
     """
-    offline = getattr(learner, "set_synchronous", None)
-    if offline is not None:
-        offline(True)  # a learner that trains in the background trains each window as it closes
     writer = CollectingWriter()
     registry = CollectorRegistry()
     metrics = ServiceMetrics(registry, model=learner.name, task=learner.task)
@@ -221,22 +218,20 @@ def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord
     t0 = time.perf_counter()
     first_ts: int | None = None
     it = iter(records)
-    while batch := list(itertools.islice(it, batch_size)):
-        if speed:
-            first_ts = batch[0].timestamp_ms if first_ts is None else first_ts
-            due = (batch[-1].timestamp_ms - first_ts) / 1000.0 / speed
-            wait = due - (time.perf_counter() - t0)
-            if wait > 0:
-                time.sleep(wait)
-        processor.process(batch)
-        summary.events += sum(1 for r in batch if r.topic != LABELS_TOPIC)
-        if processor.tracker.n:
-            summary.rolling.append((processor.ledger.learned, float(processor.tracker.rolling)))
-        bar.update(len(batch))
-    bar.close()
-    drain = getattr(learner, "drain", None)
-    if drain is not None:
-        drain()
+    with offline(learner):
+        while batch := list(itertools.islice(it, batch_size)):
+            if speed:
+                first_ts = batch[0].timestamp_ms if first_ts is None else first_ts
+                due = (batch[-1].timestamp_ms - first_ts) / 1000.0 / speed
+                wait = due - (time.perf_counter() - t0)
+                if wait > 0:
+                    time.sleep(wait)
+            processor.process(batch)
+            summary.events += sum(1 for r in batch if r.topic != LABELS_TOPIC)
+            if processor.tracker.n:
+                summary.rolling.append((processor.ledger.learned, float(processor.tracker.rolling)))
+            bar.update(len(batch))
+        bar.close()
     summary.wall_s = time.perf_counter() - t0
     summary.events_per_s = summary.events / summary.wall_s if summary.wall_s > 0 else 0.0
     _finish(summary, processor, writer, registry)

@@ -251,3 +251,17 @@ def test_preflight_does_not_fail_on_an_unreachable_broker(caplog: pytest.LogCapt
     with caplog.at_level(logging.WARNING):
         assert check_connection(cfg, timeout_s=2) is False
     assert "the clients keep retrying" in caplog.text
+
+
+def test_oauth_token_file_is_checked_at_start_and_read_again_at_every_login(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    cfg = KafkaSettings(security_protocol="SASL_SSL", sasl={"mechanism": "OAUTHBEARER", "oauth_token_file": str(token)})
+    with pytest.raises(ConfigError, match=r"kafka.sasl.oauth_token_file: file '.*token' does not exist"):
+        client_security(cfg)
+    token.write_text("first.jwt.token\n")
+    provider = client_security(cfg)["sasl_oauth_token_provider"]
+    assert provider.token() == "first.jwt.token"
+    token.write_text("refreshed.jwt.token\n")  # a sidecar rotated it
+    assert provider.token() == "refreshed.jwt.token"
+    fixed = KafkaSettings(security_protocol="SASL_SSL", sasl={"mechanism": "OAUTHBEARER", "oauth_token": SECRET})
+    assert client_security(fixed)["sasl_oauth_token_provider"].token() == SECRET
