@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -199,6 +200,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--window", type=int, default=256, help="events per window/experience (product default 256)")
     args = ap.parse_args()
+    logging.captureWarnings(True)  # as the service: Avalanche's per-experience self-deprecation is not news
+    logging.getLogger("py.warnings").addFilter(lambda r: "Call to deprecated function update" not in r.getMessage())
     streams = _experiences(args.seed)
     out: dict[str, Any] = {}
     for name, exps in streams.items():

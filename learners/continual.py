@@ -33,6 +33,7 @@ from driftline.learners.base import (
     class_column,
 )
 from driftline.learners.embedding import PreparedBatch
+from driftline.learners.seeding import seeded
 from driftline.learners.strategies import build_strategy, dump_strategy, load_strategy, parse_strategy
 from driftline.learners.training_worker import TrainingWorker, Window
 from driftline.params import validate
@@ -96,8 +97,7 @@ class ContinualLearner(LearnerBase):
         self._index: dict[Label, int] = {c: i for i, c in enumerate(self._classes)}
         n_out = len(self._fixed) if self._fixed else p.max_classes
         self._standardize = cfg.scale and backbone.cfg.kind == "identity"
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+        with seeded(cfg.seed):
             top_layers = self.top.modules if p.unfreeze_top_k else None
             from driftline.learners.continual_net import ContinualNet
 
@@ -251,7 +251,8 @@ class ContinualLearner(LearnerBase):
 
         import torch
         from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
-        from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+
+        from driftline.learners import avalanche_data
 
         net = self.strategy.model
         stats = self._scale_stats()
@@ -260,13 +261,12 @@ class ContinualLearner(LearnerBase):
             net.std.copy_(stats[1].to(net.std.device))
         x = torch.stack(w.xs).float()
         y = torch.tensor(w.ys, dtype=torch.long)
-        ds = _make_taskaware_tensor_classification_dataset(x, y, task_labels=0, targets=w.ys)
-        exp = DatasetExperience(dataset=ds, current_experience=self._experiences)
+        avalanche_data.install()
+        exp = DatasetExperience(dataset=avalanche_data.window_dataset(x, y, w.ys), current_experience=self._experiences)
         cuda = self.device.type == "cuda"
         amp = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if cuda and self.params.amp
                else contextlib.nullcontext())
-        with amp, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.cfg.seed + self._experiences)
+        with amp, seeded(self.cfg.seed + self._experiences, self.device):
             self.strategy.train(exp, eval_streams=[], pin_memory=cuda, num_workers=0)
         self._publish(w)
 

@@ -120,12 +120,15 @@ def build_strategy(spec: StrategySpec, params: _Params, *, model: Any, optimizer
     import avalanche.training as training
     import torch
 
+    from driftline.learners.avalanche_data import PinnedBatches
+
     cls = getattr(training, spec.path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return cls(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
                    train_mb_size=train_mb_size, train_epochs=train_epochs, eval_mb_size=train_mb_size,
-                   device=device, evaluator=_silent_evaluator(), eval_every=-1, **spec.kwargs(params))
+                   device=device, evaluator=_silent_evaluator(), eval_every=-1, plugins=[PinnedBatches()],
+                   **spec.kwargs(params))
 
 
 def _without_unpicklables(strategy: Any) -> Callable[[], None]:
@@ -162,8 +165,12 @@ def dump_strategy(strategy: Any) -> bytes:
 def load_strategy(data: bytes, device: Any) -> Any:
     import torch
 
+    from driftline.learners.avalanche_data import PinnedBatches
+
     strategy = torch.load(io.BytesIO(data), map_location=device, weights_only=False)
     strategy.device = device
+    if not any(isinstance(p, PinnedBatches) for p in strategy.plugins):  # saved before it existed
+        strategy.plugins.append(PinnedBatches())
     strategy.evaluator = _silent_evaluator()
     strategy.plugins.append(strategy.evaluator)
     for p in strategy.plugins:

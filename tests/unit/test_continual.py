@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import random
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,6 +79,49 @@ def test_every_strategy_learns_and_round_trips_its_state(strategy: str) -> None:
     b.load_state_dict(state)
     assert _feed(a, events[300:]) == _feed(b, events[300:])
     assert a.version == b.version == 9
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_same_seed_same_model_whatever_the_global_random_generators_hold(strategy: str) -> None:
+    """Strategies draw from Python's, numpy's and torch's global generators: the learner seeds them all per
+    window, so two runs agree however the process left them."""
+    events = _events(200) + _events(250, seed=2, function=6)
+    runs = []
+    for disturb in (1, 2):
+        random.seed(disturb)
+        np.random.seed(disturb)
+        torch.manual_seed(disturb)
+        learner = _learner(strategy=strategy, window_events=100)
+        _feed(learner, events[:400])
+        learner.prepare_batch(events[400:])
+        runs.append([p.proba for p in learner.predict_many(events[400:])])
+        if strategy == "AGEM":  # it picks each window's memory with random.shuffle (Python's generator)
+            memory = next(p for p in learner.strategy.plugins if hasattr(p, "buffers")).buffers
+            runs.append([torch.stack([m[i][0] for i in range(len(m))]).tolist() for m in memory])
+        learner.close()
+    assert runs[:len(runs) // 2] == runs[len(runs) // 2:]
+
+
+def test_seeded_block_is_reproducible_and_leaves_the_generators_as_it_found_them() -> None:
+    from driftline.learners.seeding import seeded
+
+    def draws() -> tuple[float, float, float]:
+        return random.random(), float(np.random.random()), float(torch.rand(1))
+
+    random.seed(5)
+    np.random.seed(5)
+    torch.manual_seed(5)
+    before = draws()
+    random.seed(5)
+    np.random.seed(5)
+    torch.manual_seed(5)
+    with seeded(11):
+        first = draws()
+    assert draws() == before  # the outer sequences go on as if the block had not drawn
+    random.seed(99)
+    np.random.seed(99)
+    with seeded(11):
+        assert draws() == first
 
 
 def test_replay_remembers_what_naive_forgets() -> None:
