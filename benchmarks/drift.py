@@ -12,7 +12,9 @@ adaptation off (detectors only) and on (the ladder below), for seeds 1..5:
 - stationary: Agrawal function 0 for 100,000 events (adaptation off and on: every drift signal is a
   false alarm).
 
-Model: HoeffdingTreeClassifier (grace_period 50) behind the default preprocessing. Detector: ADWIN (delta 0.001) on
+Model (``--model``): ``windowed`` (default), WindowedTreeClassifier (CART refit every 50 labeled events on
+the last 1,000); ``hoeffding``, HoeffdingTreeClassifier (grace_period 50); both behind the default
+preprocessing. Detector: ADWIN (delta 0.001) on
 the prequential error stream (level ``drift`` only; ``improvement`` signals, a falling error, are not
 alarms). Ladder: [reset (relearn what came after ADWIN's estimated change point), replay_burst].
 
@@ -27,7 +29,7 @@ on, overall prequential accuracy off/on. Last line: one JSON object with
   drift, adaptation on, median over the abrupt scenarios x seeds;
 - ``acc_gain``: overall accuracy with adaptation minus without, mean over the drift scenarios.
 
-    python benchmarks/drift.py [--seeds 5] [--quick]
+    python benchmarks/drift.py [--seeds 5] [--quick] [--model windowed|hoeffding]
 """
 
 from __future__ import annotations
@@ -55,7 +57,10 @@ from driftline.stream.sink import OutputSink
 
 DRIFT_AT = 5000
 BATCH = 100
-MODEL = {"name": "HoeffdingTreeClassifier", "params": {"grace_period": 50}}
+MODELS: dict[str, dict[str, Any]] = {
+    "windowed": {"name": "WindowedTreeClassifier", "params": {"window": 1000, "refit_every": 50}},
+    "hoeffding": {"name": "HoeffdingTreeClassifier", "params": {"grace_period": 50}},
+}
 INPUT = {"kind": "ks"}  # label-free, on the inputs: its signals are counted apart (input_alarms)
 LADDER = [{"name": "reset"}, {"name": "replay_burst"}]
 
@@ -128,9 +133,9 @@ class Run:
     wall_s: float
 
 
-def run(scenario: Scenario, seed: int, adapt: bool, delta: float = 0.001) -> Run:
+def run(scenario: Scenario, seed: int, adapt: bool, delta: float = 0.001, model: str = "windowed") -> Run:
     detectors = [{"name": "ADWIN", "params": {"delta": delta}}]
-    settings = Settings(model={**MODEL, "seed": seed},
+    settings = Settings(model={**MODELS[model], "seed": seed},
                         drift={"detectors": detectors, "policies": LADDER if adapt else [], "input": INPUT})
     learner = build_learner(settings.model)
     writer = CollectingWriter(keep_predictions=True)
@@ -171,7 +176,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--only", help="run only this scenario")
     ap.add_argument("--delta", type=float, default=0.001,
                     help="ADWIN's delta (River's default 0.002 gave 1 false alarm in 5 x 100k stationary events)")
+    ap.add_argument("--model", choices=list(MODELS), default="windowed",
+                    help="windowed: CART refit on the last 1,000 labeled events every 50; hoeffding: "
+                         "HoeffdingTreeClassifier (grace_period 50)")
     args = ap.parse_args(argv)
+    print(f"model: {MODELS[args.model]}")
     logging.getLogger("driftline").setLevel(logging.ERROR)
     seeds = range(1, args.seeds + 1)
     delays_agrawal: list[float] = []
@@ -186,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         delays, false, before, after_off, after_on, acc_off, acc_on, n_actions, wall, input_alarms = (
             [] for _ in range(10))
         for seed in seeds:
-            off, on = run(sc, seed, False, args.delta), run(sc, seed, True, args.delta)
+            off, on = run(sc, seed, False, args.delta, args.model), run(sc, seed, True, args.delta, args.model)
             input_alarms.append(len(on.inputs))
             wall.append(off.wall_s + on.wall_s)
             acc_off.append(_acc(off.correct))

@@ -16,6 +16,8 @@ CLASSIFIERS: dict[str, str] = {
     "HoeffdingTreeClassifier": "river.tree:HoeffdingTreeClassifier",
     "HoeffdingAdaptiveTreeClassifier": "river.tree:HoeffdingAdaptiveTreeClassifier",
     "ARFClassifier": "river.forest:ARFClassifier",
+    # batch-incremental: a CART tree refit on a sliding window (driftline.learners.windowed)
+    "WindowedTreeClassifier": "driftline.learners.windowed:WindowedTreeClassifier",
 }
 
 REGRESSORS: dict[str, str] = {
