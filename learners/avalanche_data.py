@@ -57,7 +57,7 @@ class RowCachedDataset(TaskAwareSupervisedClassificationDataset):  # type: ignor
             return super().__getitem__(idx)
         idx = int(idx)
         cache = self.__dict__.get(_CACHE)
-        if cache is None or cache[0] != id(self):  # copy.copy() shares __dict__ entries: a copy starts anew
+        if cache is None or cache[0] != id(self):  # copies start anew (copy.copy drops it via __getstate__)
             usable = len(self) <= ROW_CACHE_LIMIT and _transform_free(self._flat_data)
             cache = (id(self), {} if usable else None)
             self.__dict__[_CACHE] = cache
