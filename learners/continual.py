@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import io
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +35,7 @@ from driftline.learners.base import (
 from driftline.learners.embedding import PreparedBatch
 from driftline.learners.seeding import seeded
 from driftline.learners.strategies import build_strategy, dump_strategy, load_strategy, parse_strategy
+from driftline.learners.torch_head import RunningStandardizer, build_optimizer
 from driftline.learners.training_worker import TrainingWorker, Window
 from driftline.params import validate
 from driftline.settings import ModelSettings
@@ -75,7 +76,6 @@ class ContinualLearner(LearnerBase):
                           "audit, but the adaptation ladder does not apply to it (leave drift.policies empty)")
 
     def __init__(self, cfg: ModelSettings, backbone: Backbone) -> None:
-        import torch
 
         if cfg.task != "classification":
             raise ConfigError("model.name: Continual (Avalanche strategies) is for task 'classification'")
@@ -106,17 +106,13 @@ class ContinualLearner(LearnerBase):
         if top_layers is not None:
             for t in top_layers.parameters():
                 t.requires_grad_(True)
-        if p.optimizer == "sgd":
-            opt: Any = torch.optim.SGD(net.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
-        else:
-            cls = torch.optim.Adam if p.optimizer == "adam" else torch.optim.AdamW
-            opt = cls(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-        self.strategy = build_strategy(self.strategy_spec, self.strategy_params, model=net, optimizer=opt,
+        self.strategy = build_strategy(self.strategy_spec, self.strategy_params, model=net,
+                                       optimizer=build_optimizer(p, net.parameters()),
                                        train_mb_size=p.train_mb_size, train_epochs=p.train_epochs, device=self.device)
         self._experiences = 0
         self._trained_classes = len(self._fixed) if self._fixed else 0
-        # scaling statistics (identity backbone): Welford over the first scale_warmup labeled events
-        self._n, self._mean, self._m2 = 0, cast(Any, None), cast(Any, None)
+        # scaling statistics (identity backbone): over the first scale_warmup labeled events
+        self._scale = RunningStandardizer(backbone.dim) if self._standardize else None
         self._version, self._updates = 1, 0
         self._published = (self._serving_copy(net), self._trained_classes, self._version)
         self._pinned = self._published
@@ -216,30 +212,21 @@ class ContinualLearner(LearnerBase):
     def learn_one(self, x: Event, y: Label | float) -> None:
         target = self._target(y)
         item = self._batch.get(x).detach().to("cpu")
-        if self._standardize and self._n < self.params.scale_warmup:
-            self._observe_scale(item)
+        if self._scale is not None and self._scale.n < self.params.scale_warmup:
+            self._scale.learn(item)
         self.worker.add(item, target)
         self._updates += 1
 
-    def _observe_scale(self, v: Any) -> None:
-        import torch
-
-        v = v.double()
-        if self._mean is None:
-            self._mean, self._m2 = torch.zeros_like(v), torch.zeros_like(v)
-        self._n += 1
-        delta = v - self._mean
-        self._mean += delta / self._n
-        self._m2 += delta * (v - self._mean)
-
     def _scale_stats(self) -> tuple[Any, Any] | None:
+        """Mean and sample standard deviation (1 where a feature has not varied) for the network's input."""
         import torch
 
-        if not self._standardize or self._mean is None:
+        sc = self._scale
+        if sc is None or sc.n == 0:
             return None
-        var = self._m2 / max(self._n - 1, 1)
+        var = sc.m2 / max(sc.n - 1, 1)
         std = torch.where(var > 1e-12, var.sqrt(), torch.ones_like(var))
-        return self._mean.float(), std.float()
+        return sc.mean.float(), std.float()
 
     def _target(self, y: Label | float) -> int:
         label = check_label_type(self.task, y)
@@ -295,7 +282,8 @@ class ContinualLearner(LearnerBase):
                 "strategy_name": self.params.strategy, "strategy": strategy, "serving": buf.getvalue(),
                 "trained_classes": n_classes, "experiences": self._experiences,
                 "pending": [(torch.stack(w.xs).cpu(), list(w.ys)) for w in pending],
-                "scale": None if self._mean is None else (self._n, self._mean.clone(), self._m2.clone()),
+                "scale": None if self._scale is None or self._scale.n == 0 else
+                (self._scale.n, self._scale.mean.clone(), self._scale.m2.clone()),
                 "norm": self._norm_state(),
             }
 
@@ -322,8 +310,8 @@ class ContinualLearner(LearnerBase):
             self._version, self._updates = int(state["version"]), int(state["updates"])
             self._trained_classes, self._experiences = int(state["trained_classes"]), int(state["experiences"])
             scale = state.get("scale")
-            if scale is not None:
-                self._n, self._mean, self._m2 = scale[0], scale[1].clone(), scale[2].clone()
+            if scale is not None and self._scale is not None:
+                self._scale.load_state_dict({"n": scale[0], "mean": scale[1], "m2": scale[2]})
             self._published = self._pinned = (served, self._trained_classes, self._version)
             self._load_norm_state(state)
             self.worker.restore([Window(list(x.unbind(0)), list(ys)) for x, ys in state["pending"]])

@@ -29,6 +29,7 @@ from driftline.learners.base import (
     class_column,
 )
 from driftline.learners.embedding import PreparedBatch
+from driftline.learners.seeding import seeded
 from driftline.params import validate
 from driftline.settings import ModelSettings
 from driftline.stream.event import Event, Label
@@ -62,7 +63,6 @@ class TorchHeadLearner(LearnerBase):
     mlp = False
 
     def __init__(self, cfg: ModelSettings, backbone: Backbone) -> None:
-        import torch
         from torch import nn
 
         self.cfg = cfg
@@ -78,8 +78,7 @@ class TorchHeadLearner(LearnerBase):
         self._classes: list[Label] = list(self._fixed or [])
         self._index: dict[Label, int] = {c: i for i, c in enumerate(self._classes)}
         n_out = 1 if self.task == "regression" else len(self._fixed) if self._fixed else p.max_classes
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+        with seeded(cfg.seed):
             dim = backbone.dim
             if self.mlp:
                 head: nn.Module = nn.Sequential(nn.Linear(dim, p.hidden), nn.ReLU(), nn.Dropout(p.dropout),
@@ -93,11 +92,7 @@ class TorchHeadLearner(LearnerBase):
         groups: list[dict[str, Any]] = [{"params": list(self.head.parameters()), "lr": p.lr}]
         if top_params:
             groups.append({"params": top_params, "lr": p.backbone_lr})
-        if p.optimizer == "sgd":
-            self.optimizer: Any = torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
-        else:
-            cls = torch.optim.Adam if p.optimizer == "adam" else torch.optim.AdamW
-            self.optimizer = cls(groups, lr=p.lr, weight_decay=p.weight_decay)
+        self.optimizer = build_optimizer(p, groups)
         # Raw features (identity backbone) are standardised online, as River heads do with model.scale:
         # the statistics learn each event before it is transformed for learning (River's pipeline order).
         self._scaler = RunningStandardizer(backbone.dim) if cfg.scale and backbone.cfg.kind == "identity" else None
@@ -227,8 +222,7 @@ class TorchHeadLearner(LearnerBase):
             return {"source": len(s_events), "target": len(t_events), "steps": 0}
         s_items, t_items = self.top.prefix(s_events), self.top.prefix(t_events)
         gen = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             fdim = self.params.hidden if self.mlp else self.backbone.dim
             disc = nn.Sequential(nn.Linear(fdim, 64), nn.ReLU(), nn.Linear(64, 1)).to(self.device)
         params = [*self.head.parameters(), *self.top.modules.parameters(), *disc.parameters()]
@@ -311,6 +305,17 @@ class TorchHeadLearner(LearnerBase):
         self._updates = int(state["updates"])
 
 
+def build_optimizer(p: Any, params: Any) -> Any:
+    """The torch optimizer ``p.optimizer`` (adam, adamw, sgd) over ``params`` (tensors or groups) with ``p.lr``,
+    ``p.weight_decay`` and, for sgd, ``p.momentum``."""
+    import torch
+
+    if p.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+    cls = torch.optim.Adam if p.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=p.lr, weight_decay=p.weight_decay)
+
+
 class RunningStandardizer:
     """Online mean/variance (Welford) standardisation of a feature vector; zero variance maps to 0."""
 
@@ -330,12 +335,15 @@ class RunningStandardizer:
         scaled = torch.where(std > 0, (z.double().cpu() - self.mean) / std.clamp_min(1e-300), 0.0)
         return scaled.to(dtype=z.dtype, device=z.device)
 
-    def learn_transform(self, z: Any) -> Any:
+    def learn(self, z: Any) -> None:
         x = z.detach().double().cpu().reshape(-1)
         self.n += 1
         delta = x - self.mean
         self.mean += delta / self.n
         self.m2 += delta * (x - self.mean)
+
+    def learn_transform(self, z: Any) -> Any:
+        self.learn(z)
         return self.transform(z)
 
     def state_dict(self) -> dict[str, Any]:
