@@ -124,6 +124,25 @@ def test_seeded_block_is_reproducible_and_leaves_the_generators_as_it_found_them
         assert draws() == first
 
 
+def test_raw_features_are_standardised_with_the_first_scale_warmup_events() -> None:
+    """Identity backbone, model.scale on: the network standardises its input with the mean and sample standard
+    deviation of the first `scale_warmup` labeled events (Agrawal's salaries are ~1e5, its ages ~50), and the
+    statistics travel in the state."""
+    events = _events(200)
+    learner = _learner(scale_warmup=100)
+    _feed(learner, events[:150])
+    raw = torch.tensor([[e.features[f] for f in AGRAWAL_NUMERIC] for e in events[:100]], dtype=torch.float64)
+    net = learner.strategy.model
+    assert torch.allclose(net.mean.double(), raw.mean(0), rtol=1e-5)
+    assert torch.allclose(net.std.double(), raw.std(0), rtol=1e-4)  # unbiased, as torch's default
+    restored = _learner(scale_warmup=100)
+    restored.load_state_dict(pickle.loads(pickle.dumps(learner.state_dict())))
+    _feed(restored, events[150:])
+    _feed(learner, events[150:])
+    assert torch.equal(restored.strategy.model.mean, learner.strategy.model.mean)
+    assert torch.equal(restored.strategy.model.std, learner.strategy.model.std)
+
+
 def test_replay_remembers_what_naive_forgets() -> None:
     """Two concepts in turn: after the second, Replay still knows the first better than Naive."""
     first, second = _events(1500, seed=1, function=0), _events(1500, seed=2, function=6)
