@@ -15,6 +15,7 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	bash scripts/typecheck.sh
+	bash scripts/lint-imports.sh
 
 typecheck: $(VENV)/.installed
 	bash scripts/typecheck.sh
@@ -25,6 +26,7 @@ test: $(VENV)/.installed
 	$(BIN)/driftline broker --fetch-only
 	$(BIN)/ruff check .
 	bash scripts/typecheck.sh
+	bash scripts/lint-imports.sh
 	$(BIN)/python -m pytest -q
 
 unit: $(VENV)/.installed

@@ -14,7 +14,7 @@ and a rollback guard.
   until a drift swaps it in, or it is dropped after ``max_age`` labeled events.
 
 Every action, rollback and guard outcome is logged, counted (``driftline_adaptations_total``) and
-handed to ``emit`` (the processor publishes it to the audit topic).
+handed to ``emit`` (the pipeline's audit publisher).
 """
 
 from __future__ import annotations
@@ -27,25 +27,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from driftline.adapters.config import DriftSettings
+from driftline.adapters.context import BackgroundLearner, PolicyContext
 from driftline.adapters.detectors import DRIFT, WARNING, Detection
 from driftline.adapters.policies import Background, Policy, build_policy
+from driftline.core import Event, Label
 from driftline.errors import ConfigError
 from driftline.learners.base import Learner
+from driftline.learners.capabilities import self_adapting
 from driftline.monitoring.metrics import ServiceMetrics
-from driftline.settings import DriftSettings
-from driftline.stream.event import Event, Label
 
 log = logging.getLogger(__name__)
 
 ROLLBACK = "rollback"
 NONE = "none"
-
-
-@dataclass
-class BackgroundLearner:
-    learner: Learner
-    started_at: int  # labeled events when it started
-    learned: int = 0
 
 
 @dataclass
@@ -87,9 +82,9 @@ class Adapter:
         self.metrics = metrics
         self.emit = emit
         self.policies: list[tuple[Policy, str]] = []
-        why = getattr(learner, "ladder_unsupported", None)
-        if why and cfg.policies:
-            raise ConfigError(f"drift.policies: {why}")
+        adapts_itself = self_adapting(learner)
+        if adapts_itself is not None and cfg.policies:
+            raise ConfigError(f"drift.policies: {adapts_itself.ladder_unsupported}")
         for i, p in enumerate(cfg.policies):
             policy = build_policy(p.name, p.params, f"drift.policies[{i}] ({p.name})")
             policy.check(learner)
@@ -103,7 +98,6 @@ class Adapter:
         self.seen_labeled = 0  # for the replay reservoir
         self.background: BackgroundLearner | None = None
         self.guard: Guard | None = None
-        self.detection: Detection | None = None  # the one being acted on
         self.ladder = _Ladder()
         self._background_policy = next((p for p, _ in self.policies if isinstance(p, Background)), None)
 
@@ -171,27 +165,35 @@ class Adapter:
         lad.rung = min(lad.rung + 1, len(self.policies) - 1) if (recent or lad.escalate) else 0
         lad.escalate = False
         skipped: list[str] = []
+        ctx = self._context(d)
         for policy, on in self.policies[lad.rung:]:
             if on != "any" and on != d.source:
                 continue
-            why = policy.ready(self)
+            why = policy.ready(ctx)
             if why is not None:
                 skipped.append(f"{policy.name}: {why}")
                 continue
-            self._act(policy, d, skipped)
+            self._act(policy, ctx, skipped)
             return
         log.warning("drift from %s: no policy on the ladder from rung %d could act (%s)", d.detector, lad.rung,
                     "; ".join(skipped) or "none matches its source")
         self._record({"action": NONE, "detector": d.detector, "level": d.level, "details": {"skipped": skipped}})
 
     # -- acting -----------------------------------------------------------------------------------
-    def _act(self, policy: Policy, d: Detection, skipped: list[str]) -> None:
-        learner = self.learner
+    def _context(self, d: Detection) -> PolicyContext:
+        """What the ladder's policies may read and change for detection ``d``."""
+        return PolicyContext(learner=self.learner, initial_state=self.initial_state, recent=self.recent,
+                             inputs=self.inputs, replay=self.replay, seed=self.seed,
+                             actions_taken=self.actions_taken, detection=d, background=self.background)
+
+    def _act(self, policy: Policy, ctx: PolicyContext, skipped: list[str]) -> None:
+        learner, d = self.learner, ctx.detection
+        assert d is not None
         before = {"version": learner.version, "updates": learner.updates}
         snapshot = learner.state_dict() if self.cfg.guard.window else None
-        self.detection = d
-        details = policy.apply(self)
-        self.detection = None
+        details = policy.apply(ctx)
+        if ctx.background_taken:
+            self.background = None
         learner.set_version(before["version"] + 1)
         lad = self.ladder
         lad.last_action_at = self.labeled

@@ -24,10 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from driftline.adapters.config import InputDriftSettings
 from driftline.adapters.detectors import DRIFT, Detection
+from driftline.core import Event
 from driftline.errors import ConfigError
-from driftline.settings import InputDriftSettings
-from driftline.stream.event import Event
+from driftline.learners.base import Learner
+from driftline.learners.capabilities import has_backbone
 
 
 class InputDriftMonitor:
@@ -167,9 +169,10 @@ def _mmd2(k_xx: np.ndarray, k_yy: np.ndarray, k_xy: np.ndarray) -> float:
     return float(xx + yy - 2.0 * k_xy.mean())
 
 
-def input_monitor_from(cfg: InputDriftSettings, *, seed: int, learner: Any) -> InputDriftMonitor | None:
+def input_monitor_from(cfg: InputDriftSettings, *, seed: int, learner: Learner) -> InputDriftMonitor | None:
+    """The input monitor ``drift.input`` describes (None when off); mmd reads the learner's backbone embeddings."""
     if cfg.kind is None:
         return None
-    backbone = getattr(learner, "backbone", None)
-    embed = learner.embedding if backbone is not None and backbone.cfg.kind != "identity" else None
+    holder = has_backbone(learner)
+    embed = holder.embedding if holder is not None and holder.backbone.cfg.kind != "identity" else None
     return InputDriftMonitor(cfg, seed=seed, embed=embed)

@@ -43,11 +43,11 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
+from driftline.core import Event
 from driftline.learners.continual import ContinualLearner
 from driftline.learners.factory import build_learner
 from driftline.learners.training_worker import Window
 from driftline.settings import ModelSettings
-from driftline.stream.event import Event
 
 FEATURES = [f"p{i}" for i in range(64)]
 STRATEGIES: dict[str, dict[str, Any]] = {

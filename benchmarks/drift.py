@@ -50,9 +50,10 @@ from prometheus_client import CollectorRegistry
 from driftline.learners.factory import build_learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import Settings
-from driftline.stream.processor import EventProcessor
+from driftline.stream.observers import Adaptation, DetectionLog
+from driftline.stream.pipeline import processor_from_settings
 from driftline.stream.records import InboundRecord
-from driftline.stream.replay import DEAD_LETTER_TOPIC, PREDICTIONS_TOPIC, CollectingWriter
+from driftline.stream.replay import DEAD_LETTER_TOPIC, PREDICTIONS_TOPIC, CollectingWriter, PredictionLog
 from driftline.stream.sink import OutputSink
 
 DRIFT_AT = 5000
@@ -138,10 +139,11 @@ def run(scenario: Scenario, seed: int, adapt: bool, delta: float = 0.001, model:
     settings = Settings(model={**MODELS[model], "seed": seed},
                         drift={"detectors": detectors, "policies": LADDER if adapt else [], "input": INPUT})
     learner = build_learner(settings.model)
-    writer = CollectingWriter(keep_predictions=True)
+    writer = CollectingWriter()
     metrics = ServiceMetrics(CollectorRegistry(), model=learner.name, task=learner.task)
     sink = OutputSink(writer, PREDICTIONS_TOPIC, DEAD_LETTER_TOPIC, metrics)
-    proc = EventProcessor.from_settings(settings, learner, sink, metrics, labels_topic=None)
+    predictions = PredictionLog(keep_values=True)
+    proc = processor_from_settings(settings, learner, sink, metrics, labels_topic=None, extra=[predictions])
     labels: list[Any] = []
     t0 = time.perf_counter()
     stream = itertools.islice(scenario.make(seed), scenario.n)
@@ -157,11 +159,14 @@ def run(scenario: Scenario, seed: int, adapt: bool, delta: float = 0.001, model:
             i += 1
         proc.process(records)
     wall = time.perf_counter() - t0
-    assert writer.predictions is not None and len(writer.predictions) == len(labels), "every event is predicted"
-    correct = [p == y for p, y in zip(writer.predictions, labels, strict=True)]
-    drifts = [d.labeled - 1 for d in proc.detections if d.level == "drift" and d.source == "error"]
-    inputs = [d.labeled - 1 for d in proc.detections if d.source == "input"]
-    actions = [(a.labeled - 1, a.action) for a in proc.adapter.actions] if proc.adapter is not None else []
+    assert predictions.values is not None and len(predictions.values) == len(labels), "every event is predicted"
+    correct = [p == y for p, y in zip(predictions.values, labels, strict=True)]
+    log = proc.find(DetectionLog)
+    assert log is not None
+    drifts = [d.labeled - 1 for d in log.latest if d.level == "drift" and d.source == "error"]
+    inputs = [d.labeled - 1 for d in log.latest if d.source == "input"]
+    adaptation = proc.find(Adaptation)
+    actions = [(a.labeled - 1, a.action) for a in adaptation.adapter.actions] if adaptation is not None else []
     return Run(correct, drifts, inputs, actions, wall)
 
 

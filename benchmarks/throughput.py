@@ -32,6 +32,7 @@ from driftline.stream.broker import kafka_cluster
 from driftline.stream.codec import decode_event
 from driftline.stream.kafka_io import ensure_topics, make_consumer, make_producer
 from driftline.stream.loop import Service
+from driftline.stream.observers import Quality
 from driftline.stream.publisher import publish
 from driftline.stream.sources import from_generator
 
@@ -100,7 +101,9 @@ def service(kafka: KafkaSettings, topic: str, n: int) -> tuple[float, float]:
     t = svc.totals
     assert t.first_batch_at is not None and t.last_commit_at is not None
     dt = t.last_commit_at - t.first_batch_at
-    acc = svc.processor.tracker.cumulative_accuracy  # type: ignore[union-attr]
+    quality = svc.processor.find(Quality)
+    assert quality is not None
+    acc = quality.tracker.cumulative
     return svc.totals.consumed / dt, acc
 
 

@@ -34,9 +34,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from driftline.core import Event
 from driftline.learners.factory import build_learner
 from driftline.settings import ModelSettings
-from driftline.stream.event import Event
 
 CHECKPOINTS = (100, 300, 1000, 3000)
 BATCH = 256

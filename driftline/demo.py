@@ -12,6 +12,7 @@ from driftline.settings import KafkaSettings, MetricsSettings, ModelSettings, Se
 from driftline.stream.broker import LocalKafkaBroker
 from driftline.stream.kafka_io import ensure_topics
 from driftline.stream.loop import Service
+from driftline.stream.observers import Quality
 from driftline.stream.publisher import publish
 from driftline.stream.sources import from_generator
 
@@ -74,8 +75,8 @@ def run_demo(*, events: int | None, rate: float, drift_at: int, metrics_port: in
         totals = service.run()
         stop.set()
         producer.join(timeout=30)
-        acc = service.processor.tracker
+        quality = service.processor.find(Quality)
+        accuracy = quality.tracker.cumulative if quality is not None and quality.tracker.n else float("nan")
         print(f"demo done: {totals.predicted} predicted, {totals.learned} learned, "
-              f"{totals.dead_lettered} dead-lettered; prequential accuracy "
-              f"{getattr(acc, 'cumulative_accuracy', float('nan')):.3f}", flush=True)
+              f"{totals.dead_lettered} dead-lettered; prequential accuracy {accuracy:.3f}", flush=True)
     return 0

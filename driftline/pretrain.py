@@ -19,14 +19,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from driftline.learners.base import EventRejected, Learner, offline
+from driftline.core import Event, EventRejected
+from driftline.learners.base import Learner, offline
 from driftline.learners.checkpoint import write_model_file
 from driftline.learners.factory import build_learner
 from driftline.monitoring.prequential import make_tracker
 from driftline.progress import progress_bar
 from driftline.settings import ModelSettings
 from driftline.stream.codec import DecodeError, decode_event
-from driftline.stream.event import Event
 from driftline.stream.records import InboundRecord
 
 log = logging.getLogger(__name__)

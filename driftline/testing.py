@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from driftline.core import Event
 from driftline.learners.factory import build_learner
 from driftline.settings import Settings, load_settings
-from driftline.stream.event import Event
 from driftline.stream.replay import LabelDelay, Summary, simulate
 from driftline.stream.replay import replay as _replay
 

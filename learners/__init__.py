@@ -6,6 +6,7 @@ the implementation a model config asks for.
 
 from __future__ import annotations
 
-from driftline.learners.base import EventRejected, InputError, LabelError, Learner, Prediction
+from driftline.core import EventRejected, InputError, LabelError, Prediction
+from driftline.learners.base import Learner
 
 __all__ = ["EventRejected", "InputError", "LabelError", "Learner", "Prediction"]

@@ -23,23 +23,20 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from driftline.core import INPUT_KIND_MISMATCH, Event, InputError
 from driftline.errors import ConfigError
-from driftline.learners.base import INPUT_KIND_MISMATCH, InputError
-from driftline.stream.event import Event
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from driftline.settings import BackboneSettings
+    from driftline.learners.config import BackboneSettings
 
-log = logging.getLogger(__name__)
 
 InputKind = Literal["text", "features"]
 INVALID_FEATURES = "invalid_features"
@@ -407,26 +404,3 @@ class TorchScriptBackbone(_FeatureBackbone):
         self._probe(f"model.backbone (TorchScript {str(path)!r})")
         self.n_layers = len(self._layers() or [])
         self.fingerprint.update(sha256=_sha256(path), features=self.features, dim=self.dim)
-
-
-def _sentence_transformer(cfg: BackboneSettings) -> Backbone:
-    from driftline.learners.text_backbone import SentenceTransformerBackbone
-
-    return SentenceTransformerBackbone(cfg)
-
-
-_KINDS: dict[str, Callable[[BackboneSettings], Backbone]] = {
-    "sentence-transformers": _sentence_transformer,
-    "torch": TorchModuleBackbone,
-    "torchscript": TorchScriptBackbone,
-}
-
-
-def load_backbone(cfg: BackboneSettings, *, vector: bool = False) -> Backbone | None:
-    """The backbone a config asks for; raises ConfigError on any problem. ``identity`` gives None,
-    or with ``vector`` (a torch head needs a tensor) the named features as a vector."""
-    if cfg.kind == "identity":
-        return IdentityVectorBackbone(cfg) if vector else None
-    backbone = _KINDS[cfg.kind](cfg)
-    log.info("backbone %s loaded on %s: %d-dim embeddings", cfg.kind, backbone.device, backbone.dim)
-    return backbone

@@ -1,53 +1,22 @@
-"""The Learner protocol every model behind the service implements, and its value types."""
+"""The Learner protocol every model behind the service implements, the base its learners share, and
+helpers for labels, states and class columns."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
-from driftline.stream.event import Event, Label
-
-Task = Literal["classification", "regression"]
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """What a learner says about one event before seeing its label.
-
-    ``value`` is None when the model cannot predict yet (nothing learned).
-    ``proba`` holds class probabilities for classifiers (None for regressors).
-    """
-
-    value: Label | float | None
-    proba: Mapping[Label, float] | None = None
-
-
-class EventRejected(ValueError):
-    """An event (or its label) this learner cannot take; ``reason`` is a bounded dead-letter reason code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class LabelError(EventRejected):
-    """A label the learner cannot learn from (``invalid_label``, ``unknown_label``)."""
-
-
-class InputError(EventRejected):
-    """An input this learner cannot predict from, e.g. a text-only event for a tabular model
-    (``input_kind_mismatch``)."""
-
-
-INPUT_KIND_MISMATCH = "input_kind_mismatch"
+from driftline.core import Event, Label, LabelError, Prediction, Task
+from driftline.learners.capabilities import Capability, background_trained
 
 
 class LearnerBase:
-    """What every learner shares: the (version, updates) counters and the one-at-a-time ``*_many``."""
+    """What every learner shares: the (version, updates) counters, its declared capabilities (none by
+    default) and `spawn`."""
 
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
     _version = 1
     _updates = 0
 
@@ -66,27 +35,26 @@ class LearnerBase:
         """Another learner of this kind holding ``state``: it shares this one's frozen backbone and
         batch cache (so it costs a head, not a model), or with ``detach`` owns copies of them (for a
         learner whose backbone an adaptation changes in place)."""
-        memo: dict[int, Any] = {}
-        batch = getattr(self, "_batch", None)
-        if detach:
-            if batch is not None:  # the copy starts with an empty cache
-                memo[id(batch._events)], memo[id(batch._items)] = [], {}
-        else:
-            memo = {id(o): o for o in (getattr(self, "backbone", None), batch) if o is not None}
+        memo = self._detached_memo() if detach else {id(o): o for o in self._shared_parts()}
         clone = copy.deepcopy(self, memo)
         # a shared backbone's normalisation statistics belong to the active learner: leave them be
         clone.load_state_dict(state if detach else {k: v for k, v in state.items() if k != "norm"})
         return clone
 
+    def _shared_parts(self) -> list[object]:
+        """What a spawned learner shares with this one instead of copying (a backbone and its batch cache)."""
+        return []
+
+    def _detached_memo(self) -> dict[int, Any]:
+        """deepcopy memo entries of a detached spawn (e.g. a batch cache that starts empty)."""
+        return {}
+
     def _norm_state(self) -> dict[str, Any] | None:
         """The backbone's batch-norm statistics (adapted by ``adabn``), or None without any."""
-        backbone = getattr(self, "backbone", None)
-        return backbone.norm_state() if backbone is not None else None
+        return None
 
     def _load_norm_state(self, state: Mapping[str, Any]) -> None:
-        backbone = getattr(self, "backbone", None)
-        if backbone is not None and state.get("norm") is not None:
-            backbone.load_norm_state(state["norm"])
+        return None
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         raise NotImplementedError
@@ -97,13 +65,6 @@ class LearnerBase:
     def learn_one(self, x: Event, y: Label | float) -> None:
         raise NotImplementedError
 
-    def predict_many(self, xs: Sequence[Event]) -> list[Prediction]:
-        return [self.predict_one(x) for x in xs]
-
-    def learn_many(self, xs: Sequence[Event], ys: Sequence[Label | float]) -> None:
-        for x, y in zip(xs, ys, strict=True):
-            self.learn_one(x, y)
-
 
 @runtime_checkable
 class Learner(Protocol):
@@ -111,10 +72,15 @@ class Learner(Protocol):
 
     ``version`` is the model generation (bumped when the model is replaced: restore, swap,
     adaptation); ``updates`` counts labels learned, so (version, updates) names a model state.
+    What a learner can do beyond this protocol it declares in ``capabilities``
+    (`driftline.learners.capabilities`). The pipeline predicts and learns one event at a time in
+    stream order (test-then-train within a batch); batch work goes into `prepare_batch`, so there is no
+    batch predict/learn here (the Continual learner has its own `predict_many`, one pinned version).
     """
 
     task: Task
     name: str
+    capabilities: ClassVar[frozenset[Capability]]
 
     @property
     def version(self) -> int: ...
@@ -130,10 +96,6 @@ class Learner(Protocol):
     def predict_one(self, x: Event) -> Prediction: ...
 
     def learn_one(self, x: Event, y: Label | float) -> None: ...
-
-    def predict_many(self, xs: Sequence[Event]) -> list[Prediction]: ...
-
-    def learn_many(self, xs: Sequence[Event], ys: Sequence[Label | float]) -> None: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -203,14 +165,13 @@ def class_column(y: Label, index: dict[Label, int], classes: list[Label], fixed:
 
 
 @contextlib.contextmanager
-def offline(learner: Any) -> Iterator[None]:
+def offline(learner: Learner) -> Iterator[None]:
     """For replay and pretraining: a learner that trains in the background (Continual) trains each window
     in the calling thread as it closes, so results do not depend on timing; when the block ends normally,
     what is still pending (the last, partial window) is trained too."""
-    synchronous = getattr(learner, "set_synchronous", None)
-    if synchronous is not None:
-        synchronous(True)
+    trained = background_trained(learner)
+    if trained is not None:
+        trained.set_synchronous(True)
     yield
-    drain = getattr(learner, "drain", None)
-    if drain is not None:
-        drain()
+    if trained is not None:
+        trained.drain()

@@ -21,25 +21,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from driftline.core import Event, Label, Prediction, Task
 from driftline.errors import ConfigError
 from driftline.learners.backbones import Backbone
-from driftline.learners.base import (
-    LearnerBase,
-    Prediction,
-    Task,
-    check_fingerprint,
-    check_label_type,
-    check_state_header,
-    class_column,
-)
-from driftline.learners.embedding import PreparedBatch
+from driftline.learners.base import LearnerBase, check_fingerprint, check_label_type, check_state_header, class_column
+from driftline.learners.capabilities import Capability
+from driftline.learners.config import ModelSettings
+from driftline.learners.embedding import BackboneParts, PreparedBatch
 from driftline.learners.seeding import seeded
 from driftline.learners.strategies import build_strategy, dump_strategy, load_strategy, parse_strategy
 from driftline.learners.torch_head import RunningStandardizer, build_optimizer
 from driftline.learners.training_worker import TrainingWorker, Window
 from driftline.params import validate
-from driftline.settings import ModelSettings
-from driftline.stream.event import Event, Label
 
 STATE_KIND = "driftline.continual/1"
 
@@ -69,8 +62,10 @@ class ContinualParams(BaseModel):
     scale_warmup: int = Field(1000, ge=1)  # identity backbone: standardise with the first N labeled events
 
 
-class ContinualLearner(LearnerBase):
+class ContinualLearner(BackboneParts, LearnerBase):
     """Backbone + head trained in windows by an Avalanche strategy in a worker thread."""
+
+    capabilities = frozenset({Capability.HAS_BACKBONE, Capability.BACKGROUND_TRAINED, Capability.SELF_ADAPTING})
 
     ladder_unsupported = ("the Continual learner adapts with its Avalanche strategy; drift detectors report and "
                           "audit, but the adaptation ladder does not apply to it (leave drift.policies empty)")

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from driftline.core import Event, EventRejected
 from driftline.learners.backbones import Backbone
-from driftline.learners.base import EventRejected
+from driftline.learners.capabilities import Capability
+from driftline.learners.config import ModelSettings
 from driftline.learners.river_head import RiverLearner
-from driftline.settings import ModelSettings
-from driftline.stream.event import Event
 
 
 class PreparedBatch:
@@ -53,8 +53,31 @@ class PreparedBatch:
         return item
 
 
-class BackboneRiverLearner(RiverLearner):
+class BackboneParts:
+    """For learners with a backbone and a batch cache: spawned learners share both (or, detached, start with
+    an empty cache of their own), and the backbone's batch-norm statistics are part of the state."""
+
+    backbone: Backbone
+    _batch: PreparedBatch
+
+    def _shared_parts(self) -> list[object]:
+        return [self.backbone, self._batch]
+
+    def _detached_memo(self) -> dict[int, Any]:
+        return {id(self._batch._events): [], id(self._batch._items): {}}  # the copy starts with an empty cache
+
+    def _norm_state(self) -> dict[str, Any] | None:
+        return self.backbone.norm_state()
+
+    def _load_norm_state(self, state: Mapping[str, Any]) -> None:
+        if state.get("norm") is not None:
+            self.backbone.load_norm_state(state["norm"])
+
+
+class BackboneRiverLearner(BackboneParts, RiverLearner):
     """River head on embeddings ``{"e0": ..., "e1": ...}`` from a pretrained backbone."""
+
+    capabilities = frozenset({Capability.HAS_BACKBONE})
 
     def __init__(self, cfg: ModelSettings, backbone: Backbone) -> None:
         super().__init__(cfg)

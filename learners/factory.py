@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 from driftline.errors import ConfigError
-from driftline.learners.backbones import load_backbone
+from driftline.learners.backbone_registry import load_backbone
 from driftline.learners.base import Learner
+from driftline.learners.config import ModelSettings
 from driftline.learners.registry import CONTINUAL, TORCH_HEADS, resolve
-from driftline.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 

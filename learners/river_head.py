@@ -13,22 +13,12 @@ import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from driftline.core import INPUT_KIND_MISMATCH, Event, InputError, Label, LabelError, Prediction, Task
 from driftline.errors import ConfigError
-from driftline.learners.base import (
-    INPUT_KIND_MISMATCH,
-    InputError,
-    LabelError,
-    LearnerBase,
-    Prediction,
-    Task,
-    check_fingerprint,
-    check_label_type,
-    check_state_header,
-)
+from driftline.learners.base import LearnerBase, check_fingerprint, check_label_type, check_state_header
+from driftline.learners.config import ModelSettings
 from driftline.learners.preprocessing import FeaturePrep
 from driftline.learners.registry import CLASSIFIERS, REGRESSORS, resolve
-from driftline.settings import ModelSettings
-from driftline.stream.event import Event, Label
 
 STATE_KIND = "driftline.river/2"
 

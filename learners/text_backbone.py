@@ -7,15 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from driftline.core import INPUT_KIND_MISMATCH, Event, InputError
 from driftline.errors import ConfigError
 from driftline.learners.backbones import Backbone, InputKind, TrainableTop, _sha256
-from driftline.learners.base import INPUT_KIND_MISMATCH, InputError
-from driftline.stream.event import Event
 
 if TYPE_CHECKING:
     import torch
 
-    from driftline.settings import BackboneSettings
+    from driftline.learners.config import BackboneSettings
 
 
 def find_sentence_transformer(path: str) -> Path:

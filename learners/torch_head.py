@@ -18,21 +18,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from driftline.core import Event, Label, Prediction, Task
 from driftline.learners.backbones import Backbone
-from driftline.learners.base import (
-    LearnerBase,
-    Prediction,
-    Task,
-    check_fingerprint,
-    check_label_type,
-    check_state_header,
-    class_column,
-)
-from driftline.learners.embedding import PreparedBatch
+from driftline.learners.base import LearnerBase, check_fingerprint, check_label_type, check_state_header, class_column
+from driftline.learners.capabilities import Capability
+from driftline.learners.config import ModelSettings
+from driftline.learners.embedding import BackboneParts, PreparedBatch
 from driftline.learners.seeding import seeded
 from driftline.params import validate
-from driftline.settings import ModelSettings
-from driftline.stream.event import Event, Label
 
 STATE_KIND = "driftline.torch-head/1"
 
@@ -57,8 +50,10 @@ def parse_params(name: str, params: Mapping[str, Any]) -> TorchHeadParams:
     return validate(TorchHeadParams, params, where="model.params", name=name)
 
 
-class TorchHeadLearner(LearnerBase):
+class TorchHeadLearner(BackboneParts, LearnerBase):
     """A torch head (optionally with the backbone's top layers) learning one event at a time."""
+
+    capabilities = frozenset({Capability.HAS_BACKBONE, Capability.FINE_TUNABLE, Capability.ADVERSARIAL})
 
     mlp = False
 

@@ -15,8 +15,8 @@ import ssl
 from dataclasses import dataclass
 
 from driftline.errors import ConfigError
+from driftline.monitoring.config import HttpAuthSettings, HttpTlsSettings, MetricsSettings
 from driftline.secrecy import require_file, resolve
-from driftline.settings import HttpAuthSettings, HttpTlsSettings, MetricsSettings
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
 

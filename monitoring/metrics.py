@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from driftline import __version__
+from driftline.monitoring.collectors import GpuCollector, ModelCollector
 from driftline.monitoring.histogram import FastHistogram
 
 # Per-event latencies of in-process work: microseconds to a second.
@@ -20,7 +21,9 @@ OUTCOMES = ("consumed", "predicted", "learned", "dead_lettered")
 
 
 class ServiceMetrics:
-    """Every metric the run loop updates."""
+    """Every metric of the service. Each has one writer: the pipeline's parts (processor, observers,
+    sink, checkpointer) and the run loop push what they own; what is read at scrape time (model
+    version and updates, training backlog, GPU) is collected then (`monitoring.collectors`)."""
 
     def __init__(self, registry: CollectorRegistry, model: str, task: str) -> None:
         self.registry = registry
@@ -58,10 +61,7 @@ class ServiceMetrics:
         self.drift_detections = Counter("driftline_drift_detections",
                                         "Drift detector signals, by detector and level (warning, drift).",
                                         ["detector", "level"], registry=registry)
-        self.gpu_memory = Gauge("driftline_gpu_memory_bytes", "GPU memory allocated by the model (torch).",
-                                ["device"], registry=registry)
-        self.gpu_utilization = Gauge("driftline_gpu_utilization_ratio", "GPU utilisation (NVML), 0-1.",
-                                     ["device"], registry=registry)
+        registry.register(GpuCollector())
         self.adaptations = Counter("driftline_adaptations",
                                    "Adaptation actions (a policy of the ladder, rollback, or none when no rung "
                                    "could act), by the detector that triggered them.", ["detector", "action"],
@@ -101,10 +101,10 @@ class ServiceMetrics:
             "driftline_consumer_lag_records", "Records between the consumer position and the log end.",
             ["topic", "partition"], registry=registry,
         )
-        self.model_version = Gauge("driftline_model_version", "Model generation in use.", ["model"],
-                                   registry=registry)
-        self.model_updates = Gauge("driftline_model_updates", "Labels the model in use has learned.",
-                                   ["model"], registry=registry)
+        # model version, updates and training backlog: read from the model at scrape time (the pipeline sets
+        # the source); never pushed
+        self.model_status = ModelCollector()
+        registry.register(self.model_status)
         self.info = Info("driftline_build", "driftline version and model.", registry=registry)
         self.info.info({"version": __version__, "model": model, "task": task})
         self.last_commit = Gauge(
@@ -116,10 +116,7 @@ class ServiceMetrics:
             ["operation", "error"], registry=registry,
         )
         self.up = Gauge("driftline_up", "1 while the run loop is alive.", registry=registry)
-        # learners that train off the poll loop (Continual): windows waiting, and back-pressure
-        self.training_backlog = Gauge("driftline_training_backlog_windows",
-                                      "Windows of labeled events waiting for (or in) training.", ["model"],
-                                      registry=registry)
+        # learners that train off the poll loop (Continual): back-pressure
         self.paused = Gauge("driftline_consumer_paused",
                             "1 while the consumer's partitions are paused because training is behind.",
                             registry=registry)

@@ -1,1 +1,2 @@
-"""Stream I/O: the event schema, the JSON codec, Kafka clients, dead letters and the run loop."""
+"""Stream I/O and the pipeline: the JSON codec, Kafka clients, dead letters and audit records, the
+processor and its observers, the label join, the run loop, checkpointing and replay."""

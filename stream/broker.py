@@ -10,7 +10,6 @@ Set ``DRIFTLINE_KAFKA_BOOTSTRAP`` to use an existing cluster instead (see `boots
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import logging
 import os
@@ -18,16 +17,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from driftline.errors import BrokerError
-from driftline.stream.broker_security import SECURE_LISTENERS, BrokerSecurity
+from driftline.process import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +124,6 @@ def fetch_kafka(version: str = KAFKA_VERSION, cache_dir: Path | None = None) -> 
     return libs
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM us when the parent dies (Linux), so no broker is orphaned."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -143,6 +134,21 @@ def _port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class ListenerSecurity(Protocol):
+    """Secured listeners beside the broker's PLAINTEXT one (the test suite's `tests.broker_security`
+    generates a PKI and SASL users for SSL, SASL_SSL and SASL_PLAINTEXT listeners)."""
+
+    listeners: tuple[str, ...]  # listener (= security protocol) names, e.g. ("SSL", "SASL_SSL")
+
+    def properties(self, ports: dict[str, int]) -> list[str]:
+        """server.properties lines for the listeners in ``ports`` (name -> port)."""
+        ...
+
+    def format_args(self) -> list[str]:
+        """Extra ``kafka-storage format`` arguments (e.g. SCRAM credentials)."""
+        ...
 
 
 class LocalKafkaBroker:
@@ -157,7 +163,7 @@ class LocalKafkaBroker:
         work_dir: Path | None = None,
         heap: str = "512m",
         num_partitions: int = 1,
-        security: BrokerSecurity | None = None,
+        security: ListenerSecurity | None = None,
     ) -> None:
         self.version = version
         self.cache_dir = cache_dir
@@ -167,7 +173,7 @@ class LocalKafkaBroker:
         self.num_partitions = num_partitions
         # with `security`: SSL (mutual TLS), SASL_SSL and SASL_PLAINTEXT listeners beside PLAINTEXT
         self.security = security
-        self.secure_ports = {name: free_port() for name in SECURE_LISTENERS} if security else {}
+        self.secure_ports = {name: free_port() for name in security.listeners} if security else {}
         self._own_work_dir = work_dir is None
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="driftline-kafka-"))
         self._proc: subprocess.Popen[bytes] | None = None
@@ -182,7 +188,7 @@ class LocalKafkaBroker:
         if protocol == "PLAINTEXT":
             return self.bootstrap_servers
         if protocol not in self.secure_ports:
-            raise BrokerError(f"this broker has no {protocol} listener (start it with security=BrokerSecurity...)")
+            raise BrokerError(f"this broker has no {protocol} listener (start it with a security that has it)")
         return f"127.0.0.1:{self.secure_ports[protocol]}"
 
     @property
@@ -253,7 +259,7 @@ class LocalKafkaBroker:
             self._java(libs, "kafka.Kafka", str(props)),
             # own session: a terminal's Ctrl-C reaches us first and we stop the broker in order;
             # and if this process dies, the kernel stops the broker (PR_SET_PDEATHSIG).
-            stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+            stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
         )
         stdout.close()
         self._wait_ready(timeout)

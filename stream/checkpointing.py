@@ -20,6 +20,7 @@ from driftline.errors import ConfigError
 from driftline.learners.checkpoint import CheckpointInfo, CheckpointStore, DirectoryStore
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import CheckpointSettings
+from driftline.stream.observers import Ledger
 from driftline.stream.processor import EventProcessor
 from driftline.stream.records import InboundRecord
 
@@ -83,7 +84,8 @@ class Checkpointer:
         offsets: dict[str, dict[int, int]] = {}
         for (topic, partition), off in self.offsets.items():
             offsets.setdefault(topic, {})[partition] = off
-        info = self.store.save(self.processor.state_dict(), offsets, learned=self.processor.ledger.learned)
+        ledger = self.processor.find(Ledger)
+        info = self.store.save(self.processor.state_dict(), offsets, learned=ledger.learned if ledger else 0)
         self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
         self.metrics.checkpoints.labels(trigger).inc()
         self.metrics.checkpoint_last.set_to_current_time()

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from driftline.stream.event import Event, LabelRecord
+from driftline.core import Event, LabelRecord
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from driftline.core import Event, LabelRecord
 from driftline.stream.dedup import DedupWindow
-from driftline.stream.event import Event, LabelRecord
 from driftline.stream.records import InboundRecord
 
 TTL = "ttl"

@@ -7,7 +7,6 @@ hand is finished, flushed and committed, then the consumer leaves its group.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -27,14 +26,16 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from driftline.errors import KafkaSecurityError
 from driftline.learners.base import Learner
+from driftline.learners.capabilities import background_trained
 from driftline.monitoring.http import MetricsServer
 from driftline.monitoring.http_security import http_security
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import Settings
 from driftline.stream.checkpointing import Checkpointer
 from driftline.stream.kafka_io import ensure_topics, make_consumer, topic_partitions
+from driftline.stream.pipeline import processor_from_settings
 from driftline.stream.preflight import check_connection
-from driftline.stream.processor import BatchResult, EventProcessor
+from driftline.stream.processor import BatchResult
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import OutputSink
 from driftline.stream.writer import RecordWriter, make_writer
@@ -137,8 +138,8 @@ class Service:
         writer = make_writer(s.kafka)
         consumer = make_consumer(s.kafka)
         sink = OutputSink(writer, s.topics.predictions, s.topics.dead_letter, self.metrics)
-        processor = EventProcessor.from_settings(s, self.learner, sink, self.metrics, labels_topic=s.topics.labels,
-                                                 expired_topic=s.topics.expired, audit_topic=s.topics.audit)
+        processor = processor_from_settings(s, self.learner, sink, self.metrics, labels_topic=s.topics.labels,
+                                            expired_topic=s.topics.expired, audit_topic=s.topics.audit)
         self.processor = processor
         checkpointer = Checkpointer(s.checkpoint, processor, self.metrics)
         self.checkpointer = checkpointer
@@ -197,20 +198,16 @@ class Service:
     def _backpressure(self, consumer: KafkaConsumer) -> None:
         """Pause every assigned partition while the learner's training is behind (it keeps polling, so the
         group keeps this member; paused partitions return no records); resume when it has caught up."""
-        saturated = getattr(self.learner, "saturated", None)
-        if saturated is None:
+        trained = background_trained(self.learner)
+        if trained is None:
             return
-        name = self.learner.name
-        self.metrics.training_backlog.labels(name).set(self.learner.backlog())  # type: ignore[attr-defined]
-        # training finishes between batches: the gauge shows the newest weights even when no batch comes
-        self.metrics.model_version.labels(name).set(self.learner.latest_version)  # type: ignore[attr-defined]
-        if saturated():
+        if trained.saturated():
             unpaused = set(consumer.assignment()) - set(consumer.paused())
             if unpaused:
                 if not self._paused:
                     self.metrics.pauses.inc()
                     log.info("training is behind (%d windows waiting): pausing %d partitions",
-                             self.learner.backlog(), len(unpaused))  # type: ignore[attr-defined]
+                             trained.backlog(), len(unpaused))
                 consumer.pause(*unpaused)
                 self._paused = True
                 self.metrics.paused.set(1)
@@ -222,8 +219,8 @@ class Service:
 
     def _drain_training(self, timeout: float = 30.0) -> None:
         """On a graceful stop, let windows in training finish (what is left is in the shutdown checkpoint)."""
-        drain = getattr(self.learner, "drain", None)
-        if drain is not None and not drain(timeout):
+        trained = background_trained(self.learner)
+        if trained is not None and not trained.drain(timeout):
             log.warning("training did not finish within %.0fs; the pending windows go into the checkpoint", timeout)
 
     def _commit(self, consumer: KafkaConsumer) -> None:
@@ -251,7 +248,6 @@ class Service:
         if now - self._lag_at < self.settings.metrics.lag_interval_s:
             return
         self._lag_at = now
-        self._update_gpu()
         seen: set[tuple[str, str]] = set()
         for tp in consumer.assignment():
             hw = consumer.highwater(tp)
@@ -269,19 +265,6 @@ class Service:
             self.metrics.lag.remove(*key)
         self._lag_keys = seen
 
-    def _update_gpu(self) -> None:
-        """GPU memory (and utilisation, where NVML answers) of the devices this process uses."""
-        import sys
-
-        torch = sys.modules.get("torch")  # only a model that imported torch can be on a GPU
-        if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
-            return
-        for i in range(torch.cuda.device_count()):
-            device = f"cuda:{i}"
-            self.metrics.gpu_memory.labels(device).set(torch.cuda.memory_allocated(i))
-            with contextlib.suppress(Exception):  # no NVML (pynvml) here: memory only
-                self.metrics.gpu_utilization.labels(device).set(torch.cuda.utilization(i) / 100.0)
-
     def _close(self, consumer: KafkaConsumer, writer: RecordWriter) -> None:
         try:
             writer.close(timeout=30)
@@ -289,6 +272,6 @@ class Service:
             consumer.close(autocommit=False)
             if self.http is not None:
                 self.http.stop()
-            close = getattr(self.learner, "close", None)
-            if close is not None:
-                close()
+            trained = background_trained(self.learner)
+            if trained is not None:
+                trained.close()

@@ -24,13 +24,17 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
+from driftline.adapters.detectors import Detection
+from driftline.core import Event
 from driftline.errors import ConfigError
 from driftline.learners.base import Learner, offline
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.progress import progress_bar
 from driftline.settings import Settings
-from driftline.stream.event import Event
-from driftline.stream.processor import EventProcessor
+from driftline.stream.label_stage import LabelStage
+from driftline.stream.observers import NO_DETECTIONS, Adaptation, DetectionLog, Ledger, Observer, Predicted, Quality
+from driftline.stream.pipeline import processor_from_settings
+from driftline.stream.processor import EventProcessor, ObserverT
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import REASON_HEADER, OutputSink
 from driftline.stream.writer import FlushResult
@@ -77,23 +81,15 @@ DEAD_LETTER_TOPIC = "replay.dead-letter"
 
 
 class CollectingWriter:
-    """A RecordWriter that keeps what a replay reports of its outputs (replays do not write to Kafka):
-    each prediction's latency, the dead letters by reason, and with ``keep_predictions`` each
-    prediction's value in order (for benchmarks that score every event)."""
+    """A RecordWriter that keeps what a replay reports of its outputs (replays do not write to Kafka): the
+    dead letters by reason."""
 
-    def __init__(self, *, keep_predictions: bool = False) -> None:
-        self.predict_ms: list[float] = []
+    def __init__(self) -> None:
         self.dead: Counter[str] = Counter()
-        self.predictions: list[Any] | None = [] if keep_predictions else None
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
              headers: Sequence[tuple[str, bytes]] | None = None) -> None:
-        if topic == PREDICTIONS_TOPIC:
-            body = orjson.loads(value or b"{}")
-            self.predict_ms.append(float(body.get("latency_ms", 0.0)))
-            if self.predictions is not None:
-                self.predictions.append(body.get("prediction"))
-        elif topic == DEAD_LETTER_TOPIC:
+        if topic == DEAD_LETTER_TOPIC:
             self.dead[dict(headers or ()).get(REASON_HEADER, b"?").decode()] += 1
 
     def flush(self, timeout: float | None = None) -> FlushResult:
@@ -104,6 +100,21 @@ class CollectingWriter:
 
     def close(self, timeout: float = 30.0) -> None:
         pass
+
+
+class PredictionLog(Observer):
+    """Each prediction's latency (ms) in order and, with ``keep_values``, its value (for benchmarks that
+    score every event)."""
+
+    def __init__(self, *, keep_values: bool = False) -> None:
+        self.latencies_ms: list[float] = []
+        self.values: list[Any] | None = [] if keep_values else None
+
+    def on_predicted(self, p: Predicted) -> Iterable[Detection]:
+        self.latencies_ms.append(p.latency_s * 1000.0)
+        if self.values is not None:
+            self.values.append(p.prediction.value)
+        return NO_DETECTIONS
 
 
 @dataclass
@@ -209,10 +220,11 @@ def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord
     ``label_delays``: the delays `simulate` drew (its ``delays_out``); read once the records are consumed.
     """
     writer = CollectingWriter()
-    registry = CollectorRegistry()
-    metrics = ServiceMetrics(registry, model=learner.name, task=learner.task)
+    metrics = ServiceMetrics(CollectorRegistry(), model=learner.name, task=learner.task)
     sink = OutputSink(writer, PREDICTIONS_TOPIC, DEAD_LETTER_TOPIC, metrics)
-    processor = EventProcessor.from_settings(settings, learner, sink, metrics, labels_topic=LABELS_TOPIC)
+    log = PredictionLog()
+    processor = processor_from_settings(settings, learner, sink, metrics, labels_topic=LABELS_TOPIC, extra=[log])
+    quality, ledger = _required(processor, Quality), _required(processor, Ledger)
     summary = Summary(model=learner.name, label_delay=_describe(label_delay), seed=seed)
     bar = progress_bar(total, desc="replay", unit="rec", show=progress)
     t0 = time.perf_counter()
@@ -228,45 +240,45 @@ def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord
                     time.sleep(wait)
             processor.process(batch)
             summary.events += sum(1 for r in batch if r.topic != LABELS_TOPIC)
-            if processor.tracker.n:
-                summary.rolling.append((processor.ledger.learned, float(processor.tracker.rolling)))
+            if quality.tracker.n:
+                summary.rolling.append((ledger.learned, float(quality.tracker.rolling)))
             bar.update(len(batch))
         bar.close()
     summary.wall_s = time.perf_counter() - t0
     summary.events_per_s = summary.events / summary.wall_s if summary.wall_s > 0 else 0.0
-    _finish(summary, processor, writer, registry)
+    _finish(summary, processor, writer, log)
     summary.label_delays_s = list(label_delays)
     return summary
 
 
-def _finish(summary: Summary, processor: EventProcessor, writer: CollectingWriter,
-            registry: CollectorRegistry) -> None:
-    t = processor.tracker
+def _required(processor: EventProcessor, kind: type[ObserverT]) -> ObserverT:
+    found = processor.find(kind)
+    assert found is not None, f"the pipeline always has a {kind.__name__}"
+    return found
+
+
+def _finish(summary: Summary, processor: EventProcessor, writer: CollectingWriter, log: PredictionLog) -> None:
+    t, ledger = _required(processor, Quality).tracker, _required(processor, Ledger)
     summary.metric = t.metric
     summary.cumulative = t.cumulative if t.n else None
     summary.final_rolling = t.rolling if t.n else None
-    summary.predicted = processor.predicted_total
-    summary.learned = processor.ledger.learned
+    summary.predicted = ledger.predicted
+    summary.learned = ledger.learned
     summary.dead_lettered = dict(sorted(writer.dead.items()))
-    summary.labels_expired = int(sum(v for k, v in _samples(registry, "driftline_labels_expired_total")))
+    labels = processor.find(LabelStage)
+    summary.labels_expired = labels.expired if labels is not None else 0
     summary.model_version = processor.learner.version
     summary.model_updates = processor.learner.updates
-    summary.ledger_digest = f"{processor.ledger.learned}:{processor.ledger.digest:016x}"
-    summary.detections = [(d.labeled, d.detector, d.level) for d in processor.detections]
-    if processor.adapter is not None:
-        summary.adaptations = [(a.labeled, a.action, a.detector) for a in processor.adapter.actions]
-    summary.predict_ms = writer.predict_ms
+    summary.ledger_digest = f"{ledger.learned}:{ledger.digest:016x}"
+    summary.detections = [(d.labeled, d.detector, d.level) for d in _required(processor, DetectionLog).latest]
+    adaptation = processor.find(Adaptation)
+    if adaptation is not None:
+        summary.adaptations = [(a.labeled, a.action, a.detector) for a in adaptation.adapter.actions]
+    summary.predict_ms = log.latencies_ms
     if summary.predict_ms:
         ordered = sorted(summary.predict_ms)
         summary.predict_ms_p50 = ordered[len(ordered) // 2]
         summary.predict_ms_p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-
-
-def _samples(registry: CollectorRegistry, name: str) -> Iterator[tuple[str, float]]:
-    for fam in registry.collect():
-        for s in fam.samples:
-            if s.name == name:
-                yield str(s.labels), float(s.value)
 
 
 def _describe(d: LabelDelay) -> str:

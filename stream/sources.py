@@ -2,7 +2,7 @@
 generators (with an optional abrupt drift point), and JSONL/CSV files.
 
 Each source yields plain event dicts (``{"id", "features", "label", ...}``) that validate as
-`driftline.stream.event.Event`.
+`driftline.core.Event`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from driftline.core import Event
 from driftline.errors import ConfigError
 from driftline.params import construct
-from driftline.stream.event import Event
 
 EventDict = dict[str, Any]
 

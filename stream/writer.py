@@ -97,9 +97,9 @@ def _worker(conn: Connection, cfg: KafkaSettings, client_suffix: str) -> None:
     """Child process: own the producer, execute chunks and flush requests from the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     with contextlib.suppress(Exception):
-        from driftline.stream.broker import _die_with_parent
+        from driftline.process import die_with_parent
 
-        _die_with_parent()
+        die_with_parent()
     from driftline import secrecy
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s [writer]: %(message)s")

@@ -9,6 +9,9 @@ import pytest
 
 from driftline.stream.broker import LocalKafkaBroker, bootstrap_from_env
 
+# a policy registered by the tests only (one class, one registry line): settings and the contract suite see it
+from tests.contract import toy_policy  # noqa: F401
+
 
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[LocalKafkaBroker | None]:

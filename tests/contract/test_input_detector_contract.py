@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from driftline.adapters.input_drift import InputDriftMonitor, input_monitor_from
+from driftline.core import Event
 from driftline.errors import ConfigError
 from driftline.learners.factory import build_learner
 from driftline.settings import InputDriftSettings, ModelSettings
-from driftline.stream.event import Event
 from tests.tiny_models import save_encoder
 
 BOUND = 750  # events after the shift (window 500, stride 250: the first test whose window is mostly shifted)

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 
+from driftline.core import INPUT_KIND_MISMATCH, Event, InputError, LabelError, Prediction
 from driftline.learners.backbones import INVALID_FEATURES
-from driftline.learners.base import INPUT_KIND_MISMATCH, InputError, LabelError, Learner, Prediction
+from driftline.learners.base import Learner
+from driftline.learners.capabilities import PROTOCOLS, Capability, background_trained, has_backbone
 from driftline.learners.factory import build_learner
 from driftline.learners.registry import CLASSIFIERS, CONTINUAL, REGRESSORS, TORCH_HEADS
 from driftline.settings import ModelSettings
-from driftline.stream.event import Event
 from driftline.stream.sources import from_generator
 from tests.tiny_models import AGRAWAL_NUMERIC, save_encoder, save_script, torch_backbone
 
@@ -108,6 +109,19 @@ def test_implements_the_protocol(case: Case) -> None:
     assert isinstance(learner, Learner)
     assert learner.task == case[0] and learner.name == case[1]
     assert learner.version == 1 and learner.updates == 0
+
+
+def test_declares_exactly_the_capabilities_it_implements(case: Case) -> None:
+    """What the pipeline asks of a learner beyond the protocol comes from its class's declaration: every
+    declared capability is implemented, and nothing implemented goes undeclared."""
+    learner = _make(case)
+    declared = type(learner).capabilities
+    for cap, proto in PROTOCOLS.items():
+        implemented = isinstance(learner, proto)
+        assert (cap in declared) == implemented, \
+            f"{type(learner).__name__}: {cap.value} declared={cap in declared}, implemented={implemented}"
+    assert (background_trained(learner) is not None) == (Capability.BACKGROUND_TRAINED in declared)
+    assert (has_backbone(learner) is not None) == (Capability.HAS_BACKBONE in declared)
 
 
 def test_predicts_before_any_learning(case: Case) -> None:

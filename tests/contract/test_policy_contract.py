@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,13 @@ from prometheus_client import CollectorRegistry
 
 from driftline.adapters.adaptation import Adapter
 from driftline.adapters.detectors import DRIFT, WARNING, Detection
+from driftline.adapters.policies import POLICIES
+from driftline.core import Event
 from driftline.errors import ConfigError
 from driftline.learners.base import Learner
 from driftline.learners.factory import build_learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import DriftSettings, ModelSettings
-from driftline.stream.event import Event
 from tests.tiny_models import save_bn_encoder
 
 SHIFT = 3.0
@@ -43,9 +45,8 @@ def stream(concept: str, n: int, seed: int, start: int = 0) -> Iterator[Event]:
 
 
 @pytest.fixture(scope="module")
-def bn_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = torch.tensor([[e.features["x0"], e.features["x1"]] for e in stream("A", 2000, 99)], dtype=torch.float32)
-    return save_bn_encoder(tmp_path_factory.mktemp("bn"), 2, 8, fit_on=src)
+def bn_path() -> Path:
+    return _bn_for_cases()
 
 
 def river(_: Path) -> ModelSettings:
@@ -64,10 +65,31 @@ def torch_plain(_: Path) -> ModelSettings:
 
 
 LEARNERS = {"river": river, "torch_mlp": torch_mlp, "torch_plain": torch_plain}
-CASES = [("background", "river"), ("background", "torch_mlp"), ("reset", "river"), ("reset", "torch_mlp"),
-         ("replay_burst", "river"), ("replay_burst", "torch_plain"), ("adabn", "torch_mlp"),
-         ("adversarial", "torch_mlp")]
-LABEL_FREE = {"adabn", "adversarial"}
+LABEL_FREE = {name for name, cls in POLICIES.items() if not cls.needs_labels}
+
+
+def _accepts(policy: str, kind: str) -> bool:
+    """Whether ``policy`` accepts this learner kind (its start-up check), building the learner to ask it."""
+    cfg = LEARNERS[kind](_bn_for_cases())
+    try:
+        POLICIES[policy]({}, "drift.policies[0]").check(build_learner(cfg))
+    except ConfigError:
+        return False
+    return True
+
+
+def _bn_for_cases() -> Path:
+    global _BN
+    if _BN is None:
+        src = torch.tensor([[e.features["x0"], e.features["x1"]] for e in stream("A", 2000, 99)], dtype=torch.float32)
+        _BN = save_bn_encoder(Path(tempfile.mkdtemp(prefix="driftline-policy-contract-")), 2, 8, fit_on=src)
+    return _BN
+
+
+_BN: Path | None = None
+# every registered policy (a policy registered in a test included), on every learner kind it accepts
+CASES = [(p, k) for p in POLICIES for k in LEARNERS if _accepts(p, k)]
+REFUSED = [(p, k) for p in POLICIES for k in LEARNERS if (p, k) not in CASES]
 
 
 class Harness:
@@ -233,6 +255,17 @@ def test_adversarial_aligns_the_domains_for_the_discriminator(bn_path: Path) -> 
     assert d["source"] >= 100 and d["target"] >= 100 and d["steps"] > 0
     assert d["domain_accuracy"] <= d["domain_accuracy_first_epoch"] + 0.05
     assert any(not torch.equal(a, b) for a, b in zip(head_before, learner.head.parameters(), strict=True))  # type: ignore[attr-defined]
+
+
+def test_every_registered_policy_runs_on_some_learner() -> None:
+    assert {p for p, _ in CASES} == set(POLICIES)
+
+
+@pytest.mark.parametrize(("policy", "kind"), REFUSED)
+def test_a_learner_a_policy_cannot_adapt_is_refused_at_start_up(policy: str, kind: str, bn_path: Path) -> None:
+    on = "input" if policy in LABEL_FREE else "error"
+    with pytest.raises(ConfigError, match=rf"drift.policies\[0\] \({policy}\): "):
+        Harness(build_learner(LEARNERS[kind](bn_path)), [{"name": policy, "on": on}])
 
 
 @pytest.mark.parametrize(("policy", "kind", "message"), [

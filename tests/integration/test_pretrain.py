@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from driftline.core import Event
 from driftline.learners.checkpoint import read_model_file
 from driftline.learners.factory import build_learner
 from driftline.settings import ModelSettings
-from driftline.stream.event import Event
 from driftline.stream.sources import from_generator
 from tests.helpers import ServiceProcess, produce_events, read_topic, wait_for, write_config
 from tests.integration.test_cli import _cli

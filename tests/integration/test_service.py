@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from driftline.core import Event
 from driftline.learners.factory import build_learner
 from driftline.settings import KafkaSettings, ModelSettings
-from driftline.stream.event import Event
 from driftline.stream.kafka_io import ensure_topics
 from driftline.stream.sources import from_generator
 from tests.helpers import (

@@ -90,7 +90,8 @@ def test_processor_wires_input_detection_and_the_ladder_with_audit_records() -> 
 
     from driftline.monitoring.metrics import ServiceMetrics
     from driftline.settings import Settings
-    from driftline.stream.processor import EventProcessor
+    from driftline.stream.observers import InputDrift
+    from driftline.stream.pipeline import processor_from_settings
     from driftline.stream.records import InboundRecord
     from driftline.stream.sink import OutputSink
     from tests.unit.test_property_bad_input import MemoryWriter
@@ -100,7 +101,7 @@ def test_processor_wires_input_detection_and_the_ladder_with_audit_records() -> 
     learner = build_learner(s.model)
     writer, registry = MemoryWriter(), CollectorRegistry()
     metrics = ServiceMetrics(registry, model=learner.name, task=learner.task)
-    proc = EventProcessor.from_settings(s, learner, OutputSink(writer, "p", "d", metrics), metrics, labels_topic=None,
+    proc = processor_from_settings(s, learner, OutputSink(writer, "p", "d", metrics), metrics, labels_topic=None,
                                         audit_topic="audit")
     stream = list(itertools.chain(contract_stream("A", 2000, 1), contract_stream("C", 1000, 2, start=2000)))
     for i in range(0, len(stream), 100):
@@ -114,7 +115,8 @@ def test_processor_wires_input_detection_and_the_ladder_with_audit_records() -> 
     # reset learns from labels: it does not act on an input detection, and says so
     assert [r["action"] for r in audit if r["type"] == "adaptation"] == ["none"]
     assert registry.get_sample_value("driftline_drift_detections_total", {"detector": "KS", "level": "drift"}) == 1
-    restored = EventProcessor.from_settings(s, build_learner(s.model), OutputSink(MemoryWriter(), "p", "d", metrics),
+    restored = processor_from_settings(s, build_learner(s.model), OutputSink(MemoryWriter(), "p", "d", metrics),
                                             metrics, labels_topic=None)
     restored.load_state_dict(proc.state_dict())
-    assert restored.input_drift is not None and restored.input_drift.seen == 3000
+    restored_input = restored.find(InputDrift)
+    assert restored_input is not None and restored_input.monitor.seen == 3000

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import torch
 
+from driftline.core import INPUT_KIND_MISMATCH, Event, InputError
 from driftline.errors import ConfigError
-from driftline.learners.backbones import INVALID_FEATURES, load_backbone
-from driftline.learners.base import INPUT_KIND_MISMATCH, InputError
+from driftline.learners.backbone_registry import load_backbone
+from driftline.learners.backbones import INVALID_FEATURES
 from driftline.learners.factory import build_learner
 from driftline.learners.torch_head import TorchHeadLearner
 from driftline.settings import BackboneSettings, ModelSettings
-from driftline.stream.event import Event
 from tests.tiny_models import AGRAWAL_NUMERIC, TinyEncoder, save_encoder, save_script, tiny_stack, torch_backbone
 
 TEXTS = ["the goalie made thirty saves in the hockey game", "my graphics card renders polygons slowly",
@@ -207,7 +207,7 @@ def test_torch_head_grows_with_new_classes_and_enforces_max_classes() -> None:
         learner.learn_one(ev, y)
     pred = learner.predict_one(ev)
     assert set(pred.proba or {}) == {"a", "b", "c"}
-    from driftline.learners.base import LabelError
+    from driftline.core import LabelError
 
     with pytest.raises(LabelError) as info:
         learner.learn_one(ev, "d")

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
+from driftline.core import Event
 from driftline.errors import ConfigError
 from driftline.learners.continual import ContinualLearner
 from driftline.learners.factory import build_learner
 from driftline.learners.strategies import STRATEGIES
 from driftline.learners.training_worker import TrainingError, TrainingWorker, Window
 from driftline.settings import ModelSettings
-from driftline.stream.event import Event
 from driftline.stream.sources import from_generator
 from tests.tiny_models import AGRAWAL_NUMERIC, save_stack
 
@@ -280,7 +280,7 @@ def test_classes_grow_and_a_fixed_class_set_is_enforced() -> None:
     assert set(learner.predict_one(events[0]).proba or {}) == {"ham", "spam", "phish"}
     fixed = build_learner(ModelSettings(name="Continual", backbone=FEATURES, classes=[0, 1],
                                         params={"synchronous": True}))
-    from driftline.learners.base import LabelError
+    from driftline.core import LabelError
 
     with pytest.raises(LabelError) as err:
         fixed.learn_one(events[0], 2)

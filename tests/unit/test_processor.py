@@ -9,9 +9,12 @@ from driftline.learners.factory import build_learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import ModelSettings
 from driftline.stream.dedup import DedupWindow
+from driftline.stream.observers import Labeled, Observer, Predicted, Quality
+from driftline.stream.pipeline import build_processor
 from driftline.stream.processor import EventProcessor
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import REASON_HEADER, OutputSink
+from tests.helpers import observer
 from tests.tiny_models import save_encoder, torch_backbone
 from tests.unit.test_property_bad_input import MemoryWriter
 
@@ -39,7 +42,7 @@ def _processor(window: int) -> tuple[EventProcessor, MemoryWriter, CollectorRegi
     learner = build_learner(ModelSettings(name="GaussianNB"))
     metrics = ServiceMetrics(reg, model=learner.name, task=learner.task)
     sink = OutputSink(writer, "pred", "dlq", metrics)
-    return EventProcessor(learner, sink, metrics, rolling_window=10, max_payload_bytes=10_000,
+    return build_processor(learner, sink, metrics, rolling_window=10, max_payload_bytes=10_000,
                           dedup_window=window), writer, reg
 
 
@@ -86,7 +89,7 @@ def _text_processor(tmp_path: Path) -> tuple[EventProcessor, MemoryWriter, Colle
     learner = build_learner(ModelSettings(name="GaussianNB", backbone=backbone))  # type: ignore[arg-type]
     metrics = ServiceMetrics(reg, model=learner.name, task=learner.task)
     sink = OutputSink(writer, "pred", "dlq", metrics)
-    return EventProcessor(learner, sink, metrics, rolling_window=10, max_payload_bytes=10_000), writer, reg
+    return build_processor(learner, sink, metrics, rolling_window=10, max_payload_bytes=10_000), writer, reg
 
 
 def test_backbone_runs_once_per_batch_and_rejects_events_it_cannot_read(tmp_path: Path) -> None:
@@ -116,4 +119,51 @@ def test_a_failing_batch_preparation_falls_back_to_one_event_at_a_time(tmp_path:
     res = proc.process(recs)
     assert (res.predicted, res.learned, res.dead_lettered) == (20, 20, 0)
     reference.process(recs)
-    assert proc.tracker.state_dict() == reference.tracker.state_dict()
+    assert observer(proc, Quality).tracker.state_dict() == observer(reference, Quality).tracker.state_dict()
+
+
+class Counting(Observer):
+    """An observer a test adds: one more item in the pipeline's list, nothing else."""
+
+    key = "counting"
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {"predicted": 0, "learned": 0, "batches": 0}
+
+    def on_predicted(self, p: Predicted) -> tuple[()]:
+        self.seen["predicted"] += 1
+        return ()
+
+    def on_learned(self, item: Labeled) -> tuple[()]:
+        self.seen["learned"] += 1
+        return ()
+
+    def on_batch_end(self) -> None:
+        self.seen["batches"] += 1
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self.seen)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seen = dict(state)
+
+
+def _with(extra: Observer) -> EventProcessor:
+    learner = build_learner(ModelSettings(name="GaussianNB"))
+    metrics = ServiceMetrics(CollectorRegistry(), model=learner.name, task=learner.task)
+    return build_processor(learner, OutputSink(MemoryWriter(), "pred", "dlq", metrics), metrics, rolling_window=10,
+                           max_payload_bytes=10_000, extra=[extra])
+
+
+def test_an_added_observer_sees_every_hook_and_is_checkpointed_under_its_key() -> None:
+    counting = Counting()
+    proc = _with(counting)
+    bad = InboundRecord("in", 0, 99, 0, None, b"{not json")
+    res = proc.process([*(_rec(i, f"e{i}") for i in range(5)), bad])
+    assert (res.predicted, res.learned, res.dead_lettered) == (5, 5, 1)
+    assert counting.seen == {"predicted": 5, "learned": 5, "batches": 1}
+    state = proc.state_dict()
+    assert state["counting"] == counting.seen
+    restored = Counting()
+    _with(restored).load_state_dict(state)
+    assert restored.seen == counting.seen

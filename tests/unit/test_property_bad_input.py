@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from driftline.learners.factory import build_learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import ModelSettings
+from driftline.stream.pipeline import build_processor
 from driftline.stream.processor import EventProcessor
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import REASON_HEADER, OutputSink
@@ -74,7 +75,7 @@ def _make() -> tuple[EventProcessor, MemoryWriter]:
     learner = build_learner(ModelSettings(name="GaussianNB"))
     metrics = ServiceMetrics(reg, model=learner.name, task=learner.task)
     sink = OutputSink(writer, "pred", "dlq", metrics)
-    return EventProcessor(learner, sink, metrics, rolling_window=50, max_payload_bytes=150), writer
+    return build_processor(learner, sink, metrics, rolling_window=50, max_payload_bytes=150), writer
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -121,7 +122,7 @@ def test_every_label_record_is_joined_or_dead_lettered(items: list[tuple[str, by
     writer, reg = MemoryWriter(), CollectorRegistry()
     learner = build_learner(ModelSettings(name="GaussianNB", classes=[0, 1]))
     metrics = ServiceMetrics(reg, model=learner.name, task=learner.task)
-    proc = EventProcessor(learner, OutputSink(writer, "pred", "dlq", metrics), metrics, rolling_window=50,
+    proc = build_processor(learner, OutputSink(writer, "pred", "dlq", metrics), metrics, rolling_window=50,
                           max_payload_bytes=150, join=LabelJoin(10_000, 3), labels_topic="labels")
     records = [InboundRecord(topic, 0, i, i * 100, None, v) for i, (topic, v) in enumerate(items)]
     size = max(1, len(records) // batches)
@@ -129,7 +130,7 @@ def test_every_label_record_is_joined_or_dead_lettered(items: list[tuple[str, by
         proc.process(records[i:i + size])
     clock = InboundRecord("in", 0, len(records), 10**9, None, b'{"id": "clock", "features": {"x": 1.0}}')
     proc.process([clock])  # event time far past the TTL: everything still waiting expires
-    assert proc.join is not None and not proc.join.early
+    assert proc.labels is not None and not proc.labels.join.early
     label_offsets = {str(r.offset).encode() for r in records if r.topic == "labels"}
     dead_labels = [h for t, _, _, h in writer.records
                    if t == "dlq" and h["driftline.source.topic"] == b"labels"]

@@ -100,3 +100,14 @@ def test_shipped_example_config_lists_every_setting() -> None:
         return out
 
     assert missing(Settings, example, "") == []
+
+
+def test_a_policy_registered_elsewhere_is_validated_from_the_registry() -> None:
+    """tests/contract/toy_policy.py registers "nudge" (imported by conftest); settings know it with no edit."""
+    from driftline.settings import DriftSettings
+
+    assert DriftSettings(policies=[{"name": "nudge", "params": {"passes": 2}}]).policies[0].name == "nudge"
+    with pytest.raises(ValueError, match="nudge learns from labels and cannot act on input detections"):
+        DriftSettings(policies=[{"name": "nudge", "on": "input"}])
+    with pytest.raises(ValueError, match=r"unknown policy 'nudgy'; valid: background, .*nudge"):
+        DriftSettings(policies=[{"name": "nudgy"}])

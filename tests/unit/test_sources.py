@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from river.datasets import synth
 
+from driftline.core import Event
 from driftline.errors import ConfigError
-from driftline.stream.event import Event
 from driftline.stream.sources import bundled_datasets, from_dataset, from_file, from_generator
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from river.datasets import synth
 
+from driftline.core import Event
 from driftline.learners.factory import build_learner
 from driftline.learners.windowed import WindowedTreeClassifier
 from driftline.settings import ModelSettings
-from driftline.stream.event import Event
 
 
 def _agrawal(function: int, seed: int, n: int) -> list[tuple[dict[str, Any], int]]:

@@ -1,4 +1,5 @@
-"""The event schema: what a producer writes to the input topic, validated by pydantic.
+"""driftline's core types: the event schema, labels, predictions and the errors a learner raises for
+one event. This module imports nothing of driftline's; every other layer may import it.
 
 An event is a JSON object::
 
@@ -12,8 +13,10 @@ An event is a JSON object::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -28,6 +31,7 @@ from pydantic import (
 
 Label = StrictBool | StrictInt | StrictStr
 FeatureValue = StrictInt | StrictFloat | StrictStr
+Task = Literal["classification", "regression"]
 
 MAX_ID_LENGTH = 256
 
@@ -59,3 +63,35 @@ class LabelRecord(BaseModel):
     id: Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH)]
     label: Label | StrictFloat
     timestamp: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """What a learner says about one event before seeing its label.
+
+    ``value`` is None when the model cannot predict yet (nothing learned).
+    ``proba`` holds class probabilities for classifiers (None for regressors).
+    """
+
+    value: Label | float | None
+    proba: Mapping[Label, float] | None = None
+
+
+class EventRejected(ValueError):
+    """An event (or its label) a learner cannot take; ``reason`` is a bounded dead-letter reason code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class LabelError(EventRejected):
+    """A label the learner cannot learn from (``invalid_label``, ``unknown_label``)."""
+
+
+class InputError(EventRejected):
+    """An input this learner cannot predict from, e.g. a text-only event for a tabular model
+    (``input_kind_mismatch``)."""
+
+
+INPUT_KIND_MISMATCH = "input_kind_mismatch"

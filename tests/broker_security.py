@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from driftline.stream.pki import Pki, make_pki
+from tests.pki import Pki, make_pki
 
 MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN", "OAUTHBEARER")
 SECURE_LISTENERS = ("SSL", "SASL_SSL", "SASL_PLAINTEXT")
@@ -37,6 +37,7 @@ class BrokerSecurity:
 
     pki: Pki
     users: dict[str, str] = field(default_factory=_user)
+    listeners: tuple[str, ...] = SECURE_LISTENERS
 
     @classmethod
     def generate(cls, directory: Path | None = None) -> BrokerSecurity:

@@ -1,0 +1,113 @@
+"""What a learner can do beyond the `Learner` protocol, declared by its class.
+
+A learner class lists its capabilities in ``capabilities`` (a frozenset of `Capability`); the pipeline
+asks through the accessors below and gets the learner typed as that capability's protocol, or None.
+Nothing probes a learner's attributes: a capability exists because the class declares it, and the
+contract suite checks that every learner implements exactly what it declares.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
+
+from driftline.core import Event, Label
+
+if TYPE_CHECKING:
+    from driftline.learners.backbones import Backbone
+    from driftline.learners.base import Learner
+
+
+class Capability(enum.Enum):
+    BACKGROUND_TRAINED = "background_trained"
+    HAS_BACKBONE = "has_backbone"
+    FINE_TUNABLE = "fine_tunable"
+    ADVERSARIAL = "adversarially_adaptable"
+    SELF_ADAPTING = "self_adapting"
+
+
+@runtime_checkable
+class BackgroundTrained(Protocol):
+    """Trains off the poll loop (the Continual learner): the run loop applies back-pressure while it is
+    saturated, drains it on a graceful stop and closes it; replay and pretraining make it synchronous."""
+
+    @property
+    def latest_version(self) -> int:
+        """The newest published model version (the next batch predicts with it)."""
+        ...
+
+    def saturated(self) -> bool: ...
+
+    def backlog(self) -> int: ...
+
+    def drain(self, timeout: float | None = None) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def set_synchronous(self, on: bool = True) -> None: ...
+
+
+@runtime_checkable
+class HasBackbone(Protocol):
+    """A pretrained backbone in front of the head: batch-norm re-estimation (adabn), input drift on
+    embeddings (mmd)."""
+
+    backbone: Backbone
+
+    def embedding(self, x: Event) -> list[float]: ...
+
+
+@runtime_checkable
+class FineTunable(Protocol):
+    """Mini-batch steps over the head and the unfrozen backbone layers (replay_burst)."""
+
+    def fine_tune(self, xs: Sequence[Event], ys: Sequence[Label | float], *, batch_size: int = 32) -> None: ...
+
+
+@runtime_checkable
+class AdversariallyAdaptable(Protocol):
+    """Domain-adversarial training of the head's representation (the adversarial policy)."""
+
+    def adversarial_unsupported(self) -> str | None:
+        """Why this configuration cannot be adapted adversarially (None: it can)."""
+        ...
+
+    def adapt_adversarial(self, source: Sequence[tuple[Event, Label | float]], target: Sequence[Event], *,
+                          epochs: int, lr: float, weight: float, batch_size: int, seed: int) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class SelfAdapting(Protocol):
+    """Adapts by its own means (the Continual learner's strategy): the adaptation ladder does not apply."""
+
+    ladder_unsupported: str
+
+
+PROTOCOLS: dict[Capability, type] = {
+    Capability.BACKGROUND_TRAINED: BackgroundTrained,
+    Capability.HAS_BACKBONE: HasBackbone,
+    Capability.FINE_TUNABLE: FineTunable,
+    Capability.ADVERSARIAL: AdversariallyAdaptable,
+    Capability.SELF_ADAPTING: SelfAdapting,
+}
+
+
+def background_trained(learner: Learner) -> BackgroundTrained | None:
+    return cast(BackgroundTrained, learner) if Capability.BACKGROUND_TRAINED in learner.capabilities else None
+
+
+def has_backbone(learner: Learner) -> HasBackbone | None:
+    return cast(HasBackbone, learner) if Capability.HAS_BACKBONE in learner.capabilities else None
+
+
+def fine_tunable(learner: Learner) -> FineTunable | None:
+    return cast(FineTunable, learner) if Capability.FINE_TUNABLE in learner.capabilities else None
+
+
+def adversarially_adaptable(learner: Learner) -> AdversariallyAdaptable | None:
+    return cast(AdversariallyAdaptable, learner) if Capability.ADVERSARIAL in learner.capabilities else None
+
+
+def self_adapting(learner: Learner) -> SelfAdapting | None:
+    return cast(SelfAdapting, learner) if Capability.SELF_ADAPTING in learner.capabilities else None

@@ -1,0 +1,67 @@
+"""The first pass over a consumed batch: every record becomes an `Event` or a `LabelRecord`, or goes
+to the dead-letter topic with the reason decoding gave (or ``duplicate_id`` for an event id seen
+within the dedup window). It also lists the events the learner prepares at once: this batch's events
+and the waiting events that this batch's labels complete."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from driftline.core import Event, LabelRecord
+from driftline.stream.audit import DeadLetters
+from driftline.stream.codec import DecodeError, decode_event, decode_label
+from driftline.stream.dedup import DedupWindow
+from driftline.stream.label_stage import LabelStage
+from driftline.stream.records import InboundRecord
+
+DUPLICATE_ID = "duplicate_id"
+
+Routed = list[tuple[InboundRecord, Event | LabelRecord]]
+
+
+class Router:
+    key = "dedup"  # the dedup window is checkpointed with the model
+
+    def __init__(self, max_payload_bytes: int, dead: DeadLetters, *, dedup: DedupWindow | None = None,
+                 labels: LabelStage | None = None) -> None:
+        self.max_bytes = max_payload_bytes
+        self.dead = dead
+        self.dedup = dedup
+        self.labels = labels
+
+    def route(self, records: Sequence[InboundRecord]) -> tuple[Routed, list[Event]]:
+        """The decoded items in stream order, and the events to prepare."""
+        items: Routed = []
+        prepare: list[Event] = []
+        dedup, labels, reject, max_bytes = self.dedup, self.labels, self.dead.reject, self.max_bytes
+        for rec in records:
+            if labels is not None and labels.observe(rec):
+                try:
+                    lab = decode_label(rec.value, max_bytes=max_bytes)
+                except DecodeError as exc:
+                    reject(rec, exc.reason, str(exc))
+                    continue
+                items.append((rec, lab))
+                waiting = labels.waiting_event(lab)
+                if waiting is not None:
+                    prepare.append(waiting)  # embedded with the batch, learned when its label is reached
+                continue
+            try:
+                event = decode_event(rec.value, max_bytes=max_bytes)
+            except DecodeError as exc:
+                reject(rec, exc.reason, str(exc))
+                continue
+            if dedup is not None and dedup.seen(event.id):
+                reject(rec, DUPLICATE_ID, f"event id {event.id!r} was already seen within the last {dedup.size} events")
+                continue
+            items.append((rec, event))
+            prepare.append(event)
+        return items, prepare
+
+    def state_dict(self) -> Any:
+        return self.dedup.state_dict() if self.dedup is not None else None
+
+    def load_state_dict(self, state: Any) -> None:
+        if self.dedup is not None:
+            self.dedup.load_state_dict(state)
