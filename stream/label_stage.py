@@ -9,7 +9,7 @@ label whose event never came (ttl or capacity). Predictions that expire unlabele
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -19,7 +19,7 @@ from driftline.core import Event, LabelRecord
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.stream.audit import DeadLetters
 from driftline.stream.labels import EarlyLabel, LabelJoin, PendingPrediction
-from driftline.stream.observers import NO_DETECTIONS, Labeled, Observer, Predicted
+from driftline.stream.observers import NO_DETECTIONS, BatchResult, Labeled, Observer, Predicted
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import OutputSink
 
@@ -82,7 +82,7 @@ class LabelStage(Observer):
         return Labeled(p.event, early.label.label, p.prediction.value, early.record, 0.0)  # its label waited
 
     # -- observer --------------------------------------------------------------------------------
-    def on_learned(self, item: Labeled) -> Iterable[Detection]:
+    def on_learned(self, item: Labeled) -> Sequence[Detection]:
         if item.delay_s is not None:
             self.metrics.label_delay.observe(item.delay_s)
         event_id = item.event.id
@@ -93,7 +93,7 @@ class LabelStage(Observer):
                              f"event {event_id!r} arrived with its own label, which was learned")
         return NO_DETECTIONS
 
-    def on_batch_end(self) -> None:
+    def on_batch_end(self, result: BatchResult) -> None:
         join = self.join
         expired = join.expire()
         for p, reason in expired.predictions:

@@ -33,9 +33,9 @@ from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import Settings
 from driftline.stream.checkpointing import Checkpointer
 from driftline.stream.kafka_io import ensure_topics, make_consumer, topic_partitions
+from driftline.stream.observers import BatchResult
 from driftline.stream.pipeline import processor_from_settings
 from driftline.stream.preflight import check_connection
-from driftline.stream.processor import BatchResult
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import OutputSink
 from driftline.stream.writer import RecordWriter, make_writer

@@ -3,7 +3,8 @@
 The processor calls every observer at the same points, in list order: `on_predicted` after an event
 is predicted and its prediction published; `on_learned` after the learner learned a labeled event;
 `on_detection` when any observer's hook reported a drift detection (to every observer, the one that
-reported it included); `on_batch_end` when the batch's records are done (work that may dead-letter);
+reported it included); `on_batch_end` with the batch's counts when its records are done (work that may
+dead-letter);
 `publish_gauges` after it (and after a restore). Hooks that detect drift return their detections;
 the others return nothing. An observer with state has a stable ``key``: its entry in the checkpoint.
 
@@ -16,9 +17,9 @@ import hashlib
 import logging
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from driftline.adapters.adaptation import Adapter
 from driftline.adapters.detectors import IMPROVEMENT, Detection, DriftMonitor
@@ -35,8 +36,7 @@ log = logging.getLogger(__name__)
 NO_DETECTIONS: tuple[Detection, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Predicted:
+class Predicted(NamedTuple):  # a NamedTuple: immutable and about 4x cheaper to make than a frozen dataclass
     """An event the model predicted (its prediction is published)."""
 
     event: Event
@@ -46,8 +46,7 @@ class Predicted:
     predicted_at_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Labeled:
+class Labeled(NamedTuple):
     """A labeled event to learn: the label, the prediction made before it was known, the record that
     brought the label (the event's own, or the labels topic's), and how long the label took (joined
     labels; None when it came on the event)."""
@@ -59,21 +58,29 @@ class Labeled:
     delay_s: float | None = None
 
 
+@dataclass
+class BatchResult:
+    consumed: int = 0
+    predicted: int = 0
+    learned: int = 0
+    dead_lettered: int = 0
+
+
 class Observer:
     """Base of every pipeline observer: each hook does nothing unless overridden."""
 
     key: ClassVar[str | None] = None  # checkpoint entry; None: the observer keeps no state
 
-    def on_predicted(self, p: Predicted) -> Iterable[Detection]:
+    def on_predicted(self, p: Predicted) -> Sequence[Detection]:
         return NO_DETECTIONS
 
-    def on_learned(self, item: Labeled) -> Iterable[Detection]:
+    def on_learned(self, item: Labeled) -> Sequence[Detection]:
         return NO_DETECTIONS
 
     def on_detection(self, d: Detection, event: Event) -> None:
         return None
 
-    def on_batch_end(self) -> None:
+    def on_batch_end(self, result: BatchResult) -> None:
         return None
 
     def publish_gauges(self) -> None:
@@ -96,7 +103,7 @@ class Quality(Observer):
         self.metrics = metrics
         self.model = model
 
-    def on_learned(self, item: Labeled) -> Iterable[Detection]:
+    def on_learned(self, item: Labeled) -> Sequence[Detection]:
         self.tracker.update(item.label, item.predicted)  # type: ignore[arg-type]
         return NO_DETECTIONS
 
@@ -146,13 +153,12 @@ class Ledger(Observer):
         self.learned += 1
         self.digest = (self.digest + id_hash(event_id)) & _MASK64
 
-    def on_predicted(self, p: Predicted) -> Iterable[Detection]:
-        self.predicted += 1
-        return NO_DETECTIONS
-
-    def on_learned(self, item: Labeled) -> Iterable[Detection]:
+    def on_learned(self, item: Labeled) -> Sequence[Detection]:
         self.add(item.event.id)
         return NO_DETECTIONS
+
+    def on_batch_end(self, result: BatchResult) -> None:
+        self.predicted += result.predicted
 
     def publish_gauges(self) -> None:
         if self.predicted:
@@ -204,7 +210,7 @@ class ErrorDrift(Observer):
     def __init__(self, monitor: DriftMonitor) -> None:
         self.monitor = monitor
 
-    def on_learned(self, item: Labeled) -> Iterable[Detection]:
+    def on_learned(self, item: Labeled) -> Sequence[Detection]:
         return self.monitor.update(item.label, item.predicted)
 
     def state_dict(self) -> Any:
@@ -222,7 +228,7 @@ class InputDrift(Observer):
     def __init__(self, monitor: InputDriftMonitor) -> None:
         self.monitor = monitor
 
-    def on_predicted(self, p: Predicted) -> Iterable[Detection]:
+    def on_predicted(self, p: Predicted) -> Sequence[Detection]:
         return self.monitor.update(p.event)
 
     def state_dict(self) -> Any:
@@ -240,11 +246,11 @@ class Adaptation(Observer):
     def __init__(self, adapter: Adapter) -> None:
         self.adapter = adapter
 
-    def on_predicted(self, p: Predicted) -> Iterable[Detection]:
+    def on_predicted(self, p: Predicted) -> Sequence[Detection]:
         self.adapter.observe_input(p.event)
         return NO_DETECTIONS
 
-    def on_learned(self, item: Labeled) -> Iterable[Detection]:
+    def on_learned(self, item: Labeled) -> Sequence[Detection]:
         self.adapter.observe_labeled(item.event, item.label, item.predicted)
         return NO_DETECTIONS
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from driftline.adapters.detectors import Detection
@@ -23,7 +22,7 @@ from driftline.monitoring.metrics import ServiceMetrics
 from driftline.stream.audit import DeadLetters
 from driftline.stream.codec import encode_prediction
 from driftline.stream.label_stage import LabelStage
-from driftline.stream.observers import Labeled, Observer, Predicted
+from driftline.stream.observers import BatchResult, Labeled, Observer, Predicted
 from driftline.stream.records import InboundRecord
 from driftline.stream.routing import Router
 from driftline.stream.sink import OutputSink
@@ -34,14 +33,6 @@ PREDICT_FAILED = "predict_failed"
 LEARN_FAILED = "learn_failed"
 
 ObserverT = TypeVar("ObserverT", bound=Observer)
-
-
-@dataclass
-class BatchResult:
-    consumed: int = 0
-    predicted: int = 0
-    learned: int = 0
-    dead_lettered: int = 0
 
 
 class EventProcessor:
@@ -57,13 +48,13 @@ class EventProcessor:
         self.dead = dead
         self.labels = labels
         # each hook of the observers that have it (the base class's hooks do nothing: not called)
-        self._on_predicted: list[Callable[[Predicted], Iterable[Detection]]] = [
+        self._on_predicted: list[Callable[[Predicted], Sequence[Detection]]] = [
             o.on_predicted for o in observers if type(o).on_predicted is not Observer.on_predicted]
-        self._on_learned: list[Callable[[Labeled], Iterable[Detection]]] = [
+        self._on_learned: list[Callable[[Labeled], Sequence[Detection]]] = [
             o.on_learned for o in observers if type(o).on_learned is not Observer.on_learned]
         self._on_detection: list[Callable[[Detection, Event], None]] = [
             o.on_detection for o in observers if type(o).on_detection is not Observer.on_detection]
-        self._on_batch_end: list[Callable[[], None]] = [
+        self._on_batch_end: list[Callable[[BatchResult], None]] = [
             o.on_batch_end for o in observers if type(o).on_batch_end is not Observer.on_batch_end]
         model = learner.name
         self._predict_hist = metrics.predict_latency.labels(model)
@@ -84,7 +75,7 @@ class EventProcessor:
             if labeled is not None:
                 self._learn(labeled, res)
         for end in self._on_batch_end:
-            end()
+            end(res)
         res.dead_lettered = self.dead.take_count()
         self._publish_counts(res)
         return res
@@ -120,12 +111,14 @@ class EventProcessor:
             rec.partition,
         )
         res.predicted += 1
-        predicted = Predicted(event, pred, rec, dt, now_ms)
-        for hook in self._on_predicted:
-            self._detected(hook(predicted), event)
-        if event.label is not None:
-            return Labeled(event, event.label, pred.value, rec)
-        return self.labels.on_unlabeled(predicted) if self.labels is not None else None
+        if self._on_predicted or (event.label is None and self.labels is not None):
+            predicted = Predicted(event, pred, rec, dt, now_ms)
+            for hook in self._on_predicted:
+                if detections := hook(predicted):
+                    self._detected(detections, event)
+            if event.label is None and self.labels is not None:
+                return self.labels.on_unlabeled(predicted)
+        return Labeled(event, event.label, pred.value, rec) if event.label is not None else None
 
     def _learn(self, item: Labeled, res: BatchResult) -> None:
         """Learn ``item``; a failure dead-letters the record that brought its label."""
@@ -142,7 +135,8 @@ class EventProcessor:
         self._learn_hist.observe(time.perf_counter() - t1)
         res.learned += 1
         for hook in self._on_learned:
-            self._detected(hook(item), item.event)
+            if detections := hook(item):
+                self._detected(detections, item.event)
 
     def _detected(self, detections: Iterable[Detection], event: Event) -> None:
         for d in detections:

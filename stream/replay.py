@@ -110,7 +110,7 @@ class PredictionLog(Observer):
         self.latencies_ms: list[float] = []
         self.values: list[Any] | None = [] if keep_values else None
 
-    def on_predicted(self, p: Predicted) -> Iterable[Detection]:
+    def on_predicted(self, p: Predicted) -> Sequence[Detection]:
         self.latencies_ms.append(p.latency_s * 1000.0)
         if self.values is not None:
             self.values.append(p.prediction.value)

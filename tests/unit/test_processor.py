@@ -9,7 +9,7 @@ from driftline.learners.factory import build_learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import ModelSettings
 from driftline.stream.dedup import DedupWindow
-from driftline.stream.observers import Labeled, Observer, Predicted, Quality
+from driftline.stream.observers import BatchResult, Labeled, Observer, Predicted, Quality
 from driftline.stream.pipeline import build_processor
 from driftline.stream.processor import EventProcessor
 from driftline.stream.records import InboundRecord
@@ -138,7 +138,7 @@ class Counting(Observer):
         self.seen["learned"] += 1
         return ()
 
-    def on_batch_end(self) -> None:
+    def on_batch_end(self, result: BatchResult) -> None:
         self.seen["batches"] += 1
 
     def state_dict(self) -> dict[str, int]:
