@@ -32,8 +32,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from driftline.settings import KafkaSettings
 from driftline.stream.broker import free_port, kafka_cluster
-from driftline.stream.kafka_io import ensure_topics
-from driftline.stream.publisher import publish
+from driftline.stream.kafka.clients import ensure_topics
+from driftline.stream.kafka.publisher import publish
 from driftline.stream.sources import from_generator
 
 

@@ -5,7 +5,7 @@
 (b) in-process: River LogisticRegression (with scaling) predict+learn on the same events, decoded
     beforehand (no Kafka).
 (c) service: the real run loop end to end (consume, decode, validate, predict, publish the
-    prediction, learn, flush, commit).
+    prediction, learn, flush, commit); (c2) the same on the librdkafka backend (kafka.client: confluent).
 
 Each rate is measured from the first consumed batch to the last commit. Prints a table, then one
 JSON line: passthrough_eps, inprocess_eps, service_eps, ratio = service / min(passthrough, inprocess).
@@ -30,10 +30,10 @@ from driftline.learners.factory import build_learner
 from driftline.settings import KafkaSettings, MetricsSettings, ModelSettings, Settings, TopicSettings
 from driftline.stream.broker import kafka_cluster
 from driftline.stream.codec import decode_event
-from driftline.stream.kafka_io import ensure_topics, make_consumer, make_producer
+from driftline.stream.kafka.clients import ensure_topics, make_consumer, make_producer
+from driftline.stream.kafka.publisher import publish
 from driftline.stream.loop import Service
 from driftline.stream.observers import Quality
-from driftline.stream.publisher import publish
 from driftline.stream.sources import from_generator
 
 MODEL = ModelSettings(name="LogisticRegression", classes=[False, True])
@@ -133,6 +133,7 @@ def main() -> None:
         pass_eps = passthrough(kafka, topic, n)
         inproc_eps = inprocess(kafka, topic, n)
         svc_eps, acc = service(kafka, topic, n)
+        svc_confluent_eps, acc_confluent = service(kafka.model_copy(update={"client": "confluent"}), topic, n)
         ratio = svc_eps / min(pass_eps, inproc_eps)
 
     print(f"driftline throughput: {n} SEA events, 1 partition, Kafka at {bootstrap}, "
@@ -145,9 +146,12 @@ def main() -> None:
     print(f"{'(a) kafka-python pass-through':<44}{pass_eps:>12,.0f}")
     print(f"{'(b) River LogisticRegression in-process':<44}{inproc_eps:>12,.0f}")
     print(f"{'(c) driftline service end to end':<44}{svc_eps:>12,.0f}")
-    print(f"ratio service / min(a, b) = {ratio:.2f}; service prequential accuracy {acc:.4f}")
+    print(f"{'(c2) the same on the librdkafka backend':<44}{svc_confluent_eps:>12,.0f}")
+    print(f"ratio service / min(a, b) = {ratio:.2f}; service prequential accuracy {acc:.4f} "
+          f"(librdkafka backend: {acc_confluent:.4f})")
     print(json.dumps({"passthrough_eps": round(pass_eps, 1), "inprocess_eps": round(inproc_eps, 1),
-                      "service_eps": round(svc_eps, 1), "ratio": round(ratio, 3)}))
+                      "service_eps": round(svc_eps, 1), "ratio": round(ratio, 3),
+                      "service_eps_confluent": round(svc_confluent_eps, 1)}))
 
 
 if __name__ == "__main__":

@@ -98,9 +98,9 @@ def _source(args: argparse.Namespace) -> Any:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     from driftline.settings import load_settings
-    from driftline.stream.kafka_io import ensure_topics
-    from driftline.stream.preflight import check_connection
-    from driftline.stream.publisher import publish
+    from driftline.stream.kafka.clients import ensure_topics
+    from driftline.stream.kafka.preflight import check_connection
+    from driftline.stream.kafka.publisher import publish
 
     overrides = {"kafka": {"bootstrap_servers": args.bootstrap_servers}} if args.bootstrap_servers else {}
     settings = load_settings(args.config, **overrides)
@@ -262,14 +262,14 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     """Validate the configuration; with --connect also open one connection with its Kafka security."""
     from driftline.monitoring.http_security import http_security
     from driftline.settings import load_settings
-    from driftline.stream.kafka_security import client_security
+    from driftline.stream.kafka.security import client_security
 
     settings = load_settings(args.config)
     _setup_logging("WARNING", settings)
     client_security(settings.kafka)  # CA, certificate, key and secret files are readable
     http_security(settings.metrics)
     if args.connect:
-        from driftline.stream.preflight import check_connection
+        from driftline.stream.kafka.preflight import check_connection
 
         if not check_connection(settings.kafka):
             print(f"driftline: no broker of {settings.kafka.bootstrap_servers} answered", file=sys.stderr)
@@ -330,7 +330,7 @@ def _range_args(p: argparse.ArgumentParser) -> None:
 def _events_source(args: argparse.Namespace, settings: Any) -> tuple[Any, str]:
     """(iterable of event dicts / records, a name for it) from the source arguments."""
     if args.topic:
-        from driftline.stream.topic_range import TopicRange, parse_time, read_range
+        from driftline.stream.kafka.ranges import TopicRange, parse_time, read_range
 
         rng = TopicRange(args.topic, start_offset=args.from_offset, end_offset=args.to_offset,
                          start_time=parse_time(args.from_time) if args.from_time else None,

@@ -10,10 +10,10 @@ from types import FrameType
 from driftline.learners.factory import build_learner
 from driftline.settings import KafkaSettings, MetricsSettings, ModelSettings, Settings, TopicSettings
 from driftline.stream.broker import LocalKafkaBroker
-from driftline.stream.kafka_io import ensure_topics
+from driftline.stream.kafka.clients import ensure_topics
+from driftline.stream.kafka.publisher import publish
 from driftline.stream.loop import Service
 from driftline.stream.observers import Quality
-from driftline.stream.publisher import publish
 from driftline.stream.sources import from_generator
 
 log = logging.getLogger("driftline.demo")

@@ -92,6 +92,9 @@ class KafkaSettings(Frozen):
     """Connection and client tuning shared by the consumer and the producers."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
+    # The client library: kafka-python, or confluent (librdkafka; PLAINTEXT only so far). auto: kafka-python
+    # until the whole integration suite runs on both.
+    client: Literal["auto", "confluent", "kafka-python"] = "auto"
     # Applies to every client the service creates (consumer, producers, admin).
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     ssl: KafkaTlsSettings = Field(default_factory=KafkaTlsSettings)

@@ -7,5 +7,8 @@ cd "$(dirname "$0")/.."
 tree=.importlint
 rm -rf "$tree" && mkdir -p "$tree/driftline"
 cp driftline/*.py driftline/py.typed "$tree/driftline/"
-for sub in stream learners adapters monitoring; do mkdir -p "$tree/driftline/$sub" && cp "$sub"/*.py "$tree/driftline/$sub/"; done
+for sub in stream learners adapters monitoring; do
+  (cd "$sub" && find . -name '*.py' -not -path '*/__pycache__/*' | while read -r f; do
+    mkdir -p "../$tree/driftline/$sub/$(dirname "$f")" && cp "$f" "../$tree/driftline/$sub/$f"; done)
+done
 cd "$tree" && PYTHONPATH=. ../.venv/bin/lint-imports ../pyproject.toml --no-cache

@@ -279,20 +279,9 @@ class LocalKafkaBroker:
         raise BrokerError(f"Kafka broker did not become ready within {timeout:.0f}s:\n{self.tail_log()}")
 
     def _metadata_ok(self) -> bool:
-        from kafka import KafkaAdminClient
+        from driftline.stream.kafka.clients import answers_metadata
 
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000,
-                                     client_id="driftline-harness")
-        except Exception:
-            return False
-        try:
-            admin.list_topics()
-            return True
-        except Exception:
-            return False
-        finally:
-            admin.close()
+        return answers_metadata(self.bootstrap_servers)
 
     def tail_log(self, chars: int = 4000) -> str:
         parts = []

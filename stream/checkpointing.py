@@ -14,12 +14,11 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 
-from kafka import KafkaConsumer, TopicPartition
-
 from driftline.errors import ConfigError
 from driftline.learners.checkpoint import CheckpointInfo, CheckpointStore, DirectoryStore
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import CheckpointSettings
+from driftline.stream.kafka.seam import Consumer, TopicPartition
 from driftline.stream.observers import Ledger
 from driftline.stream.processor import EventProcessor
 from driftline.stream.records import InboundRecord
@@ -95,7 +94,11 @@ class Checkpointer:
         log.debug("checkpoint %d written (%s, %d bytes)", info.version, trigger, info.size)
         return info
 
-    def seek_assigned(self, consumer: KafkaConsumer, assigned: Iterable[TopicPartition]) -> None:
+    def revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        """Partitions are about to go: save what the state reflects (the batch before is flushed and committed)."""
+        self.save("rebalance")
+
+    def seek_assigned(self, consumer: Consumer, assigned: Iterable[TopicPartition]) -> None:
         """Resume each assigned partition the state knows from the offset the state reflects."""
         for tp in assigned:
             off = self.offsets.get((tp.topic, tp.partition))

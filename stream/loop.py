@@ -12,16 +12,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import (
-    AuthorizationError,
-    CommitFailedError,
-    IllegalGenerationError,
-    RebalanceInProgressError,
-    RetriableError,
-    SaslAuthenticationFailedError,
-    UnknownMemberIdError,
-)
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from driftline.errors import KafkaSecurityError
@@ -32,13 +22,19 @@ from driftline.monitoring.http_security import http_security
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import Settings
 from driftline.stream.checkpointing import Checkpointer
-from driftline.stream.kafka_io import ensure_topics, make_consumer, topic_partitions
+from driftline.stream.kafka import open_backend
+from driftline.stream.kafka.seam import (
+    CommitLostError,
+    Consumer,
+    KafkaAccessError,
+    KafkaBackend,
+    KafkaClientError,
+    RetriableKafkaError,
+)
+from driftline.stream.kafka.writer import RecordWriter
 from driftline.stream.observers import BatchResult
 from driftline.stream.pipeline import processor_from_settings
-from driftline.stream.preflight import check_connection
-from driftline.stream.records import InboundRecord
 from driftline.stream.sink import OutputSink
-from driftline.stream.writer import RecordWriter, make_writer
 
 log = logging.getLogger(__name__)
 
@@ -61,27 +57,13 @@ class RunTotals(BatchResult):
         self.dead_lettered += r.dead_lettered
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Checkpoint before partitions go; seek assigned partitions to the state's offsets."""
-
-    def __init__(self, consumer: KafkaConsumer, checkpointer: Checkpointer) -> None:
-        self.consumer = consumer
-        self.checkpointer = checkpointer
-
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # called inside poll(): the previous batch is already processed, flushed and committed
-        self.checkpointer.save("rebalance")
-
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.checkpointer.seek_assigned(self.consumer, assigned)
-
-
 class Service:
     """The long-running consumer. `run()` blocks until `stop()` (or a signal handler calling it)."""
 
     def __init__(self, settings: Settings, learner: Learner, registry: CollectorRegistry | None = None,
-                 *, serve_http: bool = True) -> None:
+                 *, serve_http: bool = True, kafka: KafkaBackend | None = None) -> None:
         self.settings = settings
+        self.kafka = kafka if kafka is not None else open_backend(settings.kafka)
         self.learner = learner
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ServiceMetrics(self.registry, model=learner.name, task=learner.task)
@@ -124,19 +106,20 @@ class Service:
 
     def run(self) -> RunTotals:
         s = self.settings
-        check_connection(s.kafka)  # a rejected certificate or password stops here, with the setting to check
-        ensure_topics(s.kafka, [s.topics.input])
+        kafka = self.kafka
+        kafka.check_connection()  # a rejected certificate or password stops here, with the setting to check
+        kafka.ensure_topics([s.topics.input])
         # predictions mirror the input's partitioning (see sink.py); dead letters need no order. Labels are
         # keyed by event id with the input's partition count, so an event and its label meet in one instance.
         outputs = [s.topics.predictions, s.topics.dead_letter,
                    *(t for t in (s.topics.labels, s.topics.expired, s.topics.audit) if t)]
-        ensure_topics(s.kafka, outputs, partitions=topic_partitions(s.kafka, s.topics.input))
+        kafka.ensure_topics(outputs, partitions=kafka.topic_partitions(s.topics.input))
         inputs = [s.topics.input, *([s.topics.labels] if s.topics.labels else [])]
         if self.http is not None:
             self.http.start()
             log.info("metrics on %s/metrics", self.http.url)
-        writer = make_writer(s.kafka)
-        consumer = make_consumer(s.kafka)
+        writer = kafka.writer()
+        consumer = kafka.consumer()
         sink = OutputSink(writer, s.topics.predictions, s.topics.dead_letter, self.metrics)
         processor = processor_from_settings(s, self.learner, sink, self.metrics, labels_topic=s.topics.labels,
                                             expired_topic=s.topics.expired, audit_topic=s.topics.audit)
@@ -145,7 +128,9 @@ class Service:
         self.checkpointer = checkpointer
         try:
             checkpointer.restore()
-            consumer.subscribe(inputs, listener=_Rebalance(consumer, checkpointer))
+            # on_revoke runs inside poll(): the previous batch is already processed, flushed and committed
+            consumer.subscribe(inputs, on_assign=lambda tps: checkpointer.seek_assigned(consumer, tps),
+                               on_revoke=lambda tps: checkpointer.revoked(tps))
             self._running = True
             self.metrics.up.set(1)
             log.info("consuming %s as group %r with model %s (%s)", " + ".join(inputs), s.kafka.group_id,
@@ -155,16 +140,15 @@ class Service:
                 while not self._stop.is_set():
                     self._heartbeat = time.monotonic()
                     try:
-                        batch = consumer.poll(timeout_ms=s.kafka.poll_timeout_ms)
-                    except RetriableError as exc:  # Kafka unreachable for now: poll again shortly
-                        self._retriable("poll", exc)
+                        records = consumer.poll(s.kafka.poll_timeout_ms)
+                    except RetriableKafkaError as exc:  # Kafka unreachable for now: poll again shortly
+                        self._retriable(exc)
                         self._stop.wait(min(1.0, s.kafka.poll_timeout_ms / 1000))
                         continue
                     self._assigned = bool(consumer.assignment())
-                    if batch:
+                    if records:
                         if self.totals.first_batch_at is None:
                             self.totals.first_batch_at = time.monotonic()
-                        records = [InboundRecord.from_kafka(r) for recs in batch.values() for r in recs]
                         consistent = False
                         self.totals.add(processor.process(records))
                         checkpointer.advance(records)
@@ -175,13 +159,13 @@ class Service:
                         self._commit(consumer)  # 3. progress marker
                     self._backpressure(consumer)
                     self._update_lag(consumer)
-            except (SaslAuthenticationFailedError, AuthorizationError) as exc:
+            except KafkaAccessError as exc:
                 # credentials rotated or revoked, ACLs changed: retrying cannot fix it. Keep the state if
                 # it is consistent (outputs flushed), then stop with the reason.
                 if consistent:
                     checkpointer.save("shutdown")
                 raise KafkaSecurityError(
-                    f"kafka: the brokers refused this service while it ran ({type(exc).__name__}: {exc}); "
+                    f"kafka: the brokers refused this service while it ran ({exc.kind}: {exc}); "
                     "check kafka.sasl.username / password (or password_file) and the ACLs of the topics and "
                     "the group") from None
             self._drain_training()
@@ -195,24 +179,24 @@ class Service:
                  t.batches, t.consumed, t.predicted, t.learned, t.dead_lettered)
         return self.totals
 
-    def _backpressure(self, consumer: KafkaConsumer) -> None:
+    def _backpressure(self, consumer: Consumer) -> None:
         """Pause every assigned partition while the learner's training is behind (it keeps polling, so the
         group keeps this member; paused partitions return no records); resume when it has caught up."""
         trained = background_trained(self.learner)
         if trained is None:
             return
         if trained.saturated():
-            unpaused = set(consumer.assignment()) - set(consumer.paused())
+            unpaused = consumer.assignment() - consumer.paused()
             if unpaused:
                 if not self._paused:
                     self.metrics.pauses.inc()
                     log.info("training is behind (%d windows waiting): pausing %d partitions",
                              trained.backlog(), len(unpaused))
-                consumer.pause(*unpaused)
+                consumer.pause(unpaused)
                 self._paused = True
                 self.metrics.paused.set(1)
         elif self._paused:
-            consumer.resume(*consumer.paused())
+            consumer.resume(consumer.paused())
             self._paused = False
             self.metrics.paused.set(0)
             log.info("training caught up: resuming")
@@ -223,41 +207,37 @@ class Service:
         if trained is not None and not trained.drain(timeout):
             log.warning("training did not finish within %.0fs; the pending windows go into the checkpoint", timeout)
 
-    def _commit(self, consumer: KafkaConsumer) -> None:
+    def _commit(self, consumer: Consumer) -> None:
         """Commit the consumed positions. A commit is a progress marker only: the next batch's commit
         covers a failed one, and checkpoints (when on) decide where a restart resumes."""
         try:
             consumer.commit()  # positions = one past the last record of the processed batch
-        except (CommitFailedError, RebalanceInProgressError, UnknownMemberIdError, IllegalGenerationError,
-                RetriableError) as exc:
+        except (CommitLostError, RetriableKafkaError) as exc:
             # Either the group rebalanced while we processed (the partitions' new owner resumes from the last
             # commit), or Kafka is unreachable for now (broker restart, coordinator moving: the next batch's
             # commit covers this one).
-            self._retriable("commit", exc)
+            self._retriable(exc)
             return
         self.totals.last_commit_at = time.monotonic()
         self.metrics.last_commit.set_to_current_time()
 
-    def _retriable(self, operation: str, exc: Exception) -> None:
+    def _retriable(self, exc: KafkaClientError) -> None:
         """A Kafka call failed in a way that a later retry can fix: count it, log it, carry on."""
-        self.metrics.kafka_errors.labels(operation, type(exc).__name__).inc()
-        log.warning("Kafka %s failed (%r); retrying on the next round", operation, exc)
+        self.metrics.kafka_errors.labels(exc.operation, exc.kind).inc()
+        log.warning("Kafka %s failed (%s: %s); retrying on the next round", exc.operation, exc.kind, exc)
 
-    def _update_lag(self, consumer: KafkaConsumer) -> None:
+    def _update_lag(self, consumer: Consumer) -> None:
         now = time.monotonic()
         if now - self._lag_at < self.settings.metrics.lag_interval_s:
             return
         self._lag_at = now
         seen: set[tuple[str, str]] = set()
-        for tp in consumer.assignment():
-            hw = consumer.highwater(tp)
-            if hw is None:
-                continue
-            try:
-                lag = max(hw - consumer.position(tp), 0)
-            except RetriableError as exc:
-                self._retriable("position", exc)
-                return
+        try:
+            lags = consumer.lag()
+        except RetriableKafkaError as exc:
+            self._retriable(exc)
+            return
+        for tp, lag in lags.items():
             key = (tp.topic, str(tp.partition))
             self.metrics.lag.labels(*key).set(lag)
             seen.add(key)
@@ -265,11 +245,11 @@ class Service:
             self.metrics.lag.remove(*key)
         self._lag_keys = seen
 
-    def _close(self, consumer: KafkaConsumer, writer: RecordWriter) -> None:
+    def _close(self, consumer: Consumer, writer: RecordWriter) -> None:
         try:
             writer.close(timeout=30)
         finally:
-            consumer.close(autocommit=False)
+            consumer.close()
             if self.http is not None:
                 self.http.stop()
             trained = background_trained(self.learner)

@@ -31,13 +31,13 @@ from driftline.learners.base import Learner, offline
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.progress import progress_bar
 from driftline.settings import Settings
+from driftline.stream.kafka.writer import FlushResult
 from driftline.stream.label_stage import LabelStage
 from driftline.stream.observers import NO_DETECTIONS, Adaptation, DetectionLog, Ledger, Observer, Predicted, Quality
 from driftline.stream.pipeline import processor_from_settings
 from driftline.stream.processor import EventProcessor, ObserverT
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import REASON_HEADER, OutputSink
-from driftline.stream.writer import FlushResult
 
 EVENTS_TOPIC = "replay.events"
 LABELS_TOPIC = "replay.labels"

@@ -15,8 +15,8 @@ import time
 
 from driftline.errors import PublishError
 from driftline.monitoring.metrics import ServiceMetrics
+from driftline.stream.kafka.writer import RecordWriter
 from driftline.stream.records import InboundRecord
-from driftline.stream.writer import RecordWriter
 
 REASON_HEADER = "driftline.reason"
 

@@ -72,7 +72,7 @@ def test_publish_rate_limit_and_progress_bar(kafka_bootstrap: str, topic_prefix:
     import time
 
     from driftline.settings import KafkaSettings
-    from driftline.stream.publisher import publish
+    from driftline.stream.kafka.publisher import publish
     from driftline.stream.sources import from_generator
 
     topic = f"{topic_prefix}-rate"

@@ -15,9 +15,9 @@ import pytest
 from driftline.learners.checkpoint import DirectoryStore
 from driftline.settings import KafkaSettings
 from driftline.stream.broker import LocalKafkaBroker
-from driftline.stream.kafka_io import ensure_topics
+from driftline.stream.kafka.clients import ensure_topics
+from driftline.stream.kafka.publisher import publish
 from driftline.stream.observers import id_hash
-from driftline.stream.publisher import publish
 from driftline.stream.sources import from_generator
 from tests.helpers import ServiceProcess, committed_offsets, end_offsets, read_topic, wait_for, write_config
 

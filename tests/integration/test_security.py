@@ -26,7 +26,7 @@ import yaml
 
 from driftline.settings import KafkaSettings
 from driftline.stream.broker import LocalKafkaBroker, free_port
-from driftline.stream.publisher import publish
+from driftline.stream.kafka.publisher import publish
 from driftline.stream.sources import from_generator
 from tests.broker_security import BrokerSecurity
 from tests.helpers import read_topic, wait_for

@@ -12,7 +12,7 @@ import pytest
 from driftline.core import Event
 from driftline.learners.factory import build_learner
 from driftline.settings import KafkaSettings, ModelSettings
-from driftline.stream.kafka_io import ensure_topics
+from driftline.stream.kafka.clients import ensure_topics
 from driftline.stream.sources import from_generator
 from tests.helpers import (
     ServiceProcess,

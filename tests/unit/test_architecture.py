@@ -11,7 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("driftline", "stream", "learners", "adapters", "monitoring")  # folders of the installed package
-RUNTIME = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).glob("*.py"))
+RUNTIME = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+KAFKA_CLIENTS = {"kafka", "confluent_kafka"}
 
 
 def _calls(path: Path, names: set[str]) -> list[tuple[int, str, ast.Call]]:
@@ -58,3 +59,21 @@ def test_test_infrastructure_is_not_in_the_installed_package() -> None:
             text = path.read_text(encoding="utf-8")
             assert "from tests" not in text and "import tests" not in text, f"{path} imports the test tree"
             assert "openssl" not in text, f"{path} generates certificates"
+
+
+def _imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_only_the_kafka_package_imports_a_kafka_client() -> None:
+    outside = [p for p in RUNTIME if (ROOT / "stream" / "kafka") not in p.parents]
+    offenders = {str(p.relative_to(ROOT)): sorted(_imported_roots(p) & KAFKA_CLIENTS) for p in outside}
+    assert not {k: v for k, v in offenders.items() if v}
+    inside = [p for p in RUNTIME if (ROOT / "stream" / "kafka") in p.parents]
+    assert any("kafka" in _imported_roots(p) for p in inside)  # the check sees imports where they are

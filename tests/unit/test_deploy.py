@@ -67,7 +67,7 @@ def test_dockerfile_runs_as_non_root_with_every_package_and_the_metrics_port() -
     assert re.search(rf"^EXPOSE\s+{MetricsSettings().port}\b", text, re.M)
     assert f'"--config", "{CONFIG}"' in text and f"COPY deploy/driftline.example.yaml {CONFIG}" in text
     dirs = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-    for src in set(dirs.values()):
+    for src in {d.split("/")[0] for d in dirs.values()}:  # a nested package (stream/kafka) comes with its parent
         assert re.search(rf"^COPY {src} {src}$", text, re.M), f"the image misses package dir {src}"
     assert "DRIFTLINE_METRICS__HOST=0.0.0.0" in text and "/healthz" in text
 

@@ -13,11 +13,11 @@ from prometheus_client import CollectorRegistry
 from driftline.learners.factory import build_learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import ModelSettings
+from driftline.stream.kafka.writer import FlushResult
 from driftline.stream.pipeline import build_processor
 from driftline.stream.processor import EventProcessor
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import REASON_HEADER, OutputSink
-from driftline.stream.writer import FlushResult
 
 
 class MemoryWriter:

@@ -21,8 +21,8 @@ from driftline.errors import ConfigError, KafkaSecurityError
 from driftline.monitoring.http import MetricsServer
 from driftline.monitoring.http_security import http_security
 from driftline.settings import KafkaSettings, MetricsSettings, load_settings
-from driftline.stream.kafka_security import client_security
-from driftline.stream.preflight import check_connection
+from driftline.stream.kafka.preflight import check_connection
+from driftline.stream.kafka.security import client_security
 from tests.pki import Pki, make_pki
 
 SECRET = "s3cret-Value-do-not-leak"

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from driftline.progress import progress_bar
 from driftline.settings import KafkaSettings
-from driftline.stream.kafka_io import make_producer
+from driftline.stream.kafka.clients import make_producer
 from driftline.stream.sources import EventDict
 
 

@@ -24,7 +24,7 @@ from kafka import KafkaProducer
 
 from driftline.errors import PublishError
 from driftline.settings import KafkaSettings
-from driftline.stream.kafka_io import make_producer
+from driftline.stream.kafka.clients import make_producer
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""kafka-python client factories built from `KafkaSettings`, and topic creation."""
+"""kafka-python client factories built from `KafkaSettings`, topic creation, and a readiness probe."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from driftline.settings import KafkaSettings
-from driftline.stream.kafka_security import client_security
+from driftline.stream.kafka.security import client_security
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +97,19 @@ def topic_partitions(cfg: KafkaSettings, topic: str) -> int:
         if d.get("name", d.get("topic")) == topic and d.get("partitions"):
             return len(d["partitions"])
     raise ValueError(f"topic {topic!r} has no partitions (does it exist?)")
+
+
+def answers_metadata(bootstrap_servers: str) -> bool:
+    """Whether a PLAINTEXT broker at ``bootstrap_servers`` answers a metadata request (a readiness probe)."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000,
+                                 client_id="driftline-harness")
+    except Exception:
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except Exception:
+        return False
+    finally:
+        admin.close()

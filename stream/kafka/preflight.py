@@ -30,7 +30,7 @@ from kafka.protocol.sasl import (
 
 from driftline.errors import KafkaSecurityError
 from driftline.settings import KafkaSettings
-from driftline.stream.kafka_security import client_security, warn_if_cleartext
+from driftline.stream.kafka.security import client_security, warn_if_cleartext
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from kafka import TopicPartition
 
 from driftline.errors import ConfigError
 from driftline.settings import KafkaSettings
-from driftline.stream.kafka_io import make_consumer
-from driftline.stream.preflight import check_connection
+from driftline.stream.kafka.clients import make_consumer
+from driftline.stream.kafka.preflight import check_connection
 from driftline.stream.records import InboundRecord
 
 log = logging.getLogger(__name__)

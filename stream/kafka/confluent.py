@@ -1,0 +1,260 @@
+"""The confluent-kafka (librdkafka) backend: `ConfluentConsumer`, `ConfluentWriter`, `ConfluentBackend`.
+
+Settings are mapped to librdkafka's property names; offsets are committed only explicitly (auto commit and
+the automatic offset store are off), and the positions the service commits are the ones it consumed. Seeks
+asked for while partitions are being assigned are applied with the assignment itself (librdkafka cannot
+seek a partition it has not started fetching).
+
+Not yet: TLS/SASL (a clear configuration error names the setting; kafka-python serves them), and the
+integration suite has not run on this backend: `kafka.client: auto` still picks kafka-python.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any, cast
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import TopicPartition as CTopicPartition
+
+from driftline.errors import ConfigError
+from driftline.settings import KafkaSettings
+from driftline.stream.kafka.clients import ensure_topics, topic_partitions
+from driftline.stream.kafka.preflight import check_connection
+from driftline.stream.kafka.seam import (
+    CommitLostError,
+    KafkaAccessError,
+    KafkaClientError,
+    Rebalance,
+    RetriableKafkaError,
+    TopicPartition,
+)
+from driftline.stream.kafka.writer import FlushResult, Headers
+from driftline.stream.records import InboundRecord
+
+_LOST = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
+         KafkaError._STATE}
+_ACCESS = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED,
+           KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED}
+
+
+def base_properties(cfg: KafkaSettings, role: str) -> dict[str, Any]:
+    """librdkafka properties shared by every client of ``role`` (consumer, producer)."""
+    if cfg.security_protocol != "PLAINTEXT":
+        raise ConfigError(f"kafka.client: the confluent backend does not map kafka.security_protocol "
+                          f"{cfg.security_protocol} yet; use kafka.client: kafka-python for TLS/SASL")
+    return {"bootstrap.servers": cfg.bootstrap_servers, "client.id": f"{cfg.client_id}-{role}",
+            "security.protocol": "plaintext"}
+
+
+def _error(operation: str, err: KafkaError) -> KafkaClientError:
+    code = err.code()
+    kind = err.name()
+    if code in _ACCESS:
+        return KafkaAccessError(operation, kind, err.str())
+    if code in _LOST:
+        return CommitLostError(operation, kind, err.str())
+    if err.fatal() and not err.retriable():
+        return KafkaClientError(operation, kind, err.str())
+    return RetriableKafkaError(operation, kind, err.str())
+
+
+def _bytes(v: str | bytes | None) -> bytes | None:
+    return v.encode("utf-8") if isinstance(v, str) else v
+
+
+class ConfluentConsumer:
+    def __init__(self, cfg: KafkaSettings) -> None:
+        self.cfg = cfg
+        self._c = Consumer({
+            **base_properties(cfg, "consumer"), "group.id": cfg.group_id, "enable.auto.commit": False,
+            "enable.auto.offset.store": False, "auto.offset.reset": cfg.auto_offset_reset,
+            "session.timeout.ms": cfg.session_timeout_ms, "max.poll.interval.ms": cfg.max_poll_interval_ms,
+            "fetch.min.bytes": cfg.fetch_min_bytes, "fetch.wait.max.ms": cfg.fetch_max_wait_ms,
+            "max.partition.fetch.bytes": cfg.max_partition_fetch_bytes,
+            # an event's partition and its label's stay on one member (the label join needs it)
+            "partition.assignment.strategy": "range",
+        })
+        self._positions: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
+        self._seeks: dict[TopicPartition, int] | None = None  # collected while an assignment is applied
+
+    def subscribe(self, topics: Sequence[str], *, on_assign: Rebalance, on_revoke: Rebalance) -> None:
+        def assigned(consumer: Any, parts: list[CTopicPartition]) -> None:
+            self._seeks = {}
+            try:
+                on_assign([TopicPartition(p.topic, p.partition) for p in parts])
+                seeks = self._seeks
+            finally:
+                self._seeks = None
+            consumer.assign([CTopicPartition(p.topic, p.partition,
+                                             seeks.get(TopicPartition(p.topic, p.partition), OFFSET_INVALID))
+                             for p in parts])
+
+        def revoked(consumer: Any, parts: list[CTopicPartition]) -> None:
+            tps = [TopicPartition(p.topic, p.partition) for p in parts]
+            on_revoke(tps)
+            for tp in tps:
+                self._positions.pop(tp, None)
+                self._paused.discard(tp)
+            consumer.unassign()
+
+        self._c.subscribe(list(topics), on_assign=assigned, on_revoke=revoked, on_lost=revoked)
+
+    def poll(self, timeout_ms: int) -> list[InboundRecord]:
+        try:
+            msgs: list[Message] = self._c.consume(num_messages=self.cfg.max_poll_records, timeout=timeout_ms / 1000)
+        except KafkaException as exc:
+            raise _error("poll", exc.args[0]) from exc
+        out: list[InboundRecord] = []
+        positions = self._positions
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise _error("poll", err)
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            assert topic is not None and partition is not None and offset is not None
+            _, ts = m.timestamp()
+            headers = cast(list[tuple[str, bytes | None]] | None, m.headers())  # a consumed message's: a list
+            out.append(InboundRecord(topic, partition, offset, ts, _bytes(m.key()), _bytes(m.value()),
+                                     tuple((k, _bytes(v) or b"") for k, v in headers) if headers else ()))
+            positions[TopicPartition(topic, partition)] = offset + 1
+        return out
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(p.topic, p.partition) for p in self._c.assignment()}
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        tps = list(partitions)
+        self._c.pause([CTopicPartition(t, p) for t, p in tps])
+        self._paused |= set(tps)
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        tps = list(partitions)
+        self._c.resume([CTopicPartition(t, p) for t, p in tps])
+        self._paused -= set(tps)
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        if self._seeks is not None:  # inside on_assign: applied with the assignment
+            self._seeks[partition] = offset
+        else:
+            self._c.seek(CTopicPartition(partition.topic, partition.partition, offset))
+        self._positions[partition] = offset
+
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        chosen = dict(offsets if offsets is not None else self._positions)
+        if not chosen:
+            return
+        try:
+            self._c.commit(offsets=[CTopicPartition(t, p, o) for (t, p), o in chosen.items()], asynchronous=False)
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if err.code() == KafkaError._NO_OFFSET:
+                return
+            raise _error("commit", err) from exc
+
+    def lag(self) -> dict[TopicPartition, int]:
+        out: dict[TopicPartition, int] = {}
+        for tp in self.assignment():
+            try:
+                _, high = self._c.get_watermark_offsets(CTopicPartition(tp.topic, tp.partition), cached=True)
+            except KafkaException as exc:
+                raise _error("position", exc.args[0]) from exc
+            position = self._positions.get(tp)
+            if high < 0 or position is None:
+                continue
+            out[tp] = max(high - position, 0)
+        return out
+
+    def close(self) -> None:
+        self._c.close()
+
+
+class ConfluentWriter:
+    """A librdkafka producer: sends are queued in C and acknowledged through delivery reports."""
+
+    def __init__(self, cfg: KafkaSettings, client_suffix: str = "producer") -> None:
+        acks = {"all": "all", "1": "1", "0": "0"}[cfg.acks]
+        self._p = Producer({
+            **base_properties(cfg, client_suffix), "acks": acks, "enable.idempotence": acks == "all",
+            "linger.ms": cfg.linger_ms, "batch.size": cfg.batch_size,
+            "compression.type": cfg.compression_type or "none", "request.timeout.ms": cfg.request_timeout_ms,
+        })
+        self._failed: dict[str, list[str]] = {}
+        self._sent = 0
+        self._partitions: dict[str, int] = {}
+
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._failed.setdefault(msg.topic() or "?", []).append(f"{err.name()}: {err.str()}")
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+             headers: Headers = None) -> None:
+        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": self._delivered}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = list(headers)
+        while True:
+            try:
+                self._p.produce(topic, **kwargs)
+                break
+            except BufferError:  # the local queue is full: serve delivery reports, then retry
+                self._p.poll(0.05)
+            except KafkaException as exc:  # refused at once, e.g. a record larger than message.max.bytes
+                err: KafkaError = exc.args[0]
+                self._failed.setdefault(topic, []).append(f"{err.name()}: {err.str()}")
+                break
+        self._sent += 1
+        self._p.poll(0)
+
+    def flush(self, timeout: float | None = None) -> FlushResult:
+        left = self._p.flush(timeout if timeout is not None else -1)
+        if left:
+            self._failed.setdefault("?", []).append(f"{left} records not acknowledged within {timeout}s")
+        result = FlushResult(sent=self._sent, failed=self._failed)
+        self._failed, self._sent = {}, 0
+        return result
+
+    def partitions_for(self, topic: str) -> int:
+        if topic not in self._partitions:
+            deadline = time.monotonic() + 30
+            while True:
+                meta = self._p.list_topics(topic, timeout=10).topics.get(topic)
+                if meta is not None and meta.error is None and meta.partitions:
+                    self._partitions[topic] = len(meta.partitions)
+                    break
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"topic {topic!r} has no partitions (does it exist?)")
+                time.sleep(0.2)
+        return self._partitions[topic]
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._p.flush(timeout)
+
+
+class ConfluentBackend:
+    def __init__(self, cfg: KafkaSettings) -> None:
+        base_properties(cfg, "check")  # refuses what this backend cannot map yet, at start
+        self.cfg = cfg
+
+    def check_connection(self) -> bool:
+        return check_connection(self.cfg)
+
+    def ensure_topics(self, topics: Collection[str], partitions: int = 1) -> None:
+        ensure_topics(self.cfg, topics, partitions=partitions)
+
+    def topic_partitions(self, topic: str) -> int:
+        return topic_partitions(self.cfg, topic)
+
+    def consumer(self) -> ConfluentConsumer:
+        return ConfluentConsumer(self.cfg)
+
+    def writer(self) -> ConfluentWriter:
+        return ConfluentWriter(self.cfg)

@@ -1,0 +1,134 @@
+"""The kafka-python backend: `KafkaPythonConsumer` and `KafkaPythonBackend` (client errors mapped to the
+seam's: retriable, commit lost to a rebalance, access refused)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata
+from kafka import TopicPartition as KafkaTopicPartition
+from kafka.errors import (
+    AuthorizationError,
+    CommitFailedError,
+    IllegalGenerationError,
+    RebalanceInProgressError,
+    RetriableError,
+    SaslAuthenticationFailedError,
+    UnknownMemberIdError,
+)
+
+from driftline.settings import KafkaSettings
+from driftline.stream.kafka.clients import ensure_topics, make_consumer, topic_partitions
+from driftline.stream.kafka.preflight import check_connection
+from driftline.stream.kafka.seam import (
+    CommitLostError,
+    KafkaAccessError,
+    Rebalance,
+    RetriableKafkaError,
+    TopicPartition,
+)
+from driftline.stream.kafka.writer import RecordWriter, make_writer
+from driftline.stream.records import InboundRecord
+
+_LOST = (CommitFailedError, RebalanceInProgressError, UnknownMemberIdError, IllegalGenerationError)
+
+
+@contextmanager
+def _mapped(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except (SaslAuthenticationFailedError, AuthorizationError) as exc:
+        raise KafkaAccessError(operation, type(exc).__name__, str(exc)) from exc
+    except _LOST as exc:
+        raise CommitLostError(operation, type(exc).__name__, str(exc)) from exc
+    except RetriableError as exc:
+        raise RetriableKafkaError(operation, type(exc).__name__, str(exc)) from exc
+
+
+def _tp(tp: KafkaTopicPartition) -> TopicPartition:
+    return TopicPartition(tp.topic, tp.partition)
+
+
+def _ktp(tp: TopicPartition) -> KafkaTopicPartition:
+    return KafkaTopicPartition(tp.topic, tp.partition)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, on_assign: Rebalance, on_revoke: Rebalance) -> None:
+        self.on_assign = on_assign
+        self.on_revoke = on_revoke
+
+    def on_partitions_revoked(self, revoked: list[KafkaTopicPartition]) -> None:
+        self.on_revoke([_tp(tp) for tp in revoked])
+
+    def on_partitions_assigned(self, assigned: list[KafkaTopicPartition]) -> None:
+        self.on_assign([_tp(tp) for tp in assigned])
+
+
+class KafkaPythonConsumer:
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self._c = consumer
+
+    def subscribe(self, topics: Sequence[str], *, on_assign: Rebalance, on_revoke: Rebalance) -> None:
+        self._c.subscribe(list(topics), listener=_Listener(on_assign, on_revoke))
+
+    def poll(self, timeout_ms: int) -> list[InboundRecord]:
+        with _mapped("poll"):
+            batch = self._c.poll(timeout_ms=timeout_ms)
+        return [InboundRecord.from_kafka(r) for recs in batch.values() for r in recs]
+
+    def assignment(self) -> set[TopicPartition]:
+        return {_tp(tp) for tp in self._c.assignment()}
+
+    def paused(self) -> set[TopicPartition]:
+        return {_tp(tp) for tp in self._c.paused()}
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self._c.pause(*(_ktp(tp) for tp in partitions))
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self._c.resume(*(_ktp(tp) for tp in partitions))
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._c.seek(_ktp(partition), offset)
+
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        with _mapped("commit"):
+            if offsets is None:
+                self._c.commit()  # positions = one past the last record of the processed batch
+            else:
+                self._c.commit({_ktp(tp): OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+
+    def lag(self) -> dict[TopicPartition, int]:
+        out: dict[TopicPartition, int] = {}
+        for tp in self._c.assignment():
+            hw = self._c.highwater(tp)
+            if hw is None:
+                continue
+            with _mapped("position"):
+                out[_tp(tp)] = max(hw - self._c.position(tp), 0)
+        return out
+
+    def close(self) -> None:
+        self._c.close(autocommit=False)
+
+
+class KafkaPythonBackend:
+    def __init__(self, cfg: KafkaSettings) -> None:
+        self.cfg = cfg
+
+    def check_connection(self) -> bool:
+        return check_connection(self.cfg)
+
+    def ensure_topics(self, topics: Collection[str], partitions: int = 1) -> None:
+        ensure_topics(self.cfg, topics, partitions=partitions)
+
+    def topic_partitions(self, topic: str) -> int:
+        return topic_partitions(self.cfg, topic)
+
+    def consumer(self) -> KafkaPythonConsumer:
+        return KafkaPythonConsumer(make_consumer(self.cfg))
+
+    def writer(self) -> RecordWriter:
+        return make_writer(self.cfg)

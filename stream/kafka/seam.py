@@ -1,0 +1,100 @@
+"""The seam between driftline and a Kafka client library: neutral partitions, errors, and the small
+interfaces the run loop, the checkpointer and the CLI use. Backends (`stream.kafka.kafka_python`)
+implement them; nothing outside `driftline.stream.kafka` imports a Kafka client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import ClassVar, NamedTuple, Protocol
+
+from driftline.errors import DriftlineError
+from driftline.stream.kafka.writer import RecordWriter
+from driftline.stream.records import InboundRecord
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+class KafkaClientError(DriftlineError):
+    """A Kafka client call failed. ``operation`` names the call (poll, commit, position, ...), ``kind`` the
+    client library's own error class (bounded: it is a metric label)."""
+
+    retriable: ClassVar[bool] = False
+
+    def __init__(self, operation: str, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.kind = kind
+
+
+class RetriableKafkaError(KafkaClientError):
+    """Kafka is unreachable for now (broker restart, coordinator moving): the same call later may succeed."""
+
+    retriable = True
+
+
+class CommitLostError(RetriableKafkaError):
+    """A commit raced a rebalance: the partitions' new owner resumes from the last successful commit."""
+
+
+class KafkaAccessError(KafkaClientError):
+    """The brokers refused this client while it ran (credentials rotated or revoked, ACLs changed): retrying
+    cannot fix it."""
+
+
+Rebalance = Callable[[Sequence[TopicPartition]], None]
+
+
+class Consumer(Protocol):
+    """The service's group consumer. Offsets are committed only by `commit`, never automatically."""
+
+    def subscribe(self, topics: Sequence[str], *, on_assign: Rebalance, on_revoke: Rebalance) -> None:
+        """Join the group for ``topics``; ``on_assign``/``on_revoke`` run inside `poll` when partitions move
+        (``on_revoke`` before they go: the previous batch is already processed, flushed and committed)."""
+        ...
+
+    def poll(self, timeout_ms: int) -> list[InboundRecord]:
+        """The next batch (possibly empty). Raises RetriableKafkaError or KafkaAccessError."""
+        ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    def paused(self) -> set[TopicPartition]: ...
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        """Commit ``offsets`` (next offset to read, per partition), or every consumed position. Raises
+        CommitLostError, RetriableKafkaError or KafkaAccessError."""
+        ...
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Records between the position and the log end of each assigned partition whose end is known."""
+        ...
+
+    def close(self) -> None:
+        """Leave the group without committing."""
+        ...
+
+
+class KafkaBackend(Protocol):
+    """Everything the service asks of Kafka, from one client library."""
+
+    def check_connection(self) -> bool:
+        """Connect once as the clients will; a refused certificate or password raises KafkaSecurityError."""
+        ...
+
+    def ensure_topics(self, topics: Collection[str], partitions: int = 1) -> None: ...
+
+    def topic_partitions(self, topic: str) -> int: ...
+
+    def consumer(self) -> Consumer: ...
+
+    def writer(self) -> RecordWriter: ...

@@ -1,0 +1,260 @@
+"""The run loop against a fake Kafka backend (no broker): its written order (flush -> save -> commit),
+back-pressure, and what it does with each kind of Kafka error."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from driftline.errors import KafkaSecurityError, PublishError
+from driftline.learners.capabilities import Capability
+from driftline.learners.factory import build_learner
+from driftline.learners.river_head import RiverLearner
+from driftline.settings import ModelSettings, Settings
+from driftline.stream.checkpointing import Checkpointer
+from driftline.stream.kafka.seam import (
+    CommitLostError,
+    KafkaAccessError,
+    RetriableKafkaError,
+    TopicPartition,
+)
+from driftline.stream.kafka.writer import FlushResult
+from driftline.stream.loop import Service
+from driftline.stream.records import InboundRecord
+
+TP = TopicPartition("in", 0)
+
+
+class Script:
+    """What the fake consumer returns, poll by poll: a batch of records or an error to raise."""
+
+    def __init__(self, steps: Sequence[list[InboundRecord] | Exception]) -> None:
+        self.steps = list(steps)
+
+
+class FakeConsumer:
+    def __init__(self, script: Script, calls: list[str], stop: Callable[[], None],
+                 commit_errors: list[Exception]) -> None:
+        self.script, self.calls, self.stop = script, calls, stop
+        self.commit_errors = commit_errors
+        self._assigned: set[TopicPartition] = set()
+        self._paused: set[TopicPartition] = set()
+        self.sought: dict[TopicPartition, int] = {}
+        self.committed = 0
+        self._on_assign: Callable[[Sequence[TopicPartition]], None] | None = None
+
+    def subscribe(self, topics: Sequence[str], *, on_assign: Any, on_revoke: Any) -> None:
+        self._on_assign = on_assign
+
+    def poll(self, timeout_ms: int) -> list[InboundRecord]:
+        if not self._assigned and self._on_assign is not None:
+            self._assigned = {TP}
+            self._on_assign([TP])
+        if not self.script.steps:
+            self.stop()
+            return []
+        step = self.script.steps.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        if self._paused:
+            self.script.steps.insert(0, step)  # paused partitions return nothing
+            return []
+        self.calls.append("poll")
+        return step
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._assigned)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self.calls.append("pause")
+        self._paused |= set(partitions)
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self.calls.append("resume")
+        self._paused -= set(partitions)
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.sought[partition] = offset
+
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        if self.commit_errors:
+            raise self.commit_errors.pop(0)
+        self.calls.append("commit")
+        self.committed += 1
+
+    def lag(self) -> dict[TopicPartition, int]:
+        return {TP: 0}
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+class FakeWriter:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+        self.sent: list[tuple[str, bytes | None]] = []
+        self.fail_flush = False
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+             headers: Sequence[tuple[str, bytes]] | None = None) -> None:
+        self.sent.append((topic, value))
+
+    def flush(self, timeout: float | None = None) -> FlushResult:
+        self.calls.append("flush")
+        if self.fail_flush:
+            return FlushResult(sent=0, failed={"predictions": ["KafkaTimeoutError: simulated"]})
+        return FlushResult(sent=len(self.sent))
+
+    def partitions_for(self, topic: str) -> int:
+        return 1
+
+    def close(self, timeout: float = 30.0) -> None:
+        pass
+
+
+class FakeBackend:
+    def __init__(self, script: Script, commit_errors: Sequence[Exception] = ()) -> None:
+        self.script = script
+        self.calls: list[str] = []
+        self.commit_errors = list(commit_errors)
+        self.writer_ = FakeWriter(self.calls)
+        self.consumer_: FakeConsumer | None = None
+        self.service: Service | None = None
+
+    def check_connection(self) -> bool:
+        return True
+
+    def ensure_topics(self, topics: Collection[str], partitions: int = 1) -> None:
+        pass
+
+    def topic_partitions(self, topic: str) -> int:
+        return 1
+
+    def consumer(self) -> FakeConsumer:
+        assert self.service is not None
+        self.consumer_ = FakeConsumer(self.script, self.calls, self.service.stop, self.commit_errors)
+        return self.consumer_
+
+    def writer(self) -> FakeWriter:
+        return self.writer_
+
+
+def records(start: int, n: int) -> list[InboundRecord]:
+    return [InboundRecord("in", 0, i, 1_700_000_000_000 + i, None,
+                          json.dumps({"id": f"e{i}", "features": {"x": float(i % 7)}, "label": i % 2}).encode())
+            for i in range(start, start + n)]
+
+
+def service(backend: FakeBackend, tmp_path: Path | None = None, learner: Any = None,
+            registry: CollectorRegistry | None = None) -> Service:
+    cfg: dict[str, Any] = {"model": {"name": "GaussianNB"}, "kafka": {"poll_timeout_ms": 1}}
+    if tmp_path is not None:
+        cfg["checkpoint"] = {"directory": str(tmp_path), "every_events": 1}
+    s = Settings(**cfg)
+    svc = Service(s, learner or build_learner(s.model), registry, serve_http=False, kafka=backend)
+    backend.service = svc
+    return svc
+
+
+def test_each_batch_is_flushed_then_saved_then_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = FakeBackend(Script([records(0, 10), records(10, 10)]))
+    save = Checkpointer.save
+
+    def recorded(self: Checkpointer, trigger: str) -> Any:
+        backend.calls.append(f"save:{trigger}")
+        return save(self, trigger)
+
+    monkeypatch.setattr(Checkpointer, "save", recorded)
+    totals = service(backend, tmp_path).run()
+    assert (totals.consumed, totals.learned) == (20, 20)
+    batch = ["poll", "flush", "save:interval", "commit"]
+    assert backend.calls == [*batch, *batch, "save:shutdown", "close"]
+
+
+def test_a_commit_lost_to_a_rebalance_or_a_broker_away_is_counted_and_the_loop_goes_on() -> None:
+    errors = [CommitLostError("commit", "RebalanceInProgressError", "rebalancing"),
+              RetriableKafkaError("commit", "KafkaConnectionError", "broker away")]
+    backend = FakeBackend(Script([records(0, 5), records(5, 5), records(10, 5)]), commit_errors=errors)
+    registry = CollectorRegistry()
+    totals = service(backend, registry=registry).run()
+    assert totals.consumed == 15 and backend.consumer_ is not None and backend.consumer_.committed == 1
+    for kind in ("RebalanceInProgressError", "KafkaConnectionError"):
+        assert registry.get_sample_value("driftline_kafka_retriable_errors_total",
+                                         {"operation": "commit", "error": kind}) == 1
+
+
+def test_a_retriable_poll_error_is_counted_and_polled_again() -> None:
+    backend = FakeBackend(Script([RetriableKafkaError("poll", "NodeNotReadyError", "no leader"), records(0, 5)]))
+    registry = CollectorRegistry()
+    assert service(backend, registry=registry).run().learned == 5
+    assert registry.get_sample_value("driftline_kafka_retriable_errors_total",
+                                     {"operation": "poll", "error": "NodeNotReadyError"}) == 1
+
+
+def test_refused_access_stops_the_service_with_the_reason_and_keeps_a_consistent_state(tmp_path: Path) -> None:
+    backend = FakeBackend(Script([records(0, 5), KafkaAccessError("poll", "SaslAuthenticationFailedError",
+                                                                   "Authentication failed")]))
+    with pytest.raises(KafkaSecurityError, match=r"refused this service while it ran \(SaslAuthenticationFailedError"):
+        service(backend, tmp_path).run()
+    assert backend.calls[-1] == "close"
+    assert list(tmp_path.glob("ckpt-*")), "the state of the flushed batch was saved"
+
+
+def test_outputs_kafka_did_not_acknowledge_stop_the_loop_before_the_commit() -> None:
+    backend = FakeBackend(Script([records(0, 5)]))
+    backend.writer_.fail_flush = True
+    with pytest.raises(PublishError, match="offsets not committed"):
+        service(backend).run()
+    assert "commit" not in backend.calls and backend.calls[-1] == "close"
+
+
+class Saturating(RiverLearner):
+    """A River learner that says it trains in the background and is saturated for its first two checks."""
+
+    capabilities = frozenset({Capability.BACKGROUND_TRAINED})
+
+    def __init__(self) -> None:
+        super().__init__(ModelSettings(name="GaussianNB"))
+        self.checks = 0
+        self.drained = threading.Event()
+
+    @property
+    def latest_version(self) -> int:
+        return self.version
+
+    def saturated(self) -> bool:
+        self.checks += 1
+        return self.checks <= 2
+
+    def backlog(self) -> int:
+        return 3 if self.checks <= 2 else 0
+
+    def drain(self, timeout: float | None = None) -> bool:
+        self.drained.set()
+        return True
+
+    def close(self) -> None:
+        pass
+
+    def set_synchronous(self, on: bool = True) -> None:
+        pass
+
+
+def test_back_pressure_pauses_while_training_is_behind_and_resumes_after() -> None:
+    backend = FakeBackend(Script([records(0, 5), records(5, 5)]))
+    learner = Saturating()
+    registry = CollectorRegistry()
+    totals = service(backend, learner=learner, registry=registry).run()
+    assert totals.learned == 10 and learner.drained.is_set()
+    assert backend.calls[:6] == ["poll", "flush", "commit", "pause", "resume", "poll"]
+    assert registry.get_sample_value("driftline_backpressure_pauses_total") == 1
+    assert registry.get_sample_value("driftline_consumer_paused") == 0
