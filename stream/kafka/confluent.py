@@ -12,7 +12,7 @@ integration suite has not run on this backend: `kafka.client: auto` still picks 
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer
@@ -20,8 +20,7 @@ from confluent_kafka import TopicPartition as CTopicPartition
 
 from driftline.errors import ConfigError
 from driftline.settings import KafkaSettings
-from driftline.stream.kafka.clients import ensure_topics, topic_partitions
-from driftline.stream.kafka.preflight import check_connection
+from driftline.stream.kafka.kafka_python import KafkaAdmin
 from driftline.stream.kafka.seam import (
     CommitLostError,
     KafkaAccessError,
@@ -239,19 +238,10 @@ class ConfluentWriter:
         self._p.flush(timeout)
 
 
-class ConfluentBackend:
+class ConfluentBackend(KafkaAdmin):
     def __init__(self, cfg: KafkaSettings) -> None:
         base_properties(cfg, "check")  # refuses what this backend cannot map yet, at start
-        self.cfg = cfg
-
-    def check_connection(self) -> bool:
-        return check_connection(self.cfg)
-
-    def ensure_topics(self, topics: Collection[str], partitions: int = 1) -> None:
-        ensure_topics(self.cfg, topics, partitions=partitions)
-
-    def topic_partitions(self, topic: str) -> int:
-        return topic_partitions(self.cfg, topic)
+        super().__init__(cfg)
 
     def consumer(self) -> ConfluentConsumer:
         return ConfluentConsumer(self.cfg)

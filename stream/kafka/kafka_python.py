@@ -114,7 +114,10 @@ class KafkaPythonConsumer:
         self._c.close(autocommit=False)
 
 
-class KafkaPythonBackend:
+class KafkaAdmin:
+    """Preflight and topics through kafka-python's protocol classes and admin client (what both backends use:
+    the preflight checks what either client will meet)."""
+
     def __init__(self, cfg: KafkaSettings) -> None:
         self.cfg = cfg
 
@@ -127,6 +130,8 @@ class KafkaPythonBackend:
     def topic_partitions(self, topic: str) -> int:
         return topic_partitions(self.cfg, topic)
 
+
+class KafkaPythonBackend(KafkaAdmin):
     def consumer(self) -> KafkaPythonConsumer:
         return KafkaPythonConsumer(make_consumer(self.cfg))
 
