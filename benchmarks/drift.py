@@ -161,8 +161,7 @@ def run(scenario: Scenario, seed: int, adapt: bool, delta: float = 0.001, model:
     wall = time.perf_counter() - t0
     assert predictions.values is not None and len(predictions.values) == len(labels), "every event is predicted"
     correct = [p == y for p, y in zip(predictions.values, labels, strict=True)]
-    log = proc.find(DetectionLog)
-    assert log is not None
+    log = proc.require(DetectionLog)
     drifts = [d.labeled - 1 for d in log.latest if d.level == "drift" and d.source == "error"]
     inputs = [d.labeled - 1 for d in log.latest if d.source == "input"]
     adaptation = proc.find(Adaptation)

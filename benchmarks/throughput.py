@@ -101,9 +101,7 @@ def service(kafka: KafkaSettings, topic: str, n: int) -> tuple[float, float]:
     t = svc.totals
     assert t.first_batch_at is not None and t.last_commit_at is not None
     dt = t.last_commit_at - t.first_batch_at
-    quality = svc.processor.find(Quality)
-    assert quality is not None
-    acc = quality.tracker.cumulative
+    acc = svc.processor.require(Quality).tracker.cumulative
     return svc.totals.consumed / dt, acc
 
 

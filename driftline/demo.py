@@ -75,8 +75,8 @@ def run_demo(*, events: int | None, rate: float, drift_at: int, metrics_port: in
         totals = service.run()
         stop.set()
         producer.join(timeout=30)
-        quality = service.processor.find(Quality)
-        accuracy = quality.tracker.cumulative if quality is not None and quality.tracker.n else float("nan")
+        tracker = service.processor.require(Quality).tracker
+        accuracy = tracker.cumulative if tracker.n else float("nan")
         print(f"demo done: {totals.predicted} predicted, {totals.learned} learned, "
               f"{totals.dead_lettered} dead-lettered; prequential accuracy {accuracy:.3f}", flush=True)
     return 0

@@ -83,8 +83,7 @@ class Checkpointer:
         offsets: dict[str, dict[int, int]] = {}
         for (topic, partition), off in self.offsets.items():
             offsets.setdefault(topic, {})[partition] = off
-        ledger = self.processor.find(Ledger)
-        info = self.store.save(self.processor.state_dict(), offsets, learned=ledger.learned if ledger else 0)
+        info = self.store.save(self.processor.state_dict(), offsets, learned=self.processor.require(Ledger).learned)
         self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
         self.metrics.checkpoints.labels(trigger).inc()
         self.metrics.checkpoint_last.set_to_current_time()

@@ -63,6 +63,7 @@ class Service:
     def __init__(self, settings: Settings, learner: Learner, registry: CollectorRegistry | None = None,
                  *, serve_http: bool = True, kafka: KafkaBackend | None = None) -> None:
         self.settings = settings
+        self.trained = background_trained(learner)  # declared by the learner's class: fixed for the run
         self.kafka = kafka if kafka is not None else open_backend(settings.kafka)
         self.learner = learner
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -182,7 +183,7 @@ class Service:
     def _backpressure(self, consumer: Consumer) -> None:
         """Pause every assigned partition while the learner's training is behind (it keeps polling, so the
         group keeps this member; paused partitions return no records); resume when it has caught up."""
-        trained = background_trained(self.learner)
+        trained = self.trained
         if trained is None:
             return
         if trained.saturated():
@@ -203,7 +204,7 @@ class Service:
 
     def _drain_training(self, timeout: float = 30.0) -> None:
         """On a graceful stop, let windows in training finish (what is left is in the shutdown checkpoint)."""
-        trained = background_trained(self.learner)
+        trained = self.trained
         if trained is not None and not trained.drain(timeout):
             log.warning("training did not finish within %.0fs; the pending windows go into the checkpoint", timeout)
 
@@ -252,6 +253,6 @@ class Service:
             consumer.close()
             if self.http is not None:
                 self.http.stop()
-            trained = background_trained(self.learner)
+            trained = self.trained
             if trained is not None:
                 trained.close()

@@ -65,6 +65,13 @@ class EventProcessor:
         """The observer of this class, if the pipeline has one."""
         return next((o for o in self.observers if isinstance(o, kind)), None)
 
+    def require(self, kind: type[ObserverT]) -> ObserverT:
+        """The observer of this class, which the pipeline must have (Quality, Ledger, DetectionLog always are)."""
+        found = self.find(kind)
+        if found is None:
+            raise LookupError(f"the pipeline has no {kind.__name__}")
+        return found
+
     def process(self, records: Sequence[InboundRecord]) -> BatchResult:
         res = BatchResult(consumed=len(records))
         items, prepare = self.router.route(records)

@@ -35,7 +35,7 @@ from driftline.stream.kafka.writer import FlushResult
 from driftline.stream.label_stage import LabelStage
 from driftline.stream.observers import NO_DETECTIONS, Adaptation, DetectionLog, Ledger, Observer, Predicted, Quality
 from driftline.stream.pipeline import processor_from_settings
-from driftline.stream.processor import EventProcessor, ObserverT
+from driftline.stream.processor import EventProcessor
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import REASON_HEADER, OutputSink
 
@@ -224,7 +224,7 @@ def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord
     sink = OutputSink(writer, PREDICTIONS_TOPIC, DEAD_LETTER_TOPIC, metrics)
     log = PredictionLog()
     processor = processor_from_settings(settings, learner, sink, metrics, labels_topic=LABELS_TOPIC, extra=[log])
-    quality, ledger = _required(processor, Quality), _required(processor, Ledger)
+    quality, ledger = processor.require(Quality), processor.require(Ledger)
     summary = Summary(model=learner.name, label_delay=_describe(label_delay), seed=seed)
     bar = progress_bar(total, desc="replay", unit="rec", show=progress)
     t0 = time.perf_counter()
@@ -251,14 +251,8 @@ def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord
     return summary
 
 
-def _required(processor: EventProcessor, kind: type[ObserverT]) -> ObserverT:
-    found = processor.find(kind)
-    assert found is not None, f"the pipeline always has a {kind.__name__}"
-    return found
-
-
 def _finish(summary: Summary, processor: EventProcessor, writer: CollectingWriter, log: PredictionLog) -> None:
-    t, ledger = _required(processor, Quality).tracker, _required(processor, Ledger)
+    t, ledger = processor.require(Quality).tracker, processor.require(Ledger)
     summary.metric = t.metric
     summary.cumulative = t.cumulative if t.n else None
     summary.final_rolling = t.rolling if t.n else None
@@ -270,7 +264,7 @@ def _finish(summary: Summary, processor: EventProcessor, writer: CollectingWrite
     summary.model_version = processor.learner.version
     summary.model_updates = processor.learner.updates
     summary.ledger_digest = f"{ledger.learned}:{ledger.digest:016x}"
-    summary.detections = [(d.labeled, d.detector, d.level) for d in _required(processor, DetectionLog).latest]
+    summary.detections = [(d.labeled, d.detector, d.level) for d in processor.require(DetectionLog).latest]
     adaptation = processor.find(Adaptation)
     if adaptation is not None:
         summary.adaptations = [(a.labeled, a.action, a.detector) for a in adaptation.adapter.actions]

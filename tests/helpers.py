@@ -164,9 +164,3 @@ class ServiceProcess:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-6000:]
 
-
-def observer(processor: Any, kind: type[Any]) -> Any:
-    """The pipeline observer of this class (it must exist)."""
-    found = processor.find(kind)
-    assert found is not None, f"the pipeline has no {kind.__name__}"
-    return found

@@ -15,7 +15,6 @@ from driftline.stream.observers import Ledger
 from driftline.stream.pipeline import build_processor
 from driftline.stream.processor import EventProcessor
 from driftline.stream.records import InboundRecord
-from tests.helpers import observer
 
 
 def _processor(name: str = "GaussianNB") -> tuple[EventProcessor, ServiceMetrics, CollectorRegistry]:
@@ -39,7 +38,7 @@ def test_policy_and_restore_skipping_a_corrupt_newest(tmp_path: Path) -> None:
     assert not ck.due()
     ck.advance(_records(range(0, 50), partition=1))
     assert ck.due()
-    observer(proc, Ledger).add("a")
+    proc.require(Ledger).add("a")
     first = ck.save("interval")
     assert first is not None and first.offsets == {"in": {0: 60, 1: 50}} and first.learned == 1
     ck.advance(_records(range(60, 70)))
@@ -52,7 +51,7 @@ def test_policy_and_restore_skipping_a_corrupt_newest(tmp_path: Path) -> None:
     info = ck2.restore()
     assert info is not None and info.version == first.version
     assert ck2.offsets == {("in", 0): 60, ("in", 1): 50}
-    assert observer(proc2, Ledger).learned == 1
+    assert proc2.require(Ledger).learned == 1
     assert reg2.get_sample_value("driftline_checkpoint_corrupt_total") == 1
     assert reg2.get_sample_value("driftline_checkpoint_restored_version") == first.version
 

@@ -17,7 +17,6 @@ from driftline.stream.observers import Ledger, Quality
 from driftline.stream.pipeline import build_processor
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import REASON_HEADER, OutputSink
-from tests.helpers import observer
 from tests.unit.test_property_bad_input import MemoryWriter
 
 SEC = 1000
@@ -57,13 +56,13 @@ class Harness:
 def test_label_after_its_event_is_learned_and_scores_the_earlier_prediction() -> None:
     h = Harness()
     res = h.proc.process([h.event("a", 1.0, 10), h.event("b", 5.0, 11)])
-    assert (res.predicted, res.learned) == (2, 0) and len(observer(h.proc, LabelStage).join.pending) == 2
+    assert (res.predicted, res.learned) == (2, 0) and len(h.proc.require(LabelStage).join.pending) == 2
     before = h.proc.learner.state_dict()
     res = h.proc.process([h.label("a", 1, 40)])
-    assert res.learned == 1 and observer(h.proc, Ledger).learned == 1 and h.proc.learner.updates == 1
+    assert res.learned == 1 and h.proc.require(Ledger).learned == 1 and h.proc.learner.updates == 1
     assert h.proc.learner.state_dict() != before
-    assert observer(h.proc, Quality).tracker.n == 1  # scored: the prediction made at t=10 (no model yet: None != 1)
-    assert observer(h.proc, Quality).tracker.cumulative_accuracy == 0.0
+    assert h.proc.require(Quality).tracker.n == 1  # scored: the prediction made at t=10 (no model yet: None != 1)
+    assert h.proc.require(Quality).tracker.cumulative_accuracy == 0.0
     assert h.value("driftline_label_delay_seconds_sum") == 30.0
     assert h.value("driftline_pending_labels", side="predictions") == 1
     assert h.value("driftline_label_coverage_ratio", model="GaussianNB") == 0.5
@@ -75,7 +74,7 @@ def test_label_before_its_event_waits_and_is_learned_when_the_event_comes() -> N
     assert h.value("driftline_pending_labels", side="labels") == 1
     res = h.proc.process([h.event("a", 1.0, 12)])
     assert (res.predicted, res.learned) == (1, 1)
-    assert not observer(h.proc, LabelStage).join.early and not observer(h.proc, LabelStage).join.pending
+    assert not h.proc.require(LabelStage).join.early and not h.proc.require(LabelStage).join.pending
     assert not [t for t, *_ in h.writer.records if t == "dlq"]
 
 
@@ -112,7 +111,7 @@ def test_label_for_an_event_already_learned_is_dead_lettered() -> None:
 def test_max_pending_expires_the_oldest_by_capacity() -> None:
     h = Harness(max_pending=2)
     h.proc.process([h.event(f"e{i}", 1.0, i) for i in range(5)])
-    assert list(observer(h.proc, LabelStage).join.pending) == ["e3", "e4"]
+    assert list(h.proc.require(LabelStage).join.pending) == ["e3", "e4"]
     assert h.value("driftline_labels_expired_total", reason="capacity") == 3
 
 
@@ -123,7 +122,7 @@ def test_pending_joins_are_part_of_the_state() -> None:
     h2 = Harness()
     h2.proc.load_state_dict(state)
     res = h2.proc.process([h2.label("a", 1, 5), h2.event("early", 3.0, 6)])
-    assert res.learned == 2 and observer(h2.proc, Ledger).learned == 2
+    assert res.learned == 2 and h2.proc.require(Ledger).learned == 2
 
 
 def test_bad_label_records_are_dead_lettered_with_their_reason() -> None:
@@ -141,4 +140,4 @@ def test_a_waiting_label_is_dead_lettered_when_its_event_brings_its_own() -> Non
     h.proc.process([h.label("a", 0, 1)])
     res = h.proc.process([h.event("a", 1.0, 2, label=1)])
     assert res.learned == 1 and h.dead() == [(b"label_already_learned", b"labels")]
-    assert not observer(h.proc, LabelStage).join.early
+    assert not h.proc.require(LabelStage).join.early

@@ -14,7 +14,6 @@ from driftline.stream.pipeline import build_processor
 from driftline.stream.processor import EventProcessor
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import REASON_HEADER, OutputSink
-from tests.helpers import observer
 from tests.tiny_models import save_encoder, torch_backbone
 from tests.unit.test_property_bad_input import MemoryWriter
 
@@ -119,7 +118,7 @@ def test_a_failing_batch_preparation_falls_back_to_one_event_at_a_time(tmp_path:
     res = proc.process(recs)
     assert (res.predicted, res.learned, res.dead_lettered) == (20, 20, 0)
     reference.process(recs)
-    assert observer(proc, Quality).tracker.state_dict() == observer(reference, Quality).tracker.state_dict()
+    assert proc.require(Quality).tracker.state_dict() == reference.require(Quality).tracker.state_dict()
 
 
 class Counting(Observer):
