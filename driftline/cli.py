@@ -20,14 +20,15 @@ log = logging.getLogger("driftline")
 
 
 def _setup_logging(level: str, settings: Any = None) -> None:
-    """Log to stderr at ``level`` (kafka-python at ``settings.kafka_log_level``); every secret of
+    """Log to stderr at ``level`` (the Kafka clients at ``settings.kafka_log_level``); every secret of
     ``settings`` is redacted from every record."""
     from driftline import secrecy
 
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kafka_level = getattr(logging, settings.kafka_log_level if settings is not None else "WARNING")
-    logging.getLogger("kafka").setLevel(kafka_level)  # its records reach the root handler at any root level
+    for client in ("kafka", "librdkafka"):  # kafka-python's and librdkafka's records reach the root handler
+        logging.getLogger(client).setLevel(kafka_level)
     logging.captureWarnings(True)  # library warnings go through the log (and its redaction)
     # Avalanche 0.6 warns about its own deprecated storage-policy call on every experience (and re-enables
     # the warning each time): one line per trained window would flood a long-running service's log
@@ -262,11 +263,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     """Validate the configuration; with --connect also open one connection with its Kafka security."""
     from driftline.monitoring.http_security import http_security
     from driftline.settings import load_settings
-    from driftline.stream.kafka.security import client_security
+    from driftline.stream.kafka import check_settings
 
     settings = load_settings(args.config)
     _setup_logging("WARNING", settings)
-    client_security(settings.kafka)  # CA, certificate, key and secret files are readable
+    check_settings(settings.kafka)  # CA, certificate, key and secret files readable; client properties known
     http_security(settings.metrics)
     if args.connect:
         from driftline.stream.kafka.preflight import check_connection

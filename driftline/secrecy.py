@@ -79,6 +79,8 @@ def secret_values(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, str
             yield from secret_values(value, f"{where}.")
         elif isinstance(value, SecretStr):
             yield where, value.get_secret_value()
+        elif isinstance(value, dict):  # e.g. kafka.client_properties: secret-looking names hold SecretStr
+            yield from ((f"{where}.{k}", v.get_secret_value()) for k, v in value.items() if isinstance(v, SecretStr))
         elif name.endswith("_file") and isinstance(value, str):
             sibling = fields.get(name[: -len("_file")])
             if sibling is not None and "SecretStr" in str(sibling.annotation):

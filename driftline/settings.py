@@ -45,6 +45,10 @@ __all__ = [
 ]
 
 
+# names of client properties whose values are secret (passwords, keys, tokens, JAAS lines)
+SECRET_PROPERTY = re.compile(r"password|secret|token|jaas|credential|(^|[._])key([._]|$)|pem", re.IGNORECASE)
+
+
 class KafkaTlsSettings(Frozen):
     """TLS to the brokers (security_protocol SSL or SASL_SSL). Files are PEM."""
 
@@ -77,10 +81,14 @@ class KafkaSaslSettings(Frozen):
     username: str | None = None  # PLAIN / SCRAM
     password: SecretStr | None = None  # PLAIN / SCRAM: the password (env DRIFTLINE_KAFKA__SASL__PASSWORD) ...
     password_file: str | None = None  # ... or a file holding it
-    # OAUTHBEARER: a bearer token, or a file holding one that is read again at every (re)authentication,
-    # so a token refreshed by a sidecar is picked up.
+    # OAUTHBEARER: a bearer token, or a file holding one that is read again at every (re)authentication
+    # (kafka-python) or whenever the client's token nears its expiry (librdkafka), so a token refreshed by a
+    # sidecar is picked up.
     oauth_token: SecretStr | None = None
     oauth_token_file: str | None = None
+    # How long a token is good for when it does not say so itself (a JWT's "exp" claim wins); librdkafka asks
+    # for a new one at 80% of it.
+    oauth_token_lifetime_seconds: float = Field(300.0, gt=0)
 
     @property
     def configured(self) -> bool:
@@ -92,9 +100,13 @@ class KafkaSettings(Frozen):
     """Connection and client tuning shared by the consumer and the producers."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
-    # The client library: kafka-python, or confluent (librdkafka; PLAINTEXT only so far). auto: kafka-python
-    # until the whole integration suite runs on both.
+    # The client library: confluent (librdkafka, the fast one) or kafka-python (pure Python). auto: confluent.
     client: Literal["auto", "confluent", "kafka-python"] = "auto"
+    # Raw properties of the chosen client (librdkafka's dotted names, or kafka-python's keyword names), for what
+    # the settings here do not cover, e.g. {"socket.keepalive.enable": true}. Unknown names are refused when the
+    # service starts; names the service owns (offset commits, assignment, security, ...) are refused with the
+    # setting to use instead; values of names that look secret are masked like every secret.
+    client_properties: dict[str, SecretStr | bool | int | float | str] = Field(default_factory=dict)
     # Applies to every client the service creates (consumer, producers, admin).
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     ssl: KafkaTlsSettings = Field(default_factory=KafkaTlsSettings)
@@ -116,9 +128,22 @@ class KafkaSettings(Frozen):
     batch_size: int = Field(256 * 1024, ge=1024)
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
     request_timeout_ms: int = Field(30_000, ge=1000)
-    # Where the service's producer runs: "process" (a child process, so publishing uses another
-    # core), "thread" (in the service's process), or "auto" (process when there are 2+ CPUs).
+    # kafka-python only: where the service's producer runs: "process" (a child process, so publishing uses
+    # another core), "thread" (in the service's process), or "auto" (process when there are 2+ CPUs).
+    # librdkafka's producer queues in C and sends from its own threads.
     publisher: Literal["auto", "process", "thread"] = "auto"
+
+    @field_validator("client_properties")
+    @classmethod
+    def _mask_secret_properties(
+            cls, v: dict[str, SecretStr | bool | int | float | str]) -> dict[str, SecretStr | bool | int | float | str]:
+        return {k: SecretStr(str(x)) if SECRET_PROPERTY.search(k) and not isinstance(x, SecretStr) else x
+                for k, x in v.items()}
+
+    @property
+    def backend(self) -> Literal["confluent", "kafka-python"]:
+        """The client library ``client`` selects (auto: confluent)."""
+        return "kafka-python" if self.client == "kafka-python" else "confluent"
 
     @model_validator(mode="after")
     def _security(self) -> KafkaSettings:

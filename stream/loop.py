@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -30,6 +31,7 @@ from driftline.stream.kafka.seam import (
     KafkaBackend,
     KafkaClientError,
     RetriableKafkaError,
+    TopicPartition,
 )
 from driftline.stream.kafka.writer import RecordWriter
 from driftline.stream.observers import BatchResult
@@ -131,7 +133,7 @@ class Service:
             checkpointer.restore()
             # on_revoke runs inside poll(): the previous batch is already processed, flushed and committed
             consumer.subscribe(inputs, on_assign=lambda tps: checkpointer.seek_assigned(consumer, tps),
-                               on_revoke=lambda tps: checkpointer.revoked(tps))
+                               on_revoke=lambda tps: checkpointer.revoked(tps), on_lost=self._lost)
             self._running = True
             self.metrics.up.set(1)
             log.info("consuming %s as group %r with model %s (%s)", " + ".join(inputs), s.kafka.group_id,
@@ -165,10 +167,11 @@ class Service:
                 # it is consistent (outputs flushed), then stop with the reason.
                 if consistent:
                     checkpointer.save("shutdown")
+                credentials = ("kafka.sasl.oauth_token / oauth_token_file" if s.kafka.sasl.mechanism == "OAUTHBEARER"
+                               else "kafka.sasl.username / password (or password_file)")
                 raise KafkaSecurityError(
                     f"kafka: the brokers refused this service while it ran ({exc.kind}: {exc}); "
-                    "check kafka.sasl.username / password (or password_file) and the ACLs of the topics and "
-                    "the group") from None
+                    f"check {credentials} and the ACLs of the topics and the group") from None
             self._drain_training()
             checkpointer.save("shutdown")  # only reached on a graceful stop: everything is flushed
         finally:
@@ -179,6 +182,16 @@ class Service:
         log.info("stopped after %d batches: %d consumed, %d predicted, %d learned, %d dead-lettered",
                  t.batches, t.consumed, t.predicted, t.learned, t.dead_lettered)
         return self.totals
+
+    def _lost(self, partitions: Sequence[TopicPartition]) -> None:
+        """This member was evicted from the group (a poll came later than kafka.max_poll_interval_ms, or
+        heartbeats stopped): its partitions may belong to another member already. The state is kept (it is
+        consistent: this runs inside poll, after the last batch was flushed); the next commit fails as lost,
+        and a checkpointed restart would resume from the state's offsets."""
+        self.metrics.kafka_errors.labels("rebalance", "partitions_lost").inc()
+        log.warning("kafka: lost %d partitions without a revoke (this member was evicted from the group); "
+                    "rejoining", len(partitions))
+        self.checkpointer.revoked(partitions)
 
     def _backpressure(self, consumer: Consumer) -> None:
         """Pause every assigned partition while the learner's training is behind (it keeps polling, so the

@@ -36,6 +36,18 @@ def kafka_bootstrap(kafka_broker: LocalKafkaBroker | None) -> str:
     return kafka_broker.bootstrap_servers
 
 
+BACKENDS = ("confluent", "kafka-python")
+
+
+@pytest.fixture(params=BACKENDS)
+def kafka_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once per Kafka client library: every `Settings` the test builds, and every service process
+    it starts (they inherit the environment), uses that backend."""
+    backend: str = request.param
+    monkeypatch.setenv("DRIFTLINE_KAFKA__CLIENT", backend)
+    return backend
+
+
 @pytest.fixture
 def topic_prefix(request: pytest.FixtureRequest) -> str:
     """Unique topic/group names per test, so tests never see each other's records."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -11,6 +11,7 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from driftline.settings import KafkaSettings
+from driftline.stream.kafka.properties import plain, python_name, refuse_owned, unknown
 from driftline.stream.kafka.security import client_security
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,22 @@ log = logging.getLogger(__name__)
 
 def _acks(cfg: KafkaSettings) -> int | str:
     return "all" if cfg.acks == "all" else int(cfg.acks)
+
+
+def python_properties(cfg: KafkaSettings, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``kafka.client_properties`` as kafka-python keywords (dots become underscores), those of the client whose
+    ``DEFAULT_CONFIG`` is ``defaults`` (all when None). ConfigError for an owned or unknown name. Empty on the
+    confluent backend: its properties are librdkafka's, and the admin client driftline keeps on kafka-python
+    for topics and the preflight does without them."""
+    if cfg.backend != "kafka-python":
+        return {}
+    refuse_owned(cfg)
+    known = {**KafkaConsumer.DEFAULT_CONFIG, **KafkaProducer.DEFAULT_CONFIG, **KafkaAdminClient.DEFAULT_CONFIG}
+    props = {python_name(k): v for k, v in plain(cfg.client_properties).items()}
+    for name in props:
+        if name not in known:
+            raise unknown(name, known, "kafka-python")
+    return {k: v for k, v in props.items() if defaults is None or k in defaults}
 
 
 def make_producer(cfg: KafkaSettings, *, client_suffix: str = "producer", **overrides: Any) -> KafkaProducer:
@@ -36,6 +53,7 @@ def make_producer(cfg: KafkaSettings, *, client_suffix: str = "producer", **over
     if params["acks"] != "all":
         params["enable_idempotence"] = False
     params.update(client_security(cfg))
+    params.update(python_properties(cfg, KafkaProducer.DEFAULT_CONFIG))
     params.update(overrides)
     return KafkaProducer(**params)
 
@@ -57,6 +75,7 @@ def make_consumer(cfg: KafkaSettings, **overrides: Any) -> KafkaConsumer:
         request_timeout_ms=max(cfg.request_timeout_ms, cfg.session_timeout_ms + 5000),
     )
     params.update(client_security(cfg))
+    params.update(python_properties(cfg, KafkaConsumer.DEFAULT_CONFIG))
     params.update(overrides)
     return KafkaConsumer(**params)
 
@@ -67,6 +86,7 @@ def make_admin(cfg: KafkaSettings) -> KafkaAdminClient:
         client_id=f"{cfg.client_id}-admin",
         request_timeout_ms=cfg.request_timeout_ms,
         **client_security(cfg),
+        **python_properties(cfg, KafkaAdminClient.DEFAULT_CONFIG),
     )
 
 

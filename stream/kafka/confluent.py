@@ -1,18 +1,18 @@
 """The confluent-kafka (librdkafka) backend: `ConfluentConsumer`, `ConfluentWriter`, `ConfluentBackend`.
 
-Settings are mapped to librdkafka's property names; offsets are committed only explicitly (auto commit and
-the automatic offset store are off), and the positions the service commits are the ones it consumed. Seeks
-asked for while partitions are being assigned are applied with the assignment itself (librdkafka cannot
-seek a partition it has not started fetching).
-
-Not yet: TLS/SASL (a clear configuration error names the setting; kafka-python serves them), and the
-integration suite has not run on this backend: `kafka.client: auto` still picks kafka-python.
+Settings are mapped to librdkafka's property names (`rdkafka.properties`); offsets are committed only
+explicitly (auto commit and the automatic offset store are off), and the positions the service commits are
+the ones it consumed. Seeks asked for while partitions are being assigned are applied with the assignment
+itself (librdkafka cannot seek a partition it has not started fetching). Partitions lost without a revoke
+(the member was evicted from the group) are handled like revoked ones: the service forgets their state, and
+its next commit fails as lost to a rebalance. Access errors librdkafka reports through its error callback
+(credentials or ACLs refused) are raised by the next poll.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer
@@ -21,6 +21,7 @@ from confluent_kafka import TopicPartition as CTopicPartition
 from driftline.errors import ConfigError
 from driftline.settings import KafkaSettings
 from driftline.stream.kafka.kafka_python import KafkaAdmin
+from driftline.stream.kafka.rdkafka import ACCESS_ERRORS, ClientErrors, properties
 from driftline.stream.kafka.seam import (
     CommitLostError,
     KafkaAccessError,
@@ -34,23 +35,12 @@ from driftline.stream.records import InboundRecord
 
 _LOST = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
          KafkaError._STATE}
-_ACCESS = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED,
-           KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED}
-
-
-def base_properties(cfg: KafkaSettings, role: str) -> dict[str, Any]:
-    """librdkafka properties shared by every client of ``role`` (consumer, producer)."""
-    if cfg.security_protocol != "PLAINTEXT":
-        raise ConfigError(f"kafka.client: the confluent backend does not map kafka.security_protocol "
-                          f"{cfg.security_protocol} yet; use kafka.client: kafka-python for TLS/SASL")
-    return {"bootstrap.servers": cfg.bootstrap_servers, "client.id": f"{cfg.client_id}-{role}",
-            "security.protocol": "plaintext"}
 
 
 def _error(operation: str, err: KafkaError) -> KafkaClientError:
     code = err.code()
     kind = err.name()
-    if code in _ACCESS:
+    if code in ACCESS_ERRORS:
         return KafkaAccessError(operation, kind, err.str())
     if code in _LOST:
         return CommitLostError(operation, kind, err.str())
@@ -63,11 +53,29 @@ def _bytes(v: str | bytes | None) -> bytes | None:
     return v.encode("utf-8") if isinstance(v, str) else v
 
 
+def _records(msgs: list[Message]) -> list[InboundRecord]:
+    out: list[InboundRecord] = []
+    for m in msgs:
+        err = m.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                continue
+            raise _error("poll", err)
+        topic, partition, offset = m.topic(), m.partition(), m.offset()
+        assert topic is not None and partition is not None and offset is not None
+        _, ts = m.timestamp()
+        headers = cast(list[tuple[str, bytes | None]] | None, m.headers())  # a consumed message's: a list
+        out.append(InboundRecord(topic, partition, offset, ts, _bytes(m.key()), _bytes(m.value()),
+                                 tuple((k, _bytes(v) or b"") for k, v in headers) if headers else ()))
+    return out
+
+
 class ConfluentConsumer:
     def __init__(self, cfg: KafkaSettings) -> None:
         self.cfg = cfg
+        self._errors = ClientErrors()
         self._c = Consumer({
-            **base_properties(cfg, "consumer"), "group.id": cfg.group_id, "enable.auto.commit": False,
+            **properties(cfg, "consumer", self._errors), "group.id": cfg.group_id, "enable.auto.commit": False,
             "enable.auto.offset.store": False, "auto.offset.reset": cfg.auto_offset_reset,
             "session.timeout.ms": cfg.session_timeout_ms, "max.poll.interval.ms": cfg.max_poll_interval_ms,
             "fetch.min.bytes": cfg.fetch_min_bytes, "fetch.wait.max.ms": cfg.fetch_max_wait_ms,
@@ -79,7 +87,8 @@ class ConfluentConsumer:
         self._paused: set[TopicPartition] = set()
         self._seeks: dict[TopicPartition, int] | None = None  # collected while an assignment is applied
 
-    def subscribe(self, topics: Sequence[str], *, on_assign: Rebalance, on_revoke: Rebalance) -> None:
+    def subscribe(self, topics: Sequence[str], *, on_assign: Rebalance, on_revoke: Rebalance,
+                  on_lost: Rebalance | None = None) -> None:
         def assigned(consumer: Any, parts: list[CTopicPartition]) -> None:
             self._seeks = {}
             try:
@@ -91,36 +100,31 @@ class ConfluentConsumer:
                                              seeks.get(TopicPartition(p.topic, p.partition), OFFSET_INVALID))
                              for p in parts])
 
-        def revoked(consumer: Any, parts: list[CTopicPartition]) -> None:
-            tps = [TopicPartition(p.topic, p.partition) for p in parts]
-            on_revoke(tps)
-            for tp in tps:
-                self._positions.pop(tp, None)
-                self._paused.discard(tp)
-            consumer.unassign()
+        def gone(handler: Rebalance) -> Callable[[Any, list[CTopicPartition]], None]:
+            def handle(consumer: Any, parts: list[CTopicPartition]) -> None:
+                tps = [TopicPartition(p.topic, p.partition) for p in parts]
+                handler(tps)
+                for tp in tps:
+                    self._positions.pop(tp, None)
+                    self._paused.discard(tp)
+                consumer.unassign()
+            return handle
 
-        self._c.subscribe(list(topics), on_assign=assigned, on_revoke=revoked, on_lost=revoked)
+        self._c.subscribe(list(topics), on_assign=assigned, on_revoke=gone(on_revoke),
+                          on_lost=gone(on_lost or on_revoke))
 
     def poll(self, timeout_ms: int) -> list[InboundRecord]:
         try:
             msgs: list[Message] = self._c.consume(num_messages=self.cfg.max_poll_records, timeout=timeout_ms / 1000)
         except KafkaException as exc:
             raise _error("poll", exc.args[0]) from exc
-        out: list[InboundRecord] = []
+        refused = self._errors.take()
+        if refused is not None:
+            raise _error("poll", refused)
+        out = _records(msgs)
         positions = self._positions
-        for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise _error("poll", err)
-            topic, partition, offset = m.topic(), m.partition(), m.offset()
-            assert topic is not None and partition is not None and offset is not None
-            _, ts = m.timestamp()
-            headers = cast(list[tuple[str, bytes | None]] | None, m.headers())  # a consumed message's: a list
-            out.append(InboundRecord(topic, partition, offset, ts, _bytes(m.key()), _bytes(m.value()),
-                                     tuple((k, _bytes(v) or b"") for k, v in headers) if headers else ()))
-            positions[TopicPartition(topic, partition)] = offset + 1
+        for r in out:
+            positions[TopicPartition(r.topic, r.partition)] = r.offset + 1
         return out
 
     def assignment(self) -> set[TopicPartition]:
@@ -181,7 +185,7 @@ class ConfluentWriter:
     def __init__(self, cfg: KafkaSettings, client_suffix: str = "producer") -> None:
         acks = {"all": "all", "1": "1", "0": "0"}[cfg.acks]
         self._p = Producer({
-            **base_properties(cfg, client_suffix), "acks": acks, "enable.idempotence": acks == "all",
+            **properties(cfg, client_suffix, ClientErrors()), "acks": acks, "enable.idempotence": acks == "all",
             "linger.ms": cfg.linger_ms, "batch.size": cfg.batch_size,
             "compression.type": cfg.compression_type or "none", "request.timeout.ms": cfg.request_timeout_ms,
         })
@@ -240,7 +244,7 @@ class ConfluentWriter:
 
 class ConfluentBackend(KafkaAdmin):
     def __init__(self, cfg: KafkaSettings) -> None:
-        base_properties(cfg, "check")  # refuses what this backend cannot map yet, at start
+        properties(cfg, "check")  # unreadable secret files and refused client properties fail here, at start
         super().__init__(cfg)
 
     def consumer(self) -> ConfluentConsumer:
@@ -248,3 +252,59 @@ class ConfluentBackend(KafkaAdmin):
 
     def writer(self) -> ConfluentWriter:
         return ConfluentWriter(self.cfg)
+
+
+class ConfluentPartitionReader:
+    """`ranges.PartitionReader` on librdkafka: partitions assigned directly (the group id is only a name here:
+    nothing is committed and no group is joined)."""
+
+    def __init__(self, cfg: KafkaSettings) -> None:
+        self._timeout = cfg.request_timeout_ms / 1000
+        self._errors = ClientErrors()
+        self._c = Consumer({**properties(cfg, "range", self._errors), "group.id": f"{cfg.client_id}-range",
+                            "enable.auto.commit": False, "enable.auto.offset.store": False})
+
+    def _call(self, operation: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except KafkaException as exc:
+            raise _error(operation, exc.args[0]) from exc
+
+    def partitions(self, topic: str) -> list[int]:
+        meta = self._call("metadata", lambda: self._c.list_topics(topic, timeout=self._timeout)).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return []
+        return sorted(meta.partitions)
+
+    def bounds(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
+        out: dict[TopicPartition, tuple[int, int]] = {}
+        for tp in tps:
+            part = CTopicPartition(tp.topic, tp.partition)
+            try:
+                low, high = self._c.get_watermark_offsets(part, timeout=self._timeout)
+            except KafkaException as exc:
+                raise _error("offsets", exc.args[0]) from exc
+            out[tp] = (int(low), int(high))
+        return out
+
+    def offsets_for_time(self, tps: Sequence[TopicPartition], ms: int) -> dict[TopicPartition, int | None]:
+        found = self._call("offsets", lambda: self._c.offsets_for_times(
+            [CTopicPartition(tp.topic, tp.partition, ms) for tp in tps], timeout=self._timeout))
+        return {TopicPartition(f.topic, f.partition): (f.offset if f.offset >= 0 else None) for f in found}
+
+    def start(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self._c.assign([CTopicPartition(tp.topic, tp.partition, off) for tp, off in offsets.items()])
+
+    def poll(self, timeout_s: float) -> list[InboundRecord]:
+        msgs = self._call("poll", lambda: self._c.consume(num_messages=10_000, timeout=timeout_s))
+        refused = self._errors.take()
+        if refused is not None:
+            raise _error("poll", refused)
+        return _records(msgs)
+
+    def position(self, tp: TopicPartition) -> int:
+        pos = self._call("position", lambda: self._c.position([CTopicPartition(tp.topic, tp.partition)]))
+        return int(pos[0].offset)
+
+    def close(self) -> None:
+        self._c.close()

@@ -55,12 +55,16 @@ def _ktp(tp: TopicPartition) -> KafkaTopicPartition:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, on_assign: Rebalance, on_revoke: Rebalance) -> None:
+    def __init__(self, on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance) -> None:
         self.on_assign = on_assign
         self.on_revoke = on_revoke
+        self.on_lost = on_lost
 
     def on_partitions_revoked(self, revoked: list[KafkaTopicPartition]) -> None:
         self.on_revoke([_tp(tp) for tp in revoked])
+
+    def on_partitions_lost(self, lost: list[KafkaTopicPartition]) -> None:
+        self.on_lost([_tp(tp) for tp in lost])
 
     def on_partitions_assigned(self, assigned: list[KafkaTopicPartition]) -> None:
         self.on_assign([_tp(tp) for tp in assigned])
@@ -70,8 +74,9 @@ class KafkaPythonConsumer:
     def __init__(self, consumer: KafkaConsumer) -> None:
         self._c = consumer
 
-    def subscribe(self, topics: Sequence[str], *, on_assign: Rebalance, on_revoke: Rebalance) -> None:
-        self._c.subscribe(list(topics), listener=_Listener(on_assign, on_revoke))
+    def subscribe(self, topics: Sequence[str], *, on_assign: Rebalance, on_revoke: Rebalance,
+                  on_lost: Rebalance | None = None) -> None:
+        self._c.subscribe(list(topics), listener=_Listener(on_assign, on_revoke, on_lost or on_revoke))
 
     def poll(self, timeout_ms: int) -> list[InboundRecord]:
         with _mapped("poll"):
@@ -137,3 +142,37 @@ class KafkaPythonBackend(KafkaAdmin):
 
     def writer(self) -> RecordWriter:
         return make_writer(self.cfg)
+
+
+class KafkaPythonPartitionReader:
+    """`ranges.PartitionReader` on kafka-python."""
+
+    def __init__(self, cfg: KafkaSettings) -> None:
+        self._c = make_consumer(cfg, client_id=f"{cfg.client_id}-range", group_id=None)
+
+    def partitions(self, topic: str) -> list[int]:
+        return sorted(self._c.partitions_for_topic(topic) or ())
+
+    def bounds(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
+        ktps = [_ktp(tp) for tp in tps]
+        begin, end = self._c.beginning_offsets(ktps), self._c.end_offsets(ktps)
+        return {_tp(k): (begin[k], end[k]) for k in ktps}
+
+    def offsets_for_time(self, tps: Sequence[TopicPartition], ms: int) -> dict[TopicPartition, int | None]:
+        found = self._c.offsets_for_times({_ktp(tp): ms for tp in tps})
+        return {_tp(k): (v.offset if v is not None else None) for k, v in found.items()}
+
+    def start(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self._c.assign([_ktp(tp) for tp in offsets])
+        for tp, off in offsets.items():
+            self._c.seek(_ktp(tp), off)
+
+    def poll(self, timeout_s: float) -> list[InboundRecord]:
+        batch = self._c.poll(timeout_ms=int(timeout_s * 1000))
+        return [InboundRecord.from_kafka(r) for recs in batch.values() for r in recs]
+
+    def position(self, tp: TopicPartition) -> int:
+        return int(self._c.position(_ktp(tp)))
+
+    def close(self) -> None:
+        self._c.close()

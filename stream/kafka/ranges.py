@@ -2,7 +2,8 @@
 
 The range starts at an offset or a timestamp (per partition, via ``offsets_for_times``) and ends at
 an offset, a timestamp, or the partition's end offset when reading starts, so the read always
-terminates. Used by `driftline pretrain` (and replay) to learn from recorded traffic.
+terminates. Used by `driftline pretrain` (and replay) to learn from recorded traffic, on either backend
+(`PartitionReader`).
 """
 
 from __future__ import annotations
@@ -10,15 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-
-from kafka import TopicPartition
+from typing import Protocol
 
 from driftline.errors import ConfigError
 from driftline.settings import KafkaSettings
-from driftline.stream.kafka.clients import make_consumer
 from driftline.stream.kafka.preflight import check_connection
+from driftline.stream.kafka.seam import TopicPartition
 from driftline.stream.records import InboundRecord
 
 log = logging.getLogger(__name__)
@@ -53,48 +53,86 @@ def _ms(t: dt.datetime) -> int:
     return int(t.timestamp() * 1000)
 
 
+class PartitionReader(Protocol):
+    """Reads partitions outside any consumer group (one per backend)."""
+
+    def partitions(self, topic: str) -> list[int]:
+        """The topic's partitions; empty while it is unknown."""
+        ...
+
+    def bounds(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
+        """(first offset, end offset) per partition."""
+        ...
+
+    def offsets_for_time(self, tps: Sequence[TopicPartition], ms: int) -> dict[TopicPartition, int | None]:
+        """The first offset at or after ``ms`` per partition (None: no record that late)."""
+        ...
+
+    def start(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Read these partitions from these offsets."""
+        ...
+
+    def poll(self, timeout_s: float) -> list[InboundRecord]: ...
+
+    def position(self, tp: TopicPartition) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def partition_reader(kafka: KafkaSettings) -> PartitionReader:
+    if kafka.backend == "confluent":
+        from driftline.stream.kafka.confluent import ConfluentPartitionReader
+
+        return ConfluentPartitionReader(kafka)
+    from driftline.stream.kafka.kafka_python import KafkaPythonPartitionReader
+
+    return KafkaPythonPartitionReader(kafka)
+
+
 def read_range(kafka: KafkaSettings, rng: TopicRange, *, timeout_s: float = 30.0) -> Iterator[InboundRecord]:
     """The records of ``rng`` in offset order per partition (partitions interleaved as fetched)."""
     check_connection(kafka)
-    consumer = make_consumer(kafka, client_id=f"{kafka.client_id}-range", group_id=None)
+    reader = partition_reader(kafka)
     try:
         deadline = time.monotonic() + timeout_s
-        parts = consumer.partitions_for_topic(rng.topic)
+        parts = reader.partitions(rng.topic)
         while not parts and time.monotonic() < deadline:
             time.sleep(0.2)
-            parts = consumer.partitions_for_topic(rng.topic)
+            parts = reader.partitions(rng.topic)
         if not parts:
             raise ConfigError(f"topic {rng.topic!r} does not exist at {kafka.bootstrap_servers}")
         tps = [TopicPartition(rng.topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        begin, end = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
-        start = {tp: max(begin[tp], rng.start_offset or 0) for tp in tps}
-        stop = {tp: min(end[tp], rng.end_offset) if rng.end_offset is not None else end[tp] for tp in tps}
+        bounds = reader.bounds(tps)
+        start = {tp: max(bounds[tp][0], rng.start_offset or 0) for tp in tps}
+        stop = {tp: min(bounds[tp][1], rng.end_offset) if rng.end_offset is not None else bounds[tp][1]
+                for tp in tps}
         if rng.start_time is not None:
-            found = consumer.offsets_for_times({tp: _ms(rng.start_time) for tp in tps})
-            start = {tp: found[tp].offset if found.get(tp) else end[tp] for tp in tps}
+            found = reader.offsets_for_time(tps, _ms(rng.start_time))
+            start = {tp: o if (o := found.get(tp)) is not None else bounds[tp][1] for tp in tps}
         if rng.end_time is not None:
-            found = consumer.offsets_for_times({tp: _ms(rng.end_time) for tp in tps})
-            stop = {tp: min(stop[tp], found[tp].offset) if found.get(tp) else stop[tp] for tp in tps}
-        for tp in tps:
-            consumer.seek(tp, start[tp])
+            found = reader.offsets_for_time(tps, _ms(rng.end_time))
+            stop = {tp: min(stop[tp], o) if (o := found.get(tp)) is not None else stop[tp] for tp in tps}
         pending = {tp for tp in tps if start[tp] < stop[tp]}
+        reader.start({tp: start[tp] for tp in pending})
         log.info("reading %s: %d records", rng.describe(), sum(max(stop[tp] - start[tp], 0) for tp in tps))
         while pending:
-            batch = consumer.poll(timeout_ms=1000)
+            batch = reader.poll(1.0)
             if not batch and time.monotonic() > deadline:
                 raise TimeoutError(f"no records from {rng.describe()} for {timeout_s}s before its end")
-            for tp, recs in batch.items():
-                for r in recs:
-                    if r.offset >= stop[tp]:
-                        pending.discard(tp)
-                        break
-                    yield InboundRecord.from_kafka(r)
-                if tp in pending and consumer.position(tp) >= stop[tp]:
-                    pending.discard(tp)
+            if batch:
                 deadline = time.monotonic() + timeout_s
+            for r in batch:
+                tp = TopicPartition(r.topic, r.partition)
+                if tp not in pending:
+                    continue
+                if r.offset >= stop[tp]:
+                    pending.discard(tp)
+                    continue
+                yield r
+                if r.offset + 1 >= stop[tp]:
+                    pending.discard(tp)
             for tp in list(pending):
-                if consumer.position(tp) >= stop[tp]:
+                if reader.position(tp) >= stop[tp]:
                     pending.discard(tp)
     finally:
-        consumer.close()
+        reader.close()

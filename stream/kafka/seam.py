@@ -51,9 +51,13 @@ Rebalance = Callable[[Sequence[TopicPartition]], None]
 class Consumer(Protocol):
     """The service's group consumer. Offsets are committed only by `commit`, never automatically."""
 
-    def subscribe(self, topics: Sequence[str], *, on_assign: Rebalance, on_revoke: Rebalance) -> None:
+    def subscribe(self, topics: Sequence[str], *, on_assign: Rebalance, on_revoke: Rebalance,
+                  on_lost: Rebalance | None = None) -> None:
         """Join the group for ``topics``; ``on_assign``/``on_revoke`` run inside `poll` when partitions move
-        (``on_revoke`` before they go: the previous batch is already processed, flushed and committed)."""
+        (``on_revoke`` before they go: the previous batch is already processed, flushed and committed).
+        ``on_lost`` (default: ``on_revoke``) runs instead of ``on_revoke`` when the partitions are already
+        gone: the member was evicted from the group (missed heartbeats, poll interval exceeded), so another
+        member may own them now and no commit for them can succeed."""
         ...
 
     def poll(self, timeout_ms: int) -> list[InboundRecord]:

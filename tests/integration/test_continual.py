@@ -34,6 +34,7 @@ def _agrawal(n: int, prefix: str) -> list[dict[str, Any]]:
     return list(itertools.islice(from_generator("Agrawal", seed=4, id_prefix=prefix), n))
 
 
+@pytest.mark.usefixtures("kafka_client")  # on both Kafka client libraries
 def test_poll_loop_keeps_polling_while_a_slow_strategy_trains(kafka_bootstrap: str, topic_prefix: str) -> None:
     """Each window's training waits until the run loop has gone round five more times: were training on
     the loop's thread, the loop could not go round and the test would time out. The loop pauses its

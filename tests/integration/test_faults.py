@@ -27,9 +27,13 @@ N_EVENTS = 30_000
 RATE = 4_000.0  # events/s: the stream lasts ~7.5 s, so the kills land mid-stream
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+@pytest.mark.parametrize(("sig", "kafka_client"), [(signal.SIGKILL, "confluent"), (signal.SIGKILL, "kafka-python"),
+                                                   (signal.SIGTERM, "confluent")],
+                         ids=["sigkill-confluent", "sigkill-kafka-python", "sigterm-confluent"],
+                         indirect=["kafka_client"])
 def test_killed_three_times_every_event_learned_exactly_once(kafka_bootstrap: str, topic_prefix: str,
-                                                             tmp_path: Path, sig: signal.Signals) -> None:
+                                                             tmp_path: Path, sig: signal.Signals,
+                                                             kafka_client: str) -> None:
     ckpt_dir = tmp_path / "ckpt"
     cfg = write_config(
         tmp_path / "c.yaml", kafka_bootstrap, topic_prefix,
@@ -85,6 +89,7 @@ def test_killed_three_times_every_event_learned_exactly_once(kafka_bootstrap: st
         assert duplicates == 0  # a graceful stop checkpoints everything it committed
 
 
+@pytest.mark.usefixtures("kafka_client")  # on both Kafka client libraries
 def test_broker_restart_mid_stream_service_reconnects(tmp_path: Path, topic_prefix: str) -> None:
     n = 16_000
     with LocalKafkaBroker() as broker:  # our own broker: this test restarts it

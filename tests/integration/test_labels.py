@@ -37,6 +37,7 @@ def _events(n: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return events, truth
 
 
+@pytest.mark.usefixtures("kafka_client")  # on both Kafka client libraries
 def test_labels_before_after_and_never(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
     t0 = int(time.time() * 1000) - 3_600_000
     events, truth = _events(300)

@@ -35,6 +35,7 @@ def _accuracy(preds: list[dict[str, Any]], labels: dict[str, Any]) -> float:
     return sum(p["prediction"] == labels[p["id"]] for p in preds) / len(preds)
 
 
+@pytest.mark.usefixtures("kafka_client")  # on both Kafka client libraries
 def test_pretrain_on_a_topic_range_then_run_starts_from_it(kafka_bootstrap: str, topic_prefix: str,
                                                            tmp_path: Path) -> None:
     model = {"name": "HoeffdingTreeClassifier", "classes": [0, 1]}

@@ -26,6 +26,7 @@ def _non_blank(png: Path) -> float:
     return float((img.mean(axis=2) < 0.95).mean())
 
 
+@pytest.mark.usefixtures("kafka_client")  # on both Kafka client libraries
 def test_replay_a_topic_range_with_delayed_labels_and_render_the_report(kafka_bootstrap: str, topic_prefix: str,
                                                                         tmp_path: Path) -> None:
     topic = f"{topic_prefix}-recorded"

@@ -31,10 +31,14 @@ from driftline.stream.records import InboundRecord
 TP = TopicPartition("in", 0)
 
 
-class Script:
-    """What the fake consumer returns, poll by poll: a batch of records or an error to raise."""
+class Lost:
+    """A script step: the group evicted this member; the fake calls on_lost, then assigns again."""
 
-    def __init__(self, steps: Sequence[list[InboundRecord] | Exception]) -> None:
+
+class Script:
+    """What the fake consumer returns, poll by poll: a batch of records, an error to raise, or `Lost`."""
+
+    def __init__(self, steps: Sequence[list[InboundRecord] | Exception | Lost]) -> None:
         self.steps = list(steps)
 
 
@@ -48,9 +52,10 @@ class FakeConsumer:
         self.sought: dict[TopicPartition, int] = {}
         self.committed = 0
         self._on_assign: Callable[[Sequence[TopicPartition]], None] | None = None
+        self._on_lost: Callable[[Sequence[TopicPartition]], None] | None = None
 
-    def subscribe(self, topics: Sequence[str], *, on_assign: Any, on_revoke: Any) -> None:
-        self._on_assign = on_assign
+    def subscribe(self, topics: Sequence[str], *, on_assign: Any, on_revoke: Any, on_lost: Any = None) -> None:
+        self._on_assign, self._on_lost = on_assign, on_lost or on_revoke
 
     def poll(self, timeout_ms: int) -> list[InboundRecord]:
         if not self._assigned and self._on_assign is not None:
@@ -62,6 +67,12 @@ class FakeConsumer:
         step = self.script.steps.pop(0)
         if isinstance(step, Exception):
             raise step
+        if isinstance(step, Lost):
+            assert self._on_lost is not None
+            self.calls.append("lost")
+            self._on_lost(sorted(self._assigned))
+            self._assigned = set()
+            return []
         if self._paused:
             self.script.steps.insert(0, step)  # paused partitions return nothing
             return []
@@ -207,6 +218,18 @@ def test_refused_access_stops_the_service_with_the_reason_and_keeps_a_consistent
         service(backend, tmp_path).run()
     assert backend.calls[-1] == "close"
     assert list(tmp_path.glob("ckpt-*")), "the state of the flushed batch was saved"
+
+
+def test_partitions_lost_to_an_eviction_are_counted_logged_and_the_loop_rejoins(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    backend = FakeBackend(Script([records(0, 5), Lost(), records(5, 5)]))
+    registry = CollectorRegistry()
+    totals = service(backend, tmp_path, registry=registry).run()
+    assert totals.learned == 10
+    assert backend.calls[:4] == ["poll", "flush", "commit", "lost"] and backend.calls.count("commit") == 2
+    assert registry.get_sample_value("driftline_kafka_retriable_errors_total",
+                                     {"operation": "rebalance", "error": "partitions_lost"}) == 1
+    assert "lost 1 partitions without a revoke" in caplog.text
 
 
 def test_outputs_kafka_did_not_acknowledge_stop_the_loop_before_the_commit() -> None:
