@@ -146,6 +146,13 @@ class KafkaSettings(Frozen):
         return "kafka-python" if self.client == "kafka-python" else "confluent"
 
     @model_validator(mode="after")
+    def _timeouts(self) -> KafkaSettings:
+        if self.max_poll_interval_ms < self.session_timeout_ms:
+            raise ValueError(f"max_poll_interval_ms ({self.max_poll_interval_ms}) must be at least session_timeout_ms "
+                             f"({self.session_timeout_ms})")
+        return self
+
+    @model_validator(mode="after")
     def _security(self) -> KafkaSettings:
         proto, sasl = self.security_protocol, self.sasl
         if "SSL" not in proto and self.ssl.configured:

@@ -12,6 +12,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -29,6 +30,20 @@ class HistogramChild:
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self._bounds, value)] += 1
         self.sum += value
+
+    def observe_many(self, values: Sequence[float]) -> None:
+        """Observe each of ``values`` (a batch's latencies: one vectorised pass instead of one call each)."""
+        n = len(values)
+        if n < 16:
+            for v in values:
+                self.observe(v)
+            return
+        arr = np.asarray(values, dtype=np.float64)
+        found = np.bincount(np.searchsorted(self._bounds, arr, side="left"), minlength=len(self._bounds))
+        counts = self.counts
+        for i in np.flatnonzero(found).tolist():
+            counts[i] += int(found[i])
+        self.sum += float(arr.sum())
 
 
 class FastHistogram(Collector):
@@ -62,6 +77,9 @@ class FastHistogram(Collector):
 
     def observe(self, value: float) -> None:
         self._children[()].observe(value)
+
+    def observe_many(self, values: Sequence[float]) -> None:
+        self._children[()].observe_many(values)
 
     def describe(self) -> list[HistogramMetricFamily]:
         return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]

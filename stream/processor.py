@@ -57,6 +57,8 @@ class EventProcessor:
         self._on_batch_end: list[Callable[[BatchResult], None]] = [
             o.on_batch_end for o in observers if type(o).on_batch_end is not Observer.on_batch_end]
         model = learner.name
+        self._predict_times: list[float] = []  # this batch's latencies, observed at its end
+        self._learn_times: list[float] = []
         self._predict_hist = metrics.predict_latency.labels(model)
         self._learn_hist = metrics.learn_latency.labels(model)
         self._prepare_hist = metrics.prepare_latency.labels(model)
@@ -105,7 +107,7 @@ class EventProcessor:
             self.dead.reject(rec, PREDICT_FAILED, f"{type(exc).__name__}: {exc}")
             return None
         dt = time.perf_counter() - t0
-        self._predict_hist.observe(dt)
+        self._predict_times.append(dt)
         now_ms = int(time.time() * 1000)
         self.sink.prediction(
             event.id,
@@ -139,7 +141,7 @@ class EventProcessor:
             log.warning("learn failed for event %r at %s: %r", item.event.id, item.record.coordinates, exc)
             self.dead.reject(item.record, LEARN_FAILED, f"{type(exc).__name__}: {exc}")
             return
-        self._learn_hist.observe(time.perf_counter() - t1)
+        self._learn_times.append(time.perf_counter() - t1)
         res.learned += 1
         for hook in self._on_learned:
             if detections := hook(item):
@@ -181,6 +183,10 @@ class EventProcessor:
     # -- metrics --------------------------------------------------------------------------------------
     def _publish_counts(self, res: BatchResult) -> None:
         m = self.metrics
+        self._predict_hist.observe_many(self._predict_times)
+        self._learn_hist.observe_many(self._learn_times)
+        self._predict_times.clear()
+        self._learn_times.clear()
         m.events.labels("predicted").inc(res.predicted)
         m.events.labels("learned").inc(res.learned)
         m.events.labels("dead_lettered").inc(res.dead_lettered)

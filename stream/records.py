@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class InboundRecord:
+class InboundRecord(NamedTuple):
+    """One consumed record (a NamedTuple: built for every event, and a frozen dataclass costs ~1 us to build)."""
+
     topic: str
     partition: int
     offset: int
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = field(default_factory=tuple)
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     @classmethod
     def from_kafka(cls, rec: Any) -> InboundRecord:

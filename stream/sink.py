@@ -67,7 +67,4 @@ class OutputSink:
             detail = "; ".join(f"{t}: {len(e)} failed, first: {e[0]}" for t, e in result.failed.items())
             raise PublishError(f"outputs were not delivered, offsets not committed: {detail}")
         now_ms = time.time() * 1000
-        observe = self.metrics.e2e_latency.observe
-        for ts in times:
-            if ts > 0:
-                observe(max(now_ms - ts, 0.0) / 1000.0)
+        self.metrics.e2e_latency.observe_many([max(now_ms - ts, 0.0) / 1000.0 for ts in times if ts > 0])

@@ -98,7 +98,8 @@ class KafkaPythonConsumer:
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self._c.seek(_ktp(partition), offset)
 
-    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None, *, wait: bool = True) -> None:
+        """Always waits for the broker (kafka-python's asynchronous commits need its poll to complete)."""
         with _mapped("commit"):
             if offsets is None:
                 self._c.commit()  # positions = one past the last record of the processed batch

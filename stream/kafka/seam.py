@@ -74,9 +74,11 @@ class Consumer(Protocol):
 
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
 
-    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None, *, wait: bool = True) -> None:
         """Commit ``offsets`` (next offset to read, per partition), or every consumed position. Raises
-        CommitLostError, RetriableKafkaError or KafkaAccessError."""
+        CommitLostError, RetriableKafkaError or KafkaAccessError. ``wait=False`` lets a backend send the commit
+        without waiting for the broker's answer (a failure is raised by a later commit); a backend may wait
+        anyway. Revoked partitions' positions are committed before they go."""
         ...
 
     def lag(self) -> dict[TopicPartition, int]:

@@ -61,8 +61,9 @@ def consumers() -> Iterator[list[Consumer]]:
         c.close()
 
 
+@pytest.mark.parametrize("wait", [True, False], ids=["commit-waits", "commit-sent"])
 def test_records_in_order_and_a_new_member_resumes_after_the_commit(client: str, kafka_bootstrap: str, topic: str,
-                                                                    consumers: list[Consumer]) -> None:
+                                                                    consumers: list[Consumer], wait: bool) -> None:
     group = f"g-{uuid.uuid4().hex[:8]}"
     _fill(kafka_bootstrap, client, topic, 30)
     assigned: list[TopicPartition] = []
@@ -74,7 +75,9 @@ def test_records_in_order_and_a_new_member_resumes_after_the_commit(client: str,
     assert [r.offset for r in got] == list(range(30))
     assert (got[7].key, got[7].value, got[7].headers) == (b"k7", b"v7", (("h", b"7"),))
     assert all(r.timestamp_ms > 0 for r in got)
-    c.commit()
+    c.commit(wait=wait)
+    if not wait:  # the run loop polls again before it leaves the group
+        assert c.poll(300) == []
     c.close()
     consumers.remove(c)
     _fill(kafka_bootstrap, client, topic, 5, start=30)

@@ -42,7 +42,7 @@ def test_poll_loop_keeps_polling_while_a_slow_strategy_trains(kafka_bootstrap: s
     and committed."""
     settings = load_settings(
         kafka={"bootstrap_servers": kafka_bootstrap, "group_id": f"{topic_prefix}-g", "client_id": topic_prefix,
-               "max_poll_records": 50, "max_poll_interval_ms": 5000, "session_timeout_ms": 6000,
+               "max_poll_records": 50, "max_poll_interval_ms": 6000, "session_timeout_ms": 6000,
                "publisher": "thread"},
         topics={"input": f"{topic_prefix}-in", "predictions": f"{topic_prefix}-pred",
                 "dead_letter": f"{topic_prefix}-dlq"},

@@ -96,10 +96,10 @@ class FakeConsumer:
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self.sought[partition] = offset
 
-    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None, *, wait: bool = True) -> None:
         if self.commit_errors:
             raise self.commit_errors.pop(0)
-        self.calls.append("commit")
+        self.calls.append("commit" if wait else "commit:sent")
         self.committed += 1
 
     def lag(self) -> dict[TopicPartition, int]:
@@ -187,8 +187,8 @@ def test_each_batch_is_flushed_then_saved_then_committed(tmp_path: Path, monkeyp
     monkeypatch.setattr(Checkpointer, "save", recorded)
     totals = service(backend, tmp_path).run()
     assert (totals.consumed, totals.learned) == (20, 20)
-    batch = ["poll", "flush", "save:interval", "commit"]
-    assert backend.calls == [*batch, *batch, "save:shutdown", "close"]
+    batch = ["poll", "flush", "save:interval", "commit:sent"]  # sent without waiting for the broker's answer
+    assert backend.calls == [*batch, *batch, "save:shutdown", "commit", "close"]  # the last one waits
 
 
 def test_a_commit_lost_to_a_rebalance_or_a_broker_away_is_counted_and_the_loop_goes_on() -> None:
@@ -197,7 +197,8 @@ def test_a_commit_lost_to_a_rebalance_or_a_broker_away_is_counted_and_the_loop_g
     backend = FakeBackend(Script([records(0, 5), records(5, 5), records(10, 5)]), commit_errors=errors)
     registry = CollectorRegistry()
     totals = service(backend, registry=registry).run()
-    assert totals.consumed == 15 and backend.consumer_ is not None and backend.consumer_.committed == 1
+    # the third batch's commit, and the one on the way out
+    assert totals.consumed == 15 and backend.consumer_ is not None and backend.consumer_.committed == 2
     for kind in ("RebalanceInProgressError", "KafkaConnectionError"):
         assert registry.get_sample_value("driftline_kafka_retriable_errors_total",
                                          {"operation": "commit", "error": kind}) == 1
@@ -226,7 +227,7 @@ def test_partitions_lost_to_an_eviction_are_counted_logged_and_the_loop_rejoins(
     registry = CollectorRegistry()
     totals = service(backend, tmp_path, registry=registry).run()
     assert totals.learned == 10
-    assert backend.calls[:4] == ["poll", "flush", "commit", "lost"] and backend.calls.count("commit") == 2
+    assert backend.calls[:4] == ["poll", "flush", "commit:sent", "lost"] and backend.calls.count("commit:sent") == 2
     assert registry.get_sample_value("driftline_kafka_retriable_errors_total",
                                      {"operation": "rebalance", "error": "partitions_lost"}) == 1
     assert "lost 1 partitions without a revoke" in caplog.text
@@ -278,6 +279,6 @@ def test_back_pressure_pauses_while_training_is_behind_and_resumes_after() -> No
     registry = CollectorRegistry()
     totals = service(backend, learner=learner, registry=registry).run()
     assert totals.learned == 10 and learner.drained.is_set()
-    assert backend.calls[:6] == ["poll", "flush", "commit", "pause", "resume", "poll"]
+    assert backend.calls[:6] == ["poll", "flush", "commit:sent", "pause", "resume", "poll"]
     assert registry.get_sample_value("driftline_backpressure_pauses_total") == 1
     assert registry.get_sample_value("driftline_consumer_paused") == 0

@@ -111,3 +111,11 @@ def test_a_policy_registered_elsewhere_is_validated_from_the_registry() -> None:
         DriftSettings(policies=[{"name": "nudge", "on": "input"}])
     with pytest.raises(ValueError, match=r"unknown policy 'nudgy'; valid: background, .*nudge"):
         DriftSettings(policies=[{"name": "nudgy"}])
+
+
+def test_a_poll_interval_shorter_than_the_session_timeout_is_refused() -> None:
+    """librdkafka refuses it when the consumer is created; both backends refuse it when the settings load."""
+    from driftline.settings import KafkaSettings
+
+    with pytest.raises(ValueError, match=r"max_poll_interval_ms \(5000\) must be at least session_timeout_ms \(6000\)"):
+        KafkaSettings(max_poll_interval_ms=5000, session_timeout_ms=6000)
