@@ -39,7 +39,7 @@ from driftline.monitoring.config import HttpAuthSettings, HttpTlsSettings, Metri
 
 __all__ = [
     "DEFAULT_TEXT_MODEL", "BackboneSettings", "CheckpointSettings", "DetectorSettings", "DriftSettings",
-    "GuardSettings", "HttpAuthSettings", "HttpTlsSettings", "InputDriftSettings", "KafkaSaslSettings",
+    "GuardSettings", "HttpAuthSettings", "HttpTlsSettings", "InputDriftSettings", "InputLimits", "KafkaSaslSettings",
     "KafkaSettings", "KafkaTlsSettings", "LabelSettings", "MetricsSettings", "ModelSettings", "PolicySettings",
     "Settings", "TopicSettings", "format_validation_error", "load_settings",
 ]
@@ -187,6 +187,9 @@ class TopicSettings(Frozen):
     expired: str | None = None
     # Audit records of drift detections (and adaptation actions); None: only logged and counted.
     audit: str | None = None
+    # The largest record the dead-letter topic takes (its max.message.bytes, and the producer's limit); a dead
+    # letter above it, with its headers, is cut to fit and says so (driftline.truncated, original_bytes).
+    dead_letter_max_bytes: int = Field(1_000_000, ge=4096)
 
     @field_validator("input", "predictions", "dead_letter", "labels", "expired", "audit")
     @classmethod
@@ -203,6 +206,16 @@ class LabelSettings(Frozen):
     # for its event.
     ttl_seconds: float = Field(3600.0, gt=0)
     max_pending: int = Field(100_000, ge=1, le=50_000_000)  # each side; the oldest expires beyond it
+
+
+class InputLimits(Frozen):
+    """What decoding an event accepts at most (each bound hit is a dead letter naming it)."""
+
+    max_depth: int = Field(16, ge=2, le=1000)  # JSON nesting (an event needs 2: the object and its features)
+    max_number_chars: int = Field(40, ge=1, le=4000)  # digits of an integer (Python refuses 4,300)
+    max_features: int = Field(10_000, ge=1, le=10_000_000)  # feature names in one event
+    max_string_chars: int = Field(10_000, ge=1)  # a feature value, key or label string
+    max_text_chars: int = Field(1_000_000, ge=1)  # the `text` field
 
 
 class CheckpointSettings(Frozen):
@@ -233,6 +246,7 @@ class Settings(BaseSettings):
     labels: LabelSettings = Field(default_factory=LabelSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     max_payload_bytes: int = Field(1_000_000, ge=64)
+    limits: InputLimits = Field(default_factory=InputLimits)
     # Remember this many recent event ids; an id seen again within them is dead-lettered (duplicate_id).
     # 0 turns it off. The window is checkpointed with the model.
     dedup_window: int = Field(0, ge=0, le=10_000_000)

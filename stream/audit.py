@@ -7,6 +7,7 @@ with its reason, and counts how many the current batch sent.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -14,6 +15,10 @@ import orjson
 
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import OutputSink
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = "internal_error"
 
 
 class AuditPublisher:
@@ -41,3 +46,11 @@ class DeadLetters:
     def take_count(self) -> int:
         n, self.count = self.count, 0
         return n
+
+
+def internal_error(dead: DeadLetters, record: InboundRecord, exc: BaseException, stage: str) -> None:
+    """Dead-letter ``record`` after an unexpected error at ``stage`` (a bug it alone met), logged with its
+    traceback: the record is kept with its reason, and the stream goes on."""
+    log.error("%s failed on the record at %s (dead-lettered as %s)", stage, record.coordinates, INTERNAL_ERROR,
+              exc_info=exc)
+    dead.reject(record, INTERNAL_ERROR, f"{stage}: {type(exc).__name__}: {exc}")

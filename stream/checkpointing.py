@@ -75,9 +75,10 @@ class Checkpointer:
         return self.store is not None and self._since > 0 and (
             self._since >= self.cfg.every_events or time.monotonic() - self._last >= self.cfg.every_seconds)
 
-    def save(self, trigger: str) -> CheckpointInfo | None:
-        """Write the state and the offsets it reflects (only if something changed since the last one)."""
-        if self.store is None or self._since == 0:
+    def save(self, trigger: str, *, changed: bool = False) -> CheckpointInfo | None:
+        """Write the state and the offsets it reflects, if records were processed since the last one or the
+        caller knows the state ``changed`` without them (background training finished a window)."""
+        if self.store is None or (self._since == 0 and not changed):
             return None
         t0 = time.perf_counter()
         offsets: dict[str, dict[int, int]] = {}

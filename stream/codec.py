@@ -7,13 +7,16 @@ a dead-letter header) and a message naming the offending field and value.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
 
 from driftline.core import Event, LabelRecord
+from driftline.settings import InputLimits
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -27,6 +30,11 @@ NON_FINITE = "non_finite"
 INVALID_EVENT = "invalid_event"
 PAYLOAD_TOO_LARGE = "payload_too_large"
 EMPTY_PAYLOAD = "empty_payload"
+DUPLICATE_KEY = "duplicate_key"
+TOO_DEEP = "too_deep"
+NUMBER_TOO_LONG = "number_too_long"
+TOO_MANY_FEATURES = "too_many_features"
+STRING_TOO_LONG = "string_too_long"
 
 
 class DecodeError(ValueError):
@@ -68,49 +76,144 @@ def _classify(exc: ValidationError) -> tuple[str, str]:
     return reason, "; ".join(parts)
 
 
-def decode_event(value: bytes | None, *, max_bytes: int = 1_000_000) -> Event:
-    """Parse and validate one record value. Raises DecodeError.
+DEFAULT_LIMITS = InputLimits()
 
-    Valid records take pydantic's native JSON path; anything it rejects is parsed again step by
-    step so the error carries the precise reason (not UTF-8, not JSON, non-finite, ...).
+
+def decode_event(value: bytes | None, *, max_bytes: int = 1_000_000, limits: InputLimits = DEFAULT_LIMITS) -> Event:
+    """Parse and validate one record value within ``limits``. Raises DecodeError.
+
+    Valid records take pydantic's native JSON path, then the bounds pydantic does not check (duplicate keys,
+    integer length, feature count, string lengths); anything rejected is parsed again step by step so the
+    error carries the precise reason (not UTF-8, not JSON, nested too deep, non-finite, ...).
     """
-    return _decode(Event, value, max_bytes)
+    return _decode(Event, value, max_bytes, limits)
 
 
-def decode_label(value: bytes | None, *, max_bytes: int = 1_000_000) -> LabelRecord:
+def decode_label(value: bytes | None, *, max_bytes: int = 1_000_000, limits: InputLimits = DEFAULT_LIMITS
+                 ) -> LabelRecord:
     """A labels-topic record (``{"id", "label", "timestamp"}``); DecodeError with the same reasons."""
-    return _decode(LabelRecord, value, max_bytes)
+    return _decode(LabelRecord, value, max_bytes, limits)
 
 
-def _decode(model: type[M], value: bytes | None, max_bytes: int) -> M:
+def _decode(model: type[M], value: bytes | None, max_bytes: int, limits: InputLimits) -> M:
     if value is None or len(value) == 0:
         raise DecodeError(EMPTY_PAYLOAD, "record has no value (null or empty payload)")
     if len(value) > max_bytes:
         raise DecodeError(PAYLOAD_TOO_LARGE, f"payload is {len(value)} bytes, over the limit of {max_bytes}")
     try:
-        return model.model_validate_json(value)
+        item = model.model_validate_json(value)
     except ValidationError:
-        return _decode_precisely(model, value)
+        return _decode_precisely(model, value, limits)
+    keys = len(item.model_fields_set)
+    if isinstance(item, Event):
+        keys += len(item.features)
+    if _key_count(value) != keys:
+        return _decode_precisely(model, value, limits)  # names the duplicate key
+    _check_bounds(item, limits)
+    return item
 
 
-def _decode_precisely(model: type[M], value: bytes) -> M:
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+_KEY = re.compile(rb'"(?:[^"\\]++|\\.)*+"[ \t\r\n]*+:')
+
+
+def _key_count(value: bytes) -> int:
+    """How many object keys the JSON text has (in JSON a string followed by a colon is always a key)."""
+    if b"\\" not in value and b'" ' not in value and b'"\t' not in value and b'"\n' not in value \
+            and b'"\r' not in value:
+        return value.count(b'":')  # no escapes, no space before a colon: each '":' ends a key (fast path)
+    return len(_KEY.findall(value))
+
+
+def _check_bounds(item: BaseModel, limits: InputLimits) -> None:
+    """The bounds of ``limits`` that a valid event or label can still exceed."""
+    too_big = 10 ** limits.max_number_chars
+    longest = limits.max_string_chars
+    if isinstance(item, Event):
+        features = item.features
+        if len(features) > limits.max_features:
+            raise DecodeError(TOO_MANY_FEATURES, f"features: {len(features)} names, over the limit of "
+                                                 f"{limits.max_features} (limits.max_features)")
+        for name, v in features.items():
+            if isinstance(v, int):
+                if not -too_big < v < too_big:
+                    raise DecodeError(NUMBER_TOO_LONG, f"features.{name}: an integer of {len(str(abs(v)))} "
+                                                       f"digits, over the limit of {limits.max_number_chars} "
+                                                       "(limits.max_number_chars)")
+            elif isinstance(v, str) and len(v) > longest:
+                raise DecodeError(STRING_TOO_LONG, f"features.{name}: a string of {len(v)} characters, over the "
+                                                   f"limit of {longest} (limits.max_string_chars)")
+            if len(name) > longest:
+                raise DecodeError(STRING_TOO_LONG, f"features: a name of {len(name)} characters, over the limit of "
+                                                   f"{longest} (limits.max_string_chars)")
+        if item.text is not None and len(item.text) > limits.max_text_chars:
+            raise DecodeError(STRING_TOO_LONG, f"text: {len(item.text)} characters, over the limit of "
+                                               f"{limits.max_text_chars} (limits.max_text_chars)")
+        if item.key is not None and len(item.key) > longest:
+            raise DecodeError(STRING_TOO_LONG, f"key: {len(item.key)} characters, over the limit of {longest} "
+                                               "(limits.max_string_chars)")
+    label = getattr(item, "label", None)
+    if type(label) is int and not -too_big < label < too_big:
+        raise DecodeError(NUMBER_TOO_LONG, f"label: an integer of {len(str(abs(label)))} digits, over the limit "
+                                           f"of {limits.max_number_chars} (limits.max_number_chars)")
+    if type(label) is str and len(label) > longest:
+        raise DecodeError(STRING_TOO_LONG, f"label: a string of {len(label)} characters, over the limit of "
+                                           f"{longest} (limits.max_string_chars)")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in seen:
+            shown = k if len(k) <= 60 else k[:57] + "..."
+            raise DecodeError(DUPLICATE_KEY, f"key {shown!r} appears twice in one object (JSON leaves it ambiguous "
+                                             "which value counts)")
+        seen[k] = v
+    return seen
+
+
+def _structure(value: bytes, limits: InputLimits) -> None:
+    """Nesting depth and number literals, measured with the strings taken out (C speed on hostile input:
+    nothing here recurses or converts a number)."""
+    bare = _STRING.sub(b'""', value)
+    arr = np.frombuffer(bare, dtype=np.uint8)
+    step = np.zeros(arr.shape, dtype=np.int32)
+    step[(arr == 0x7B) | (arr == 0x5B)] = 1  # { [
+    step[(arr == 0x7D) | (arr == 0x5D)] = -1  # } ]
+    depth = int(np.cumsum(step).max()) if len(step) else 0
+    if depth > limits.max_depth:
+        raise DecodeError(TOO_DEEP, f"JSON nested {depth} levels deep, over the limit of {limits.max_depth} "
+                                    "(limits.max_depth)")
+    long_number = re.search(rb"[0-9]{%d,}" % (limits.max_number_chars + 1), bare)
+    if long_number is not None:
+        digits = long_number.end() - long_number.start()
+        raise DecodeError(NUMBER_TOO_LONG, f"a number of {digits}+ digits at byte {long_number.start()}, over the "
+                                           f"limit of {limits.max_number_chars} (limits.max_number_chars)")
+
+
+def _decode_precisely(model: type[M], value: bytes, limits: InputLimits) -> M:
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DecodeError(NOT_UTF8, f"payload is not UTF-8: {exc}") from None
+    _structure(value, limits)
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
     except DecodeError:
         raise
     except (json.JSONDecodeError, RecursionError) as exc:
         raise DecodeError(NOT_JSON, f"payload is not JSON: {exc}") from None
+    except ValueError as exc:  # e.g. an integer Python will not convert (the scan above should catch it first)
+        raise DecodeError(NUMBER_TOO_LONG, f"payload has a number Python refuses: {exc}") from None
     if not isinstance(obj, dict):
         raise DecodeError(NOT_OBJECT, f"payload is JSON {type(obj).__name__}, expected an object")
     try:
-        return model.model_validate(obj)
+        item = model.model_validate(obj)
     except ValidationError as exc:
         reason, detail = _classify(exc)
         raise DecodeError(reason, detail) from None
+    _check_bounds(item, limits)
+    return item
 
 
 def encode_event(event: Event) -> bytes:

@@ -36,6 +36,9 @@ from driftline.stream.kafka.seam import (
 from driftline.stream.kafka.writer import RecordWriter
 from driftline.stream.observers import BatchResult
 from driftline.stream.pipeline import processor_from_settings
+from driftline.stream.processor import EventProcessor
+from driftline.stream.quarantine import QUARANTINED, Quarantine
+from driftline.stream.records import InboundRecord
 from driftline.stream.sink import OutputSink
 
 log = logging.getLogger(__name__)
@@ -123,12 +126,15 @@ class Service:
             log.info("metrics on %s/metrics", self.http.url)
         writer = kafka.writer()
         consumer = kafka.consumer()
-        sink = OutputSink(writer, s.topics.predictions, s.topics.dead_letter, self.metrics)
+        sink = OutputSink(writer, s.topics.predictions, s.topics.dead_letter, self.metrics,
+                          dead_letter_max_bytes=s.topics.dead_letter_max_bytes)
         processor = processor_from_settings(s, self.learner, sink, self.metrics, labels_topic=s.topics.labels,
                                             expired_topic=s.topics.expired, audit_topic=s.topics.audit)
         self.processor = processor
         checkpointer = Checkpointer(s.checkpoint, processor, self.metrics)
         self.checkpointer = checkpointer
+        quarantine = Quarantine(s.checkpoint.directory)
+        quarantine.start()
         try:
             checkpointer.restore()
             # on_revoke runs inside poll(): the previous batch is already processed, flushed and committed
@@ -153,7 +159,11 @@ class Service:
                         if self.totals.first_batch_at is None:
                             self.totals.first_batch_at = time.monotonic()
                         consistent = False
-                        self.totals.add(processor.process(records))
+                        if quarantine.careful(records):
+                            self._one_at_a_time(records, processor, quarantine)
+                        else:
+                            quarantine.batch_begins(records)
+                            self.totals.add(processor.process(records))
                         checkpointer.advance(records)
                         sink.flush()  # 1. outputs acknowledged
                         consistent = True
@@ -166,15 +176,18 @@ class Service:
                 # credentials rotated or revoked, ACLs changed: retrying cannot fix it. Keep the state if
                 # it is consistent (outputs flushed), then stop with the reason.
                 if consistent:
-                    checkpointer.save("shutdown")
+                    checkpointer.save("shutdown", changed=self.trained is not None)
                 credentials = ("kafka.sasl.oauth_token / oauth_token_file" if s.kafka.sasl.mechanism == "OAUTHBEARER"
                                else "kafka.sasl.username / password (or password_file)")
                 raise KafkaSecurityError(
                     f"kafka: the brokers refused this service while it ran ({exc.kind}: {exc}); "
                     f"check {credentials} and the ACLs of the topics and the group") from None
             self._drain_training()
-            checkpointer.save("shutdown")  # only reached on a graceful stop: everything is flushed
+            # only reached on a graceful stop: everything is flushed. Draining may have changed the model
+            # without a new record: save even if the last interval checkpoint covered every record.
+            checkpointer.save("shutdown", changed=self.trained is not None)
             self._commit(consumer)  # the last batch's commit, this time waiting for the broker
+            quarantine.clean_stop()
         finally:
             self._running = False
             self.metrics.up.set(0)
@@ -183,6 +196,19 @@ class Service:
         log.info("stopped after %d batches: %d consumed, %d predicted, %d learned, %d dead-lettered",
                  t.batches, t.consumed, t.predicted, t.learned, t.dead_lettered)
         return self.totals
+
+    def _one_at_a_time(self, records: Sequence[InboundRecord], processor: EventProcessor,
+                       quarantine: Quarantine) -> None:
+        """A batch the last process may have died on: each record on its own, the marker naming it; a record
+        a process died with in hand this way is dead-lettered instead."""
+        for rec in records:
+            if quarantine.is_condemned(rec):
+                self.totals.add(processor.set_aside(
+                    rec, QUARANTINED, "a process of this service died while handling this record on its own; "
+                    "it is not processed again (see the log of that process)"))
+                continue
+            quarantine.record_begins(rec)
+            self.totals.add(processor.process([rec]))
 
     def _lost(self, partitions: Sequence[TopicPartition]) -> None:
         """This member was evicted from the group (a poll came later than kafka.max_poll_interval_ms, or

@@ -20,8 +20,9 @@ from driftline.learners.capabilities import background_trained
 from driftline.monitoring.collectors import ModelStatus
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.monitoring.prequential import make_tracker
-from driftline.settings import Settings
+from driftline.settings import InputLimits, Settings
 from driftline.stream.audit import AuditPublisher, DeadLetters
+from driftline.stream.codec import DEFAULT_LIMITS
 from driftline.stream.dedup import DedupWindow
 from driftline.stream.label_stage import LabelStage
 from driftline.stream.labels import LabelJoin
@@ -32,7 +33,8 @@ from driftline.stream.sink import OutputSink
 
 
 def build_processor(learner: Learner, sink: OutputSink, metrics: ServiceMetrics, *, rolling_window: int,
-                    max_payload_bytes: int, dedup_window: int = 0, join: LabelJoin | None = None,
+                    max_payload_bytes: int, limits: InputLimits = DEFAULT_LIMITS, dedup_window: int = 0,
+                    join: LabelJoin | None = None,
                     labels_topic: str | None = None, expired_topic: str | None = None,
                     drift: DriftMonitor | None = None, audit_topic: str | None = None,
                     adapt: DriftSettings | None = None, seed: int = 42, input_drift: InputDriftMonitor | None = None,
@@ -60,7 +62,7 @@ def build_processor(learner: Learner, sink: OutputSink, metrics: ServiceMetrics,
     _zero_series(metrics, drift, input_drift, adapter)
     metrics.model_status.source = functools.partial(model_status, learner)
     router = Router(max_payload_bytes, dead, dedup=DedupWindow(dedup_window) if dedup_window > 0 else None,
-                    labels=labels)
+                    labels=labels, limits=limits)
     return EventProcessor(learner, sink, metrics, router=router, observers=observers, dead=dead, labels=labels)
 
 
@@ -72,7 +74,8 @@ def processor_from_settings(settings: Settings, learner: Learner, sink: OutputSi
     s = settings
     join = LabelJoin(int(s.labels.ttl_seconds * 1000), s.labels.max_pending) if labels_topic else None
     return build_processor(learner, sink, metrics, rolling_window=s.metrics.rolling_window,
-                           max_payload_bytes=s.max_payload_bytes, dedup_window=s.dedup_window, join=join,
+                           max_payload_bytes=s.max_payload_bytes, limits=s.limits, dedup_window=s.dedup_window,
+                           join=join,
                            labels_topic=labels_topic, expired_topic=expired_topic,
                            drift=monitor_from(s.drift.detectors, task=learner.task, seed=s.model.seed),
                            audit_topic=audit_topic, adapt=s.drift, seed=s.model.seed,

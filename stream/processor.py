@@ -3,9 +3,10 @@ observers -> learn (the event's own label, or one the label join completes) -> o
 
 Events are handled in stream order: each one is predicted before its own label is learned, and after
 every earlier event's label. A record that fails anywhere goes to the dead-letter topic with a reason
-code; nothing is dropped silently. What watches the pipeline (quality, ledger, drift detectors, the
-adaptation ladder, the label join) is a list of observers (`stream.observers`), called at the same
-points; `stream.pipeline` builds the list a configuration describes.
+code; nothing is dropped silently, and nothing one record raises stops the batch (``internal_error``).
+What watches the pipeline (quality, ledger, drift detectors, the adaptation ladder, the label join) is a
+list of observers (`stream.observers`), called at the same points; `stream.pipeline` builds the list a
+configuration describes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from driftline.adapters.detectors import Detection
 from driftline.core import Event, EventRejected, LabelRecord
 from driftline.learners.base import Learner
 from driftline.monitoring.metrics import ServiceMetrics
-from driftline.stream.audit import DeadLetters
+from driftline.stream.audit import DeadLetters, internal_error
 from driftline.stream.codec import encode_prediction
 from driftline.stream.label_stage import LabelStage
 from driftline.stream.observers import BatchResult, Labeled, Observer, Predicted
@@ -80,12 +81,22 @@ class EventProcessor:
         if prepare:
             self._prepare(prepare)
         for rec, item in items:
-            labeled = self._join(rec, item) if isinstance(item, LabelRecord) else self._predict(rec, item, res)
-            if labeled is not None:
-                self._learn(labeled, res)
+            try:
+                labeled = self._join(rec, item) if isinstance(item, LabelRecord) else self._predict(rec, item, res)
+                if labeled is not None:
+                    self._learn(labeled, res)
+            except Exception as exc:  # a bug met by this record alone (an observer, the encoder, ...): not a stop
+                internal_error(self.dead, rec, exc, "processing")
         for end in self._on_batch_end:
             end(res)
         res.dead_lettered = self.dead.take_count()
+        self._publish_counts(res)
+        return res
+
+    def set_aside(self, record: InboundRecord, reason: str, message: str) -> BatchResult:
+        """Dead-letter ``record`` without processing it (the quarantine), counted like a batch of one."""
+        self.dead.reject(record, reason, message)
+        res = BatchResult(consumed=1, dead_lettered=self.dead.take_count())
         self._publish_counts(res)
         return res
 

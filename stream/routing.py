@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from driftline.core import Event, LabelRecord
-from driftline.stream.audit import DeadLetters
-from driftline.stream.codec import DecodeError, decode_event, decode_label
+from driftline.settings import InputLimits
+from driftline.stream.audit import DeadLetters, internal_error
+from driftline.stream.codec import DEFAULT_LIMITS, DecodeError, decode_event, decode_label
 from driftline.stream.dedup import DedupWindow
 from driftline.stream.label_stage import LabelStage
 from driftline.stream.records import InboundRecord
@@ -24,8 +25,9 @@ class Router:
     key = "dedup"  # the dedup window is checkpointed with the model
 
     def __init__(self, max_payload_bytes: int, dead: DeadLetters, *, dedup: DedupWindow | None = None,
-                 labels: LabelStage | None = None) -> None:
+                 labels: LabelStage | None = None, limits: InputLimits = DEFAULT_LIMITS) -> None:
         self.max_bytes = max_payload_bytes
+        self.limits = limits
         self.dead = dead
         self.dedup = dedup
         self.labels = labels
@@ -34,30 +36,32 @@ class Router:
         """The decoded items in stream order, and the events to prepare."""
         items: Routed = []
         prepare: list[Event] = []
-        dedup, labels, reject, max_bytes = self.dedup, self.labels, self.dead.reject, self.max_bytes
         for rec in records:
-            if labels is not None and labels.observe(rec):
-                try:
-                    lab = decode_label(rec.value, max_bytes=max_bytes)
-                except DecodeError as exc:
-                    reject(rec, exc.reason, str(exc))
-                    continue
-                items.append((rec, lab))
-                waiting = labels.waiting_event(lab)
-                if waiting is not None:
-                    prepare.append(waiting)  # embedded with the batch, learned when its label is reached
-                continue
             try:
-                event = decode_event(rec.value, max_bytes=max_bytes)
+                self._route(rec, items, prepare)
             except DecodeError as exc:
-                reject(rec, exc.reason, str(exc))
-                continue
-            if dedup is not None and dedup.seen(event.id):
-                reject(rec, DUPLICATE_ID, f"event id {event.id!r} was already seen within the last {dedup.size} events")
-                continue
-            items.append((rec, event))
-            prepare.append(event)
+                self.dead.reject(rec, exc.reason, str(exc))
+            except Exception as exc:  # a bug met by this record alone: it must not stop the stream
+                internal_error(self.dead, rec, exc, "routing")
         return items, prepare
+
+    def _route(self, rec: InboundRecord, items: Routed, prepare: list[Event]) -> None:
+        labels = self.labels
+        if labels is not None and labels.observe(rec):
+            lab = decode_label(rec.value, max_bytes=self.max_bytes, limits=self.limits)
+            items.append((rec, lab))
+            waiting = labels.waiting_event(lab)
+            if waiting is not None:
+                prepare.append(waiting)  # embedded with the batch, learned when its label is reached
+            return
+        event = decode_event(rec.value, max_bytes=self.max_bytes, limits=self.limits)
+        dedup = self.dedup
+        if dedup is not None and dedup.seen(event.id):
+            self.dead.reject(rec, DUPLICATE_ID,
+                             f"event id {event.id!r} was already seen within the last {dedup.size} events")
+            return
+        items.append((rec, event))
+        prepare.append(event)
 
     def state_dict(self) -> Any:
         return self.dedup.state_dict() if self.dedup is not None else None

@@ -19,14 +19,21 @@ from driftline.stream.kafka.writer import RecordWriter
 from driftline.stream.records import InboundRecord
 
 REASON_HEADER = "driftline.reason"
+DEAD_LETTER_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes default; the broker's is 1,048,588
+_RECORD_OVERHEAD = 512  # record batch and record framing, generously
+
+
+def _size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
+    return len(key or b"") + len(value or b"") + sum(len(k) + len(v) + 10 for k, v in headers)
 
 
 class OutputSink:
     """Sends predictions and dead letters for one batch at a time."""
 
     def __init__(self, writer: RecordWriter, predictions_topic: str, dead_letter_topic: str,
-                 metrics: ServiceMetrics) -> None:
+                 metrics: ServiceMetrics, *, dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES) -> None:
         self.writer = writer
+        self.dead_letter_max_bytes = dead_letter_max_bytes
         self.predictions_topic = predictions_topic
         self.dead_letter_topic = dead_letter_topic
         self.metrics = metrics
@@ -43,7 +50,9 @@ class OutputSink:
         self.writer.send(topic, key.encode("utf-8"), value, None)
 
     def dead_letter(self, record: InboundRecord, reason: str, error: str) -> None:
-        """Forward the original bytes with headers naming the reason, the error and the source."""
+        """Forward the original bytes with headers naming the reason, the error and the source. A dead letter
+        the topic would refuse (over ``dead_letter_max_bytes`` with its headers) is still written: the
+        record's own headers are left out first, then the value is cut, and headers say so."""
         headers = [
             (REASON_HEADER, reason.encode()),
             ("driftline.error", error[:4000].encode("utf-8", "replace")),
@@ -52,9 +61,21 @@ class OutputSink:
             ("driftline.source.offset", str(record.offset).encode()),
             ("driftline.source.timestamp_ms", str(record.timestamp_ms).encode()),
             ("driftline.failed_at_ms", str(int(time.time() * 1000)).encode()),
-            *[(k, v) for k, v in record.headers if not k.startswith("driftline.")],
         ]
-        self.writer.send(self.dead_letter_topic, record.key, record.value, None, headers)
+        theirs = [(k, v) for k, v in record.headers if not k.startswith("driftline.")]
+        key, value = record.key, record.value
+        budget = self.dead_letter_max_bytes - _RECORD_OVERHEAD
+        if _size(key, value, headers + theirs) > budget:
+            headers.append(("driftline.truncated", b"true"))
+            headers.append(("driftline.original_bytes", str(len(value or b"")).encode()))
+            if theirs:
+                headers.append(("driftline.headers_dropped", str(len(theirs)).encode()))
+                theirs = []
+            if key is not None and len(key) > 1024:
+                key = key[:1024]
+            room = budget - _size(key, None, headers)
+            value = (value or b"")[:max(room, 0)]
+        self.writer.send(self.dead_letter_topic, key, value, None, headers + theirs)
         self.metrics.dead_letters.labels(reason).inc()
 
     def flush(self, timeout: float | None = None) -> None:

@@ -137,3 +137,40 @@ def test_broker_restart_mid_stream_service_reconnects(tmp_path: Path, topic_pref
         assert state["ledger"]["digest"] == sum(id_hash(e["id"]) for e in events) % (1 << 64)
         counts = collections.Counter(json.loads(r.value)["id"] for r in read_topic(bootstrap, f"{topic_prefix}-pred"))
         assert set(counts) == {e["id"] for e in events}
+
+
+def test_a_record_that_kills_the_process_is_quarantined_and_every_other_one_processed(
+        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    """A backbone that dies in native code on one record (os._exit, like a segfault): the first start dies
+    with the batch in hand, the second takes that batch one record at a time and dies with the record in
+    hand, the third dead-letters it as ``quarantined`` and processes everything else."""
+    from tests.tiny_models import AGRAWAL_NUMERIC, save_encoder, torch_backbone
+
+    events = list(itertools.islice(from_generator("Agrawal", seed=3, id_prefix="q-"), 300))
+    events[150]["features"]["age"] = 666.0
+    crashy = torch_backbone(save_encoder(tmp_path), class_path="tests.tiny_models:CrashyEncoder")
+    cfg = write_config(tmp_path / "c.yaml", kafka_bootstrap, topic_prefix,
+                       model={"name": "LogisticRegression", "classes": [0, 1], "backbone": crashy},
+                       checkpoint={"directory": str(tmp_path / "ckpt"), "every_events": 50, "every_seconds": 1.0})
+    assert "age" in AGRAWAL_NUMERIC
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    ensure_topics(kafka, [f"{topic_prefix}-in"], partitions=1)
+    publish(events, f"{topic_prefix}-in", kafka, progress=False)
+    for run in range(2):
+        svc = ServiceProcess(cfg, tmp_path / f"run{run}.log")
+        assert svc.proc.wait(240) == 70, svc.log()
+        svc.kill()
+    assert "processed one at a time" in (tmp_path / "run1.log").read_text()
+    svc = ServiceProcess(cfg, tmp_path / "run2.log")
+    try:
+        svc.wait_ready()
+        wait_for(lambda: len(read_topic(kafka_bootstrap, f"{topic_prefix}-pred", timeout=10)) >= 299, 120,
+                 "the other 299 predicted", interval=1.0)
+    finally:
+        assert svc.terminate() == 0, svc.log()
+    assert "will be dead-lettered (quarantined)" in (tmp_path / "run2.log").read_text()
+    dead = read_topic(kafka_bootstrap, f"{topic_prefix}-dlq")
+    assert [(json.loads(r.value)["id"], dict(r.headers)["driftline.reason"]) for r in dead] == [
+        ("q-150", b"quarantined")]
+    preds = read_topic(kafka_bootstrap, f"{topic_prefix}-pred")
+    assert {json.loads(r.value)["id"] for r in preds} == {e["id"] for e in events} - {"q-150"}

@@ -45,6 +45,21 @@ def test_label_types_are_kept() -> None:
         (b'{"id": "", "features": {"x": 1}}', codec.INVALID_EVENT, "id"),
         (b"", codec.EMPTY_PAYLOAD, "no value"),
         (None, codec.EMPTY_PAYLOAD, "no value"),
+        # the poison pill that stopped the service: Python refuses to convert a 5,000-digit integer
+        (b'{"id": "a", "features": {"x": ' + b"9" * 5000 + b"}}", codec.NUMBER_TOO_LONG, "limits.max_number_chars"),
+        (b'{"id": "a", "features": {"x": ' + b"9" * 41 + b"}}", codec.NUMBER_TOO_LONG, "features.x: an integer of 41"),
+        (b'{"id": "a", "features": {"x": 1}, "label": ' + b"7" * 60 + b"}", codec.NUMBER_TOO_LONG, "digits"),
+        (b'{"id": "a", "features": {"x": 1}, "label": 1, "label": 0}', codec.DUPLICATE_KEY, "'label' appears twice"),
+        (b'{"id": "a", "features": {"x": 1, "x": 2}}', codec.DUPLICATE_KEY, "'x' appears twice"),
+        (b'{"id": "a", "features": {"x": 1, "\\u0078": 2}}', codec.DUPLICATE_KEY, "'x' appears twice"),
+        (b'{"id"  :  "a", "features": {"x" : 1, "x":2}}', codec.DUPLICATE_KEY, "'x' appears twice"),
+        (b'{"id": "a", "features": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}", codec.TOO_DEEP, "limits.max_depth"),
+        (b'{"id": "a", "features": {"x": "' + b"s" * 10_001 + b'"}}', codec.STRING_TOO_LONG, "features.x"),
+        (b'{"id": "a", "features": {"' + b"n" * 10_001 + b'": 1}}', codec.STRING_TOO_LONG, "a name of 10001"),
+        (b'{"id": "a", "features": {"x": 1}, "key": "' + b"k" * 10_001 + b'"}', codec.STRING_TOO_LONG, "key"),
+        (b'{"id": "a", "features": {"x": 1}, "label": "' + b"l" * 10_001 + b'"}', codec.STRING_TOO_LONG, "label"),
+        (json.dumps({"id": "a", "features": {f"f{i}": 1 for i in range(10_001)}}).encode(),
+         codec.TOO_MANY_FEATURES, "10001 names, over the limit of 10000"),
     ],
 )
 def test_bad_records_get_a_reason_and_a_message_naming_the_problem(payload: bytes | None, reason: str,
@@ -53,6 +68,23 @@ def test_bad_records_get_a_reason_and_a_message_naming_the_problem(payload: byte
         decode_event(payload)
     assert info.value.reason == reason
     assert names in str(info.value)
+
+
+def test_bounds_are_configurable_and_escapes_in_strings_are_not_keys() -> None:
+    from driftline.settings import InputLimits
+
+    tight = InputLimits(max_features=2, max_number_chars=3, max_text_chars=5, max_depth=2)
+    with pytest.raises(DecodeError, match=r"over the limit of 2 \(limits\.max_features\)"):
+        decode_event(b'{"id": "a", "features": {"x": 1, "y": 2, "z": 3}}', limits=tight)
+    with pytest.raises(DecodeError, match="an integer of 4 digits"):
+        decode_event(b'{"id": "a", "features": {"x": 1000}}', limits=tight)
+    with pytest.raises(DecodeError, match="text: 6 characters"):
+        decode_event(b'{"id": "a", "text": "abcdef"}', limits=tight)
+    assert decode_event(b'{"id": "a", "features": {"x": 999, "y": -999.5}}', limits=tight).features["x"] == 999
+    # strings holding quotes, colons and escaped backslashes: still one key each, no false duplicate
+    tricky = {"id": 'q"\\":', "features": {'a":': 'b\\":"', "c": 1}, "text": '" : "x": \\'}
+    assert decode_event(json.dumps(tricky).encode()).features == tricky["features"]
+    assert decode_event(json.dumps(tricky, indent=2).encode()).text == tricky["text"]
 
 
 def test_payload_size_limit() -> None:

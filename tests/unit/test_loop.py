@@ -180,9 +180,9 @@ def test_each_batch_is_flushed_then_saved_then_committed(tmp_path: Path, monkeyp
     backend = FakeBackend(Script([records(0, 10), records(10, 10)]))
     save = Checkpointer.save
 
-    def recorded(self: Checkpointer, trigger: str) -> Any:
+    def recorded(self: Checkpointer, trigger: str, **kw: Any) -> Any:
         backend.calls.append(f"save:{trigger}")
-        return save(self, trigger)
+        return save(self, trigger, **kw)
 
     monkeypatch.setattr(Checkpointer, "save", recorded)
     totals = service(backend, tmp_path).run()
@@ -273,6 +273,16 @@ class Saturating(RiverLearner):
         pass
 
 
+def test_a_background_trained_model_is_saved_on_the_way_out_even_with_no_new_record(tmp_path: Path) -> None:
+    """The last interval checkpoint covered every record, then draining finished a window: that learning
+    must reach the shutdown checkpoint (it did not: save() skipped when no record came since the last)."""
+    learner = Saturating()
+    backend = FakeBackend(Script([records(0, 5)]))
+    service(backend, tmp_path, learner=learner).run()  # every_events 1: the batch's interval save covers it
+    assert learner.drained.is_set()
+    assert len(list(tmp_path.glob("ckpt-*"))) == 2  # the interval one and the shutdown one
+
+
 def test_back_pressure_pauses_while_training_is_behind_and_resumes_after() -> None:
     backend = FakeBackend(Script([records(0, 5), records(5, 5)]))
     learner = Saturating()
@@ -282,3 +292,47 @@ def test_back_pressure_pauses_while_training_is_behind_and_resumes_after() -> No
     assert backend.calls[:6] == ["poll", "flush", "commit:sent", "pause", "resume", "poll"]
     assert registry.get_sample_value("driftline_backpressure_pauses_total") == 1
     assert registry.get_sample_value("driftline_consumer_paused") == 0
+
+
+class Deadly(RiverLearner):
+    """Kills the process (SystemExit: no per-record ``except Exception`` sees it) on one event."""
+
+    def __init__(self, deadly_id: str) -> None:
+        super().__init__(ModelSettings(name="GaussianNB"))
+        self.deadly_id = deadly_id
+
+    def predict_one(self, x: Any) -> Any:
+        if x.id == self.deadly_id:
+            raise SystemExit(134)
+        return super().predict_one(x)
+
+
+def _run_until_death(backend: FakeBackend, tmp_path: Path, learner: Any) -> bool:
+    try:
+        service(backend, tmp_path, learner=learner).run()
+    except SystemExit:
+        return True
+    return False
+
+
+def test_a_record_that_kills_the_process_twice_is_quarantined_and_nothing_else_is(tmp_path: Path) -> None:
+    # run 1: dies in a normal batch; run 2: the batch one record at a time, dies with e7 in hand
+    for _ in range(2):
+        assert _run_until_death(FakeBackend(Script([records(0, 10)])), tmp_path, Deadly("e7"))
+    assert json.loads((tmp_path / "inflight.json").read_text())["record"] == ["in", 0, 7]
+    # run 3: e7 is dead-lettered unprocessed, every other record goes through
+    backend = FakeBackend(Script([records(0, 10), records(10, 5)]))
+    totals = service(backend, tmp_path, learner=Deadly("e7")).run()
+    assert (totals.consumed, totals.predicted, totals.dead_lettered) == (15, 14, 1)
+    dead = [v for t, v in backend.writer_.sent if t == "driftline.dead-letter"]
+    assert dead == [records(7, 1)[0].value]
+    # it stays condemned after a clean stop (a checkpoint older than it would bring it back)
+    assert json.loads((tmp_path / "inflight.json").read_text())["condemned"] == [["in", 0, 7]]
+
+
+def test_a_plain_kill_quarantines_nothing(tmp_path: Path) -> None:
+    # run 1 dies between records (a SIGKILL, an outage): run 2 takes the batch one at a time, and all pass
+    assert _run_until_death(FakeBackend(Script([records(0, 10)])), tmp_path, Deadly("e3"))
+    totals = service(FakeBackend(Script([records(0, 10)])), tmp_path, learner=Deadly("none")).run()
+    assert (totals.consumed, totals.predicted, totals.dead_lettered) == (10, 10, 0)
+    assert not (tmp_path / "inflight.json").exists()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -166,3 +167,56 @@ def test_an_added_observer_sees_every_hook_and_is_checkpointed_under_its_key() -
     restored = Counting()
     _with(restored).load_state_dict(state)
     assert restored.seen == counting.seen
+
+
+class Faulty(Observer):
+    """An observer with a bug that one event's id triggers."""
+
+    def on_predicted(self, item: Predicted) -> list[Any]:
+        if item.event.id == "e2":
+            raise KeyError("a bug only e2 meets")
+        return []
+
+
+def test_whatever_one_record_raises_dead_letters_that_record_and_the_batch_goes_on(monkeypatch: Any) -> None:
+    writer = MemoryWriter()
+    learner = build_learner(ModelSettings(name="GaussianNB"))
+    metrics = ServiceMetrics(CollectorRegistry(), model=learner.name, task=learner.task)
+    proc = build_processor(learner, OutputSink(writer, "pred", "dlq", metrics), metrics, rolling_window=10,
+                           max_payload_bytes=10_000, extra=[Faulty()])
+    import driftline.stream.routing as routing
+
+    real = routing.decode_event
+
+    def decode(value: bytes | None, **kw: Any) -> Any:  # a decoder bug that only e4's bytes meet
+        if value is not None and b'"e4"' in value:
+            raise AttributeError("a decoder bug")
+        return real(value, **kw)
+
+    monkeypatch.setattr(routing, "decode_event", decode)
+    res = proc.process([_rec(i, f"e{i}") for i in range(6)])
+    assert (res.consumed, res.dead_lettered) == (6, 2)
+    assert res.learned == 4  # e2 was predicted (its prediction is out) but not learned; e4 never decoded
+    dead = {json.loads(v or b"{}")["id"]: h for t, _, v, h in writer.records if t == "dlq"}
+    assert set(dead) == {"e2", "e4"}
+    assert {h[REASON_HEADER] for h in dead.values()} == {b"internal_error"}
+    assert dead["e2"]["driftline.error"] == b"processing: KeyError: 'a bug only e2 meets'"
+    assert dead["e4"]["driftline.error"] == b"routing: AttributeError: a decoder bug"
+
+
+def test_a_dead_letter_the_topic_would_refuse_is_cut_to_fit_and_says_so() -> None:
+    writer = MemoryWriter()
+    learner = build_learner(ModelSettings(name="GaussianNB"))
+    metrics = ServiceMetrics(CollectorRegistry(), model=learner.name, task=learner.task)
+    sink = OutputSink(writer, "pred", "dlq", metrics, dead_letter_max_bytes=8192)
+    proc = build_processor(learner, sink, metrics, rolling_window=10, max_payload_bytes=100_000)
+    near = InboundRecord("in", 0, 7, 0, b"k", b"{not json" + b" " * 20_000, (("trace", b"t" * 100),))
+    small = InboundRecord("in", 0, 8, 0, b"k", b"{not json", (("trace", b"t"),))
+    assert proc.process([near, small]).dead_lettered == 2
+    (_, key, value, headers), (_, _, small_value, small_headers) = [r for r in writer.records if r[0] == "dlq"]
+    size = len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers.items())
+    assert size <= 8192 - 512 and value is not None and near.value is not None and near.value.startswith(value)
+    assert headers["driftline.truncated"] == b"true" and headers["driftline.headers_dropped"] == b"1"
+    assert headers["driftline.original_bytes"] == str(len(near.value)).encode() and "trace" not in headers
+    assert headers[REASON_HEADER] == b"not_json"
+    assert small_value == small.value and small_headers["trace"] == b"t" and "driftline.truncated" not in small_headers

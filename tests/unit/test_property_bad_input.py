@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry
 
 from driftline.learners.factory import build_learner
 from driftline.monitoring.metrics import ServiceMetrics
-from driftline.settings import ModelSettings
+from driftline.settings import InputLimits, ModelSettings
+from driftline.stream.codec import DecodeError, decode_event
 from driftline.stream.kafka.writer import FlushResult
 from driftline.stream.pipeline import build_processor
 from driftline.stream.processor import EventProcessor
@@ -137,3 +138,67 @@ def test_every_label_record_is_joined_or_dead_lettered(items: list[tuple[str, by
     assert {h["driftline.source.offset"] for h in dead_labels} <= label_offsets
     joined = reg.get_sample_value("driftline_label_delay_seconds_count") or 0
     assert len(dead_labels) + joined == len(label_offsets)
+
+
+# -- hostile payloads: every bound, at and past its limit ------------------------------------------------
+TIGHT = InputLimits(max_depth=6, max_number_chars=12, max_features=8, max_string_chars=40, max_text_chars=100)
+
+
+def _event_with(field: str, raw: bytes) -> bytes:
+    """An event whose ``field`` (a top-level field, or features.x) holds the raw JSON text ``raw``."""
+    if field == "features.x":
+        return b'{"id":"h","features":{"x":' + raw + b'},"label":1}'
+    return b'{"id":"h","features":{"x":1.0},"' + field.encode() + b'":' + raw + b"}"
+
+
+_fields = st.sampled_from(["features.x", "id", "key", "text", "label", "timestamp"])
+hostile = st.one_of(
+    st.builds(lambda f, n, sign: _event_with(f, sign + b"9" * n), _fields, st.integers(1, 6000),
+              st.sampled_from([b"", b"-"])),  # huge integers
+    st.builds(lambda f, n: _event_with(f, b"1." + b"5" * n + b"e3"), _fields, st.integers(1, 400)),  # long floats
+    st.builds(lambda f, d: _event_with(f, b"[" * d + b"]" * d), _fields, st.integers(1, 3000)),  # deep arrays
+    st.builds(lambda f, d: _event_with(f, b'{"a":' * d + b"1" + b"}" * d), _fields, st.integers(1, 3000)),
+    st.builds(lambda k, n: ('{"id":"h","features":{' + ",".join(f'"{k}":{i}' for i in range(n)) + "}}").encode(),
+              st.sampled_from(["a", "\\u0061"]), st.integers(1, 4)),  # duplicate feature names
+    st.builds(lambda f, n: (b'{"id":"h","features":{"x":1.0}' + (b',"' + f.encode() + b'":1') * n + b"}"),
+              st.sampled_from(["label", "id", "key", "features"]), st.integers(1, 3)),  # duplicate fields
+    st.builds(lambda n: json.dumps({"id": "h", "features": {f"f{i}": i for i in range(n)}}).encode(),
+              st.integers(0, 50)),  # many features
+    st.builds(lambda f, n, c: _event_with(f, json.dumps(c * n).encode()), _fields, st.integers(0, 3000),
+              st.sampled_from(["s", "é", "\\", '"', "\u2028", "\ud83d\ude00"])),  # long strings
+    st.builds(lambda f, v: _event_with(f, _encode(v)), _fields, json_values),  # every JSON type in every field
+    st.builds(lambda data, pos, bad: data[:pos % (len(data) + 1)] + bad + data[pos % (len(data) + 1):],
+              near_events.map(_encode), st.integers(0, 10_000),
+              st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x80", b"\xf4\x90\x80\x80"])),  # invalid UTF-8
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(hostile)
+def test_decoding_hostile_bytes_either_succeeds_within_the_bounds_or_names_the_reason(value: bytes) -> None:
+    try:
+        event = decode_event(value, max_bytes=1_000_000, limits=TIGHT)
+    except DecodeError as exc:  # nothing else may escape: no ValueError, RecursionError, MemoryError
+        assert exc.reason and str(exc)
+        return
+    assert len(event.features) <= TIGHT.max_features
+    assert all(len(str(abs(v))) <= TIGHT.max_number_chars for v in event.features.values() if isinstance(v, int))
+    assert all(len(v) <= TIGHT.max_string_chars for v in event.features.values() if isinstance(v, str))
+    assert event.text is None or len(event.text) <= TIGHT.max_text_chars
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(hostile | payloads, min_size=1, max_size=12))
+def test_hostile_batches_are_predicted_or_dead_lettered_record_by_record(values: list[bytes]) -> None:
+    writer = MemoryWriter()
+    learner = build_learner(ModelSettings(name="GaussianNB"))
+    metrics = ServiceMetrics(CollectorRegistry(), model=learner.name, task=learner.task)
+    proc = build_processor(learner, OutputSink(writer, "pred", "dlq", metrics), metrics, rolling_window=50,
+                           max_payload_bytes=1_000_000, limits=TIGHT)
+    result = proc.process([InboundRecord("in", 0, i, 0, None, v) for i, v in enumerate(values)])
+    predicted = {int(json.loads(v or b"")["source"]["offset"]) for t, _, v, _ in writer.records if t == "pred"}
+    dead = {int(h["driftline.source.offset"]): h[REASON_HEADER] for t, _, _, h in writer.records if t == "dlq"}
+    undecoded = {o for o, reason in dead.items() if reason not in (b"invalid_label", b"unknown_label")}
+    assert predicted | undecoded == set(range(len(values))) and not predicted & undecoded
+    assert b"internal_error" not in dead.values(), "a bound was not checked where it should be"
+    assert result.consumed == len(values)
