@@ -117,17 +117,28 @@ _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
 _KEY = re.compile(rb'"(?:[^"\\]++|\\.)*+"[ \t\r\n]*+:')
 
 
+_ESCAPE_OR_SPACE = re.compile(rb'\\|"[ \t\r\n]')
+_POWERS: dict[int, int] = {}
+
+
 def _key_count(value: bytes) -> int:
     """How many object keys the JSON text has (in JSON a string followed by a colon is always a key)."""
-    if b"\\" not in value and b'" ' not in value and b'"\t' not in value and b'"\n' not in value \
-            and b'"\r' not in value:
-        return value.count(b'":')  # no escapes, no space before a colon: each '":' ends a key (fast path)
+    if _ESCAPE_OR_SPACE.search(value) is None:
+        return value.count(b'":')  # no escapes, no space after a quote: each '":' ends a key (fast path)
     return len(_KEY.findall(value))
+
+
+def _limit(digits: int) -> int:
+    """10 ** digits, computed once."""
+    power = _POWERS.get(digits)
+    if power is None:
+        power = _POWERS[digits] = 10 ** digits
+    return power
 
 
 def _check_bounds(item: BaseModel, limits: InputLimits) -> None:
     """The bounds of ``limits`` that a valid event or label can still exceed."""
-    too_big = 10 ** limits.max_number_chars
+    too_big = _limit(limits.max_number_chars)
     longest = limits.max_string_chars
     if isinstance(item, Event):
         features = item.features
@@ -135,6 +146,11 @@ def _check_bounds(item: BaseModel, limits: InputLimits) -> None:
             raise DecodeError(TOO_MANY_FEATURES, f"features: {len(features)} names, over the limit of "
                                                  f"{limits.max_features} (limits.max_features)")
         for name, v in features.items():
+            if len(name) > longest:
+                raise DecodeError(STRING_TOO_LONG, f"features: a name of {len(name)} characters, over the limit of "
+                                                   f"{longest} (limits.max_string_chars)")
+            if type(v) is float:
+                continue
             if isinstance(v, int):
                 if not -too_big < v < too_big:
                     raise DecodeError(NUMBER_TOO_LONG, f"features.{name}: an integer of {len(str(abs(v)))} "
@@ -143,9 +159,6 @@ def _check_bounds(item: BaseModel, limits: InputLimits) -> None:
             elif isinstance(v, str) and len(v) > longest:
                 raise DecodeError(STRING_TOO_LONG, f"features.{name}: a string of {len(v)} characters, over the "
                                                    f"limit of {longest} (limits.max_string_chars)")
-            if len(name) > longest:
-                raise DecodeError(STRING_TOO_LONG, f"features: a name of {len(name)} characters, over the limit of "
-                                                   f"{longest} (limits.max_string_chars)")
         if item.text is not None and len(item.text) > limits.max_text_chars:
             raise DecodeError(STRING_TOO_LONG, f"text: {len(item.text)} characters, over the limit of "
                                                f"{limits.max_text_chars} (limits.max_text_chars)")
