@@ -28,6 +28,11 @@ class LearnerBase:
     def updates(self) -> int:
         return self._updates
 
+    @property
+    def features_dropped(self) -> int:
+        """Feature occurrences left out because the model's bound on feature names was reached."""
+        return 0
+
     def set_version(self, version: int) -> None:
         self._version = version
 
@@ -87,6 +92,9 @@ class Learner(Protocol):
 
     @property
     def updates(self) -> int: ...
+
+    @property
+    def features_dropped(self) -> int: ...
 
     def prepare_batch(self, xs: Sequence[Event]) -> None:
         """The events about to be predicted, in stream order: a learner with a backbone embeds them

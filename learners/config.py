@@ -61,6 +61,10 @@ class ModelSettings(Frozen):
     scale: bool = True
     one_hot: bool = True
     seed: int = 42
+    # Distinct feature names (after one-hot encoding: "name_value") a River head keeps weights and scaling
+    # statistics for. Names first seen once it is full are dropped from the events (the event is still
+    # predicted and learned) and counted in driftline_features_dropped_total. None: no bound.
+    max_features: int | None = Field(100_000, ge=1)
 
     @model_validator(mode="after")
     def _known_model(self) -> ModelSettings:

@@ -75,7 +75,8 @@ class RiverLearner(LearnerBase):
                 from river import multiclass
 
                 estimator = multiclass.OneVsRestClassifier(estimator)
-        self._prep = FeaturePrep(scale=cfg.scale, one_hot=cfg.one_hot)
+        self._prep = FeaturePrep(scale=cfg.scale, one_hot=cfg.one_hot, max_features=cfg.max_features)
+        self._max_features = cfg.max_features
         self._model = estimator
         self._version = 1
         self._updates = 0
@@ -111,6 +112,10 @@ class RiverLearner(LearnerBase):
         proba = {k: float(v) for k, v in proba.items()}
         best = max(proba.items(), key=lambda kv: kv[1])[0]
         return Prediction(best, proba)
+
+    @property
+    def features_dropped(self) -> int:
+        return self._prep.dropped
 
     def learn_one(self, x: Event, y: Label | float) -> None:
         features = self._features(x)
@@ -151,6 +156,7 @@ class RiverLearner(LearnerBase):
             raise ValueError(f"state has classes {state['classes']!r}, config has {self._classes!r}")
         check_fingerprint(state.get("backbone"), self.fingerprint)
         self._prep, self._model = pickle.loads(state["model"])
+        self._prep.bound(self._max_features)  # the configured bound wins over the saved one
         self._load_norm_state(state)
         self._version = int(state["version"])
         self._updates = int(state["updates"])

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 
@@ -24,6 +24,7 @@ class ModelStatus:
     version: int  # the model generation predictions use now (the newest published one for background training)
     updates: int  # labels that model has learned
     backlog: int | None = None  # windows waiting for training (learners that train in the background)
+    features_dropped: int = 0  # feature occurrences left out by the model's bound on feature names
 
 
 class ModelCollector(Collector):
@@ -46,12 +47,16 @@ class ModelCollector(Collector):
                                     labels=["model"])
         backlog = GaugeMetricFamily("driftline_training_backlog_windows",
                                     "Windows of labeled events waiting for (or in) training.", labels=["model"])
+        dropped = CounterMetricFamily("driftline_features_dropped",
+                                      "Feature occurrences left out of events because the model keeps at most "
+                                      "model.max_features names.", labels=["model"])
         if status is not None:
             version.add_metric([status.name], status.version)
             updates.add_metric([status.name], status.updates)
+            dropped.add_metric([status.name], status.features_dropped)
             if status.backlog is not None:
                 backlog.add_metric([status.name], status.backlog)
-        yield from (version, updates, backlog)
+        yield from (version, updates, backlog, dropped)
 
 
 class GpuCollector(Collector):

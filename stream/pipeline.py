@@ -88,8 +88,9 @@ def model_status(learner: Learner) -> ModelStatus:
     published version (the next batch predicts with it) and its training backlog."""
     trained = background_trained(learner)
     if trained is None:
-        return ModelStatus(learner.name, learner.version, learner.updates)
-    return ModelStatus(learner.name, trained.latest_version, learner.updates, trained.backlog())
+        return ModelStatus(learner.name, learner.version, learner.updates, features_dropped=learner.features_dropped)
+    return ModelStatus(learner.name, trained.latest_version, learner.updates, trained.backlog(),
+                       features_dropped=learner.features_dropped)
 
 
 def _zero_series(metrics: ServiceMetrics, drift: DriftMonitor | None, input_drift: InputDriftMonitor | None,
