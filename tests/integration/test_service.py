@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from kafka import KafkaProducer
 
 from driftline.core import Event
 from driftline.learners.factory import build_learner
@@ -19,7 +20,6 @@ from tests.helpers import (
     committed_offsets,
     end_offsets,
     produce_events,
-    produce_raw,
     read_topic,
     wait_for,
     write_config,
@@ -133,19 +133,25 @@ def test_malformed_records_go_to_the_dead_letter_topic_and_good_ones_flow(
     cfg = write_config(tmp_path / "c.yaml", kafka_bootstrap, topic_prefix, model=MODEL,
                        kafka={"publisher": publisher})
     good = _sea(640, "g-", seed=5)
+    partitions = 3  # interleaved across partitions: record i goes to partition i % 3
     values: list[bytes] = []
-    expected: dict[int, str] = {}  # input offset -> reason
+    expected: dict[tuple[int, int], str] = {}  # (input partition, offset) -> reason
     bad_iter = iter(BAD)
     for i, ev in enumerate(good):
         values.append(json.dumps(ev).encode())
         if i % 40 == 0:
             bad = next(bad_iter, None)
             if bad is not None:
-                expected[len(values)] = bad[1]
                 values.append(bad[0])
+                n = len(values) - 1
+                expected[(n % partitions, n // partitions)] = bad[1]
     assert len(expected) == len(BAD)
-    ensure_topics(KafkaSettings(bootstrap_servers=kafka_bootstrap), [f"{topic_prefix}-in"])
-    produce_raw(kafka_bootstrap, f"{topic_prefix}-in", values)
+    ensure_topics(KafkaSettings(bootstrap_servers=kafka_bootstrap), [f"{topic_prefix}-in"], partitions=partitions)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5, max_request_size=2_000_000)
+    for i, v in enumerate(values):
+        producer.send(f"{topic_prefix}-in", value=v, partition=i % partitions)
+    producer.flush()
+    producer.close()
     m = _run_until_consumed(cfg, tmp_path / "svc.log", len(values))
 
     dlq = read_topic(kafka_bootstrap, f"{topic_prefix}-dlq")
@@ -153,10 +159,10 @@ def test_malformed_records_go_to_the_dead_letter_topic_and_good_ones_flow(
     for rec in dlq:
         h = dict(rec.headers)
         assert h["driftline.source.topic"].decode() == f"{topic_prefix}-in"
-        assert h["driftline.source.partition"] == b"0"
         assert h["driftline.error"], "every dead letter names its error"
-        got[int(h["driftline.source.offset"])] = h["driftline.reason"].decode()
-        original = values[int(h["driftline.source.offset"])]
+        partition, offset = int(h["driftline.source.partition"]), int(h["driftline.source.offset"])
+        got[(partition, offset)] = h["driftline.reason"].decode()
+        original = values[offset * partitions + partition]
         if h.get("driftline.truncated") == b"true":  # cut to fit the topic, and it says so
             assert len(original) > 990_000 and original.startswith(rec.value)
             assert int(h["driftline.original_bytes"]) == len(original)
