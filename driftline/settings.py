@@ -251,7 +251,7 @@ class Settings(BaseSettings):
     # 0 turns it off. The window is checkpointed with the model.
     dedup_window: int = Field(0, ge=0, le=10_000_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # kafka-python's own loggers (connection trouble: DEBUG shows every request; secrets are redacted)
+    # the Kafka client's own loggers, librdkafka and kafka (DEBUG: connections, security, the group; redacted)
     kafka_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
     @classmethod
