@@ -6,6 +6,7 @@ a dead-letter header) and a message naming the offending field and value.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -118,7 +119,6 @@ _KEY = re.compile(rb'"(?:[^"\\]++|\\.)*+"[ \t\r\n]*+:')
 
 
 _ESCAPE_OR_SPACE = re.compile(rb'\\|"[ \t\r\n]')
-_POWERS: dict[int, int] = {}
 
 
 def _key_count(value: bytes) -> int:
@@ -128,16 +128,26 @@ def _key_count(value: bytes) -> int:
     return len(_KEY.findall(value))
 
 
+@functools.cache
 def _limit(digits: int) -> int:
-    """10 ** digits, computed once."""
-    power = _POWERS.get(digits)
-    if power is None:
-        power = _POWERS[digits] = 10 ** digits
+    """10 ** digits, computed once per bound."""
+    power: int = 10 ** digits
     return power
 
 
+def _too_many_digits(where: str, v: int, limits: InputLimits) -> DecodeError:
+    return DecodeError(NUMBER_TOO_LONG, f"{where}: an integer of {len(str(abs(v)))} digits, over the limit of "
+                                        f"{limits.max_number_chars} (limits.max_number_chars)")
+
+
+def _too_long(where: str, what: str, text: str, limit: int, setting: str) -> DecodeError:
+    return DecodeError(STRING_TOO_LONG, f"{where}: {what}{len(text)} characters, over the limit of {limit} "
+                                        f"(limits.{setting})")
+
+
 def _check_bounds(item: BaseModel, limits: InputLimits) -> None:
-    """The bounds of ``limits`` that a valid event or label can still exceed."""
+    """The bounds of ``limits`` that a valid event or label can still exceed (the comparisons inline: this
+    runs for every event)."""
     too_big = _limit(limits.max_number_chars)
     longest = limits.max_string_chars
     if isinstance(item, Event):
@@ -147,31 +157,23 @@ def _check_bounds(item: BaseModel, limits: InputLimits) -> None:
                                                  f"{limits.max_features} (limits.max_features)")
         for name, v in features.items():
             if len(name) > longest:
-                raise DecodeError(STRING_TOO_LONG, f"features: a name of {len(name)} characters, over the limit of "
-                                                   f"{longest} (limits.max_string_chars)")
+                raise _too_long("features", "a name of ", name, longest, "max_string_chars")
             if type(v) is float:
                 continue
             if isinstance(v, int):
                 if not -too_big < v < too_big:
-                    raise DecodeError(NUMBER_TOO_LONG, f"features.{name}: an integer of {len(str(abs(v)))} "
-                                                       f"digits, over the limit of {limits.max_number_chars} "
-                                                       "(limits.max_number_chars)")
+                    raise _too_many_digits(f"features.{name}", v, limits)
             elif isinstance(v, str) and len(v) > longest:
-                raise DecodeError(STRING_TOO_LONG, f"features.{name}: a string of {len(v)} characters, over the "
-                                                   f"limit of {longest} (limits.max_string_chars)")
+                raise _too_long(f"features.{name}", "a string of ", v, longest, "max_string_chars")
         if item.text is not None and len(item.text) > limits.max_text_chars:
-            raise DecodeError(STRING_TOO_LONG, f"text: {len(item.text)} characters, over the limit of "
-                                               f"{limits.max_text_chars} (limits.max_text_chars)")
+            raise _too_long("text", "", item.text, limits.max_text_chars, "max_text_chars")
         if item.key is not None and len(item.key) > longest:
-            raise DecodeError(STRING_TOO_LONG, f"key: {len(item.key)} characters, over the limit of {longest} "
-                                               "(limits.max_string_chars)")
+            raise _too_long("key", "", item.key, longest, "max_string_chars")
     label = getattr(item, "label", None)
     if type(label) is int and not -too_big < label < too_big:
-        raise DecodeError(NUMBER_TOO_LONG, f"label: an integer of {len(str(abs(label)))} digits, over the limit "
-                                           f"of {limits.max_number_chars} (limits.max_number_chars)")
+        raise _too_many_digits("label", label, limits)
     if type(label) is str and len(label) > longest:
-        raise DecodeError(STRING_TOO_LONG, f"label: a string of {len(label)} characters, over the limit of "
-                                           f"{longest} (limits.max_string_chars)")
+        raise _too_long("label", "a string of ", label, longest, "max_string_chars")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

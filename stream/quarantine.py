@@ -37,6 +37,8 @@ class Quarantine:
         self.path = Path(directory) / MARKER if directory is not None else None
         self.suspect: dict[tuple[str, int], tuple[int, int]] = {}  # partition -> (first, last) offsets
         self.condemned: set[Coordinates] = set()  # records a process died with in hand, one at a time
+        self._kept: list[list[Any]] = []  # the condemned records the marker carries on (set at start)
+        self._fd: int | None = None
 
     def start(self) -> None:
         """Read what a process that died left behind."""
@@ -58,6 +60,7 @@ class Quarantine:
         else:
             log.warning("quarantine: the last process stopped with a batch in hand (%s); those records are "
                         "processed one at a time this time", self._describe())
+        self._kept = sorted([list(c) for c in self.condemned])[-KEEP_CONDEMNED:]
 
     def _describe(self) -> str:
         return ", ".join(f"{t}-{p} offsets {a}..{b}" for (t, p), (a, b) in sorted(self.suspect.items()))
@@ -93,13 +96,18 @@ class Quarantine:
                      "record": [record.topic, record.partition, record.offset]})
 
     def _write(self, marker: dict[str, Any]) -> None:
+        """Overwrite the marker in place (~6 us here, against ~200 us for a new file renamed over it: this runs
+        before every batch). A death between the write and the truncation leaves it unreadable, which the next
+        start ignores; a record's death never lands there, it happens while the record is processed."""
         assert self.path is not None
-        marker["condemned"] = sorted([list(c) for c in self.condemned])[-KEEP_CONDEMNED:]
-        tmp = self.path.with_suffix(".tmp")
+        marker["condemned"] = self._kept
+        data = json.dumps(marker).encode()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(marker))
-            os.replace(tmp, self.path)  # a death mid-write leaves the previous marker whole
+            if self._fd is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            os.pwrite(self._fd, data, 0)
+            os.ftruncate(self._fd, len(data))
         except OSError as exc:  # the guard is a second line of defence: it must not stop the service itself
             log.warning("quarantine: cannot write %s (%s); the crash-loop guard is off for this run", self.path, exc)
             self.path = None
@@ -112,3 +120,6 @@ class Quarantine:
             self._write({"batch": [], "record": None})
         else:
             self.path.unlink(missing_ok=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

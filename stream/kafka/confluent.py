@@ -11,6 +11,7 @@ its next commit fails as lost to a rebalance. Access errors librdkafka reports t
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -61,6 +62,13 @@ def _client(kind: Callable[[dict[str, Any]], T], config: dict[str, Any]) -> T:
     except (KafkaException, ValueError) as exc:
         reason = exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
         raise ConfigError(f"kafka: librdkafka refused the configuration: {reason}") from None
+
+
+def _raise_refused(errors: ClientErrors) -> None:
+    """Raise what librdkafka's error callback kept since the last poll (credentials or ACLs refused)."""
+    refused = errors.take()
+    if refused is not None:
+        raise _error("poll", refused)
 
 
 def _bytes(v: str | bytes | None) -> bytes | None:
@@ -148,9 +156,7 @@ class ConfluentConsumer:
                     msgs += consume(num_messages=most - 1, timeout=0)
         except KafkaException as exc:
             raise _error("poll", exc.args[0]) from exc
-        refused = self._errors.take()
-        if refused is not None:
-            raise _error("poll", refused)
+        _raise_refused(self._errors)
         out = _records(msgs)
         positions = self._positions
         for r in out:
@@ -318,11 +324,8 @@ class ConfluentPartitionReader:
     def bounds(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
         out: dict[TopicPartition, tuple[int, int]] = {}
         for tp in tps:
-            part = CTopicPartition(tp.topic, tp.partition)
-            try:
-                low, high = self._c.get_watermark_offsets(part, timeout=self._timeout)
-            except KafkaException as exc:
-                raise _error("offsets", exc.args[0]) from exc
+            low, high = self._call("offsets", functools.partial(
+                self._c.get_watermark_offsets, CTopicPartition(tp.topic, tp.partition), timeout=self._timeout))
             out[tp] = (int(low), int(high))
         return out
 
@@ -336,9 +339,7 @@ class ConfluentPartitionReader:
 
     def poll(self, timeout_s: float) -> list[InboundRecord]:
         msgs = self._call("poll", lambda: self._c.consume(num_messages=10_000, timeout=timeout_s))
-        refused = self._errors.take()
-        if refused is not None:
-            raise _error("poll", refused)
+        _raise_refused(self._errors)
         return _records(msgs)
 
     def position(self, tp: TopicPartition) -> int:

@@ -171,10 +171,10 @@ def checked_properties(cfg: KafkaSettings) -> dict[str, Any]:
     key = tuple(sorted((k, repr(v)) for k, v in props.items()))
     if key in _CHECKED:
         return _CHECKED[key]
+    quiet = logging.getLogger("librdkafka.check")  # the throwaway clients' log: read here, shown nowhere
+    quiet.propagate = False
     for name, value in props.items():
         capture = _Warnings()
-        quiet = logging.getLogger("librdkafka.check")
-        quiet.propagate = False
         quiet.addHandler(capture)
         try:
             Producer({"bootstrap.servers": "127.0.0.1:9", "logger": quiet, name: value})
