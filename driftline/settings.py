@@ -190,8 +190,12 @@ class TopicSettings(Frozen):
     # The largest record the dead-letter topic takes (its max.message.bytes, and the producer's limit); a dead
     # letter above it, with its headers, is cut to fit and says so (driftline.truncated, original_bytes).
     dead_letter_max_bytes: int = Field(1_000_000, ge=4096)
+    # The compacted topic that carries each input partition's state (pending label joins, dedup ids) to the
+    # member of the group that takes the partition over; None: "driftline.<group id>.partition-state".
+    # Used only when there is such state (topics.labels or dedup_window set).
+    partition_state: str | None = None
 
-    @field_validator("input", "predictions", "dead_letter", "labels", "expired", "audit")
+    @field_validator("input", "predictions", "dead_letter", "labels", "expired", "audit", "partition_state")
     @classmethod
     def _valid_topic(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", v):
@@ -219,7 +223,8 @@ class InputLimits(Frozen):
 
 
 class CheckpointSettings(Frozen):
-    """Where and how often the learning state is saved together with the offsets it reflects."""
+    """Where and how often the learning state is saved together with the offsets it reflects. Offsets are
+    committed at these save points only (with or without a directory), right after the state they reflect."""
 
     directory: str | None = None  # None: no checkpoints (a restart starts from the initial model)
     every_events: int = Field(10_000, ge=1)
@@ -248,11 +253,19 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(1_000_000, ge=64)
     limits: InputLimits = Field(default_factory=InputLimits)
     # Remember this many recent event ids; an id seen again within them is dead-lettered (duplicate_id).
-    # 0 turns it off. The window is checkpointed with the model.
+    # 0 turns it off. The window is checkpointed, and each input partition's ids move with the partition.
     dedup_window: int = Field(0, ge=0, le=10_000_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # the Kafka client's own loggers, librdkafka and kafka (DEBUG: connections, security, the group; redacted)
     kafka_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+    @property
+    def partition_state_topic(self) -> str:
+        """``topics.partition_state``, or the group's own default name."""
+        if self.topics.partition_state is not None:
+            return self.topics.partition_state
+        group = re.sub(r"[^A-Za-z0-9._-]", "_", self.kafka.group_id)[:200]
+        return f"driftline.{group}.partition-state"
 
     @classmethod
     def settings_customise_sources(

@@ -137,5 +137,15 @@ class ServiceMetrics:
             "driftline_checkpoint_corrupt", "Unreadable checkpoints skipped at restore (corrupt or truncated).",
             registry=registry,
         )
+        # partitions taken over: where their state came from (checkpoint: this instance's own; changelog: the
+        # last owner's snapshot; none: started from the group's committed offset without pending joins)
+        self.partition_assignments = Counter(
+            "driftline_partition_assignments", "Input partitions assigned to this member, by where their state "
+            "came from.", ["state"], registry=registry)
+        for source in ("checkpoint", "changelog", "none"):
+            self.partition_assignments.labels(source)
+        self.partition_state_bytes = Counter(
+            "driftline_partition_state_written_bytes", "Bytes of partition snapshots written to the changelog topic.",
+            registry=registry)
         self.checkpoint_restored = Gauge("driftline_checkpoint_restored_version",
                                          "Checkpoint version restored at start (0: none).", registry=registry)

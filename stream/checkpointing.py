@@ -1,18 +1,29 @@
-"""When to checkpoint, what offsets the state reflects, and where to resume after a restart.
+"""Save points: progress (committed offsets) and state always agree, and a partition that moves takes its
+state with it.
 
-The learning state and the next offset of every partition it has consumed are saved together
-(after the batch's outputs are flushed, before offsets are committed), every N events or T
-seconds, when partitions are revoked, and on shutdown. On start the newest valid checkpoint is
-restored; whenever partitions are assigned, each one the state knows is sought to the offset the
-state reflects. Kafka's committed offsets are only a progress marker, so after a crash the events
-after the checkpoint are consumed (and predicted) again and learned exactly once by the state.
+A save point writes, in this order: a snapshot of every owned partition that changed (its pending label
+joins and dedup window, `partition_state`) to the changelog topic, flushed; the learning state with the
+offsets it reflects (the checkpoint, when ``checkpoint.directory`` is set); then it commits exactly those
+offsets. Offsets are committed at save points only (every ``checkpoint.every_events`` events or
+``every_seconds``, when partitions are revoked, at shutdown), so the group's committed offset of a partition
+is never ahead of the state that reflects it, and it stays the one place that says where a partition
+resumes (tools that reset a group's offsets keep working). After a crash the events after the last save
+point are consumed again: predicted again (outputs are at-least-once) and learned once by the state.
+
+When partitions are assigned, each one starts from the group's committed offset with the newest state that
+has seen at least that far: this instance's own checkpoint (only right after a restart, for the partitions
+it held) or the last owner's snapshot on the changelog; neither: no pending joins, and the committed offset.
+Partitions that are revoked are saved, committed and then forgotten; partitions lost without a revoke (the
+member was evicted) are forgotten without a save: another member may own them already.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from pydantic import ValidationError
 
 from driftline.errors import ConfigError
 from driftline.learners.checkpoint import CheckpointInfo, CheckpointStore, DirectoryStore
@@ -20,22 +31,40 @@ from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import CheckpointSettings
 from driftline.stream.kafka.seam import Consumer, TopicPartition
 from driftline.stream.observers import Ledger
+from driftline.stream.partition_state import Changelog, Partitioned, Snapshot, covers, snapshot
 from driftline.stream.processor import EventProcessor
 from driftline.stream.records import InboundRecord
 
 log = logging.getLogger(__name__)
 
+Commit = Callable[[Mapping[TopicPartition, int]], None]
+
+
+def _nothing() -> None:
+    return None
+
 
 class Checkpointer:
     def __init__(self, cfg: CheckpointSettings, processor: EventProcessor, metrics: ServiceMetrics,
-                 store: CheckpointStore | None = None) -> None:
+                 store: CheckpointStore | None = None, *, parts: Sequence[Partitioned] = (),
+                 changelog: Changelog | None = None,
+                 flush: Callable[[], None] = _nothing, commit: Commit | None = None,
+                 member: str = "driftline") -> None:
         self.cfg = cfg
         self.processor = processor
         self.metrics = metrics
         if store is None and cfg.directory is not None:
             store = DirectoryStore(cfg.directory, keep=cfg.keep)
         self.store = store
-        self.offsets: dict[tuple[str, int], int] = {}  # next offset the in-memory state has consumed to
+        self.changelog = changelog
+        self.flush = flush
+        self.commit = commit
+        self.member = member
+        self.parts = list(parts)
+        self.offsets: dict[TopicPartition, int] = {}  # next offset the in-memory state has consumed to
+        self._owned: set[int] = set()  # partitions (by number: the input's and the labels topic's) assigned
+        self._restored: set[int] = set()  # partitions the restored checkpoint holds, until the first assignment
+        self._dirty: set[int] = set()  # partitions changed since their last snapshot
         self._since = 0
         self._last = time.monotonic()
 
@@ -59,49 +88,167 @@ class Checkpointer:
                 f"checkpoint {info.version} at {info.location} does not fit this configuration: {exc}. "
                 "Point checkpoint.directory elsewhere to start fresh, or restore the matching model config."
             ) from exc
-        self.offsets = {(t, p): o for t, parts in info.offsets.items() for p, o in parts.items()}
+        self.offsets = {TopicPartition(t, p): o for t, parts in info.offsets.items() for p, o in parts.items()}
+        self._restored = {tp.partition for tp in self.offsets}
         self.metrics.checkpoint_restored.set(info.version)
         log.info("restored checkpoint %d (%d events learned; offsets %s)", info.version, info.learned, info.offsets)
         return info
 
     def advance(self, records: Sequence[InboundRecord]) -> None:
         """Record that the state now reflects these records (call after processing a batch)."""
-        offsets = self.offsets
+        offsets, dirty = self.offsets, self._dirty
         for r in records:
-            offsets[(r.topic, r.partition)] = r.offset + 1
+            offsets[TopicPartition(r.topic, r.partition)] = r.offset + 1
+            dirty.add(r.partition)
         self._since += len(records)
 
     def due(self) -> bool:
-        return self.store is not None and self._since > 0 and (
+        return self._since > 0 and (
             self._since >= self.cfg.every_events or time.monotonic() - self._last >= self.cfg.every_seconds)
 
-    def save(self, trigger: str, *, changed: bool = False) -> CheckpointInfo | None:
-        """Write the state and the offsets it reflects, if records were processed since the last one or the
-        caller knows the state ``changed`` without them (background training finished a window)."""
-        if self.store is None or (self._since == 0 and not changed):
-            return None
+    def save(self, trigger: str, *, changed: bool = False) -> bool:
+        """A save point, if records were processed since the last one, a partition's state changed, or the
+        caller knows the model ``changed`` without them (background training finished a window): partition
+        snapshots (flushed), the checkpoint, then the commit of the offsets they reflect. Outputs of the
+        processed records must be flushed already."""
+        if self._since == 0 and not changed and not self._dirty:
+            return False
+        self._write_snapshots()
+        if self.store is not None:
+            self._save_checkpoint(trigger)
+        owned = {tp: o for tp, o in self.offsets.items() if tp.partition in self._owned}
+        if owned and self.commit is not None:
+            self.commit(owned)
+        self._since = 0
+        self._last = time.monotonic()
+        return True
+
+    def _write_snapshots(self) -> None:
+        changelog, dirty = self.changelog, self._dirty & self._owned
+        self._dirty = set()
+        if changelog is None or not self.parts or not dirty:
+            return
+        written = 0
+        for p in sorted(dirty):
+            written += changelog.write(snapshot(p, self.offsets, self.parts, member=self.member))
+        self.flush()  # acknowledged before the commit that relies on them
+        self.metrics.partition_state_bytes.inc(written)
+
+    def _save_checkpoint(self, trigger: str) -> None:
+        assert self.store is not None
         t0 = time.perf_counter()
         offsets: dict[str, dict[int, int]] = {}
-        for (topic, partition), off in self.offsets.items():
-            offsets.setdefault(topic, {})[partition] = off
+        for tp, off in self.offsets.items():
+            offsets.setdefault(tp.topic, {})[tp.partition] = off
         info = self.store.save(self.processor.state_dict(), offsets, learned=self.processor.require(Ledger).learned)
         self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
         self.metrics.checkpoints.labels(trigger).inc()
         self.metrics.checkpoint_last.set_to_current_time()
         self.metrics.checkpoint_bytes.set(info.size)
-        self._since = 0
-        self._last = time.monotonic()
         log.debug("checkpoint %d written (%s, %d bytes)", info.version, trigger, info.size)
-        return info
 
+    # -- rebalances -------------------------------------------------------------------------------------
     def revoked(self, partitions: Sequence[TopicPartition]) -> None:
-        """Partitions are about to go: save what the state reflects (the batch before is flushed and committed)."""
+        """Partitions are about to go (the batch before is processed and flushed): a save point that commits
+        them, then their state is let go."""
         self.save("rebalance")
+        self._forget({tp.partition for tp in partitions})
 
-    def seek_assigned(self, consumer: Consumer, assigned: Iterable[TopicPartition]) -> None:
-        """Resume each assigned partition the state knows from the offset the state reflects."""
-        for tp in assigned:
-            off = self.offsets.get((tp.topic, tp.partition))
-            if off is not None:
-                consumer.seek(tp, off)
-                log.info("partition %s-%d resumes at offset %d (checkpointed state)", tp.topic, tp.partition, off)
+    def lost(self, partitions: Sequence[TopicPartition]) -> None:
+        """Partitions already gone (this member was evicted): another member may own them and have read their
+        state, so nothing is written for them; their state here is let go."""
+        self._forget({tp.partition for tp in partitions})
+
+    def assigned(self, consumer: Consumer, partitions: Iterable[TopicPartition]) -> None:
+        """Start each assigned partition from the group's committed offset with the newest state that has
+        seen that far; forget every partition this member does not own."""
+        tps = sorted(partitions)
+        if not tps:
+            return
+        numbers = sorted({tp.partition for tp in tps})
+        committed = consumer.committed(tps)
+        snapshots = self.changelog.read(numbers) if self.changelog is not None and self.parts else {}
+        for p in numbers:
+            mine = {tp: committed.get(tp) for tp in tps if tp.partition == p}
+            self._take(consumer, p, mine, snapshots.get(p))
+        self._owned |= set(numbers)
+        self._restored = set()
+        self._forget_unowned()
+
+    def _take(self, consumer: Consumer, p: int, committed: Mapping[TopicPartition, int | None],
+              snap: Snapshot | None) -> None:
+        local = ({tp: o for tp, o in self.offsets.items() if tp.partition == p} if p in self._restored else None)
+        use_local = local is not None and covers(local, committed)
+        use_snap = snap is not None and snap.covers(committed)
+        if use_local and use_snap:  # both have seen the committed offsets: the one further on
+            assert local is not None and snap is not None
+            use_local = sum(local.values()) >= sum(snap.offsets.values())
+            use_snap = not use_local
+        if use_snap:
+            assert snap is not None
+            use_snap = self._load(p, snap)
+        where = ", ".join(f"{tp.topic} at {c}" for tp, c in sorted(committed.items()) if c is not None)
+        if use_local:
+            assert local is not None
+            self._dirty.add(p)  # the changelog may not have it
+            self._seek(consumer, local)
+            source = "checkpoint"
+            log.info("partition %d resumes from this instance's checkpoint (%s; committed: %s)", p,
+                     _describe(local), where or "nothing")
+        elif use_snap:
+            assert snap is not None
+            offsets = {TopicPartition(t, p): o for t, o in snap.offsets.items()}
+            self._seek(consumer, offsets)
+            source = "changelog"
+            log.info("partition %d resumes with the state %s saved (%s; committed: %s)", p, snap.writer,
+                     _describe(offsets), where or "nothing")
+        else:
+            self._drop(p)
+            source = "none"
+            if snap is not None or local is not None:
+                log.warning("partition %d: no saved state has seen the group's committed offsets (%s); it starts "
+                            "there without pending label joins or dedup ids", p, where or "nothing committed")
+            elif where and self.parts:
+                log.info("partition %d starts at the committed offsets (%s); no partition state saved yet", p, where)
+        self.metrics.partition_assignments.labels(source).inc()
+
+    def _load(self, p: int, snap: Snapshot) -> bool:
+        self._drop(p)
+        try:
+            for part in self.parts:
+                if part.key in snap.parts:
+                    part.load_partition(p, snap.parts[part.key])
+        except (ValidationError, ValueError, KeyError, TypeError) as exc:
+            log.error("partition %d: the state %s saved cannot be loaded (%s: %s); the partition starts without it",
+                      p, snap.writer, type(exc).__name__, exc)
+            self._drop(p)
+            return False
+        return True
+
+    def _seek(self, consumer: Consumer, offsets: Mapping[TopicPartition, int]) -> None:
+        for tp, off in offsets.items():
+            consumer.seek(tp, off)
+            self.offsets[tp] = off
+
+    def _drop(self, p: int) -> None:
+        for part in self.parts:
+            part.drop_partition(p)
+        for tp in [tp for tp in self.offsets if tp.partition == p]:
+            del self.offsets[tp]
+        self._dirty.discard(p)
+
+    def _forget(self, numbers: set[int]) -> None:
+        for p in numbers:
+            self._drop(p)
+        self._owned -= numbers
+
+    def _forget_unowned(self) -> None:
+        held = {tp.partition for tp in self.offsets}
+        for part in self.parts:
+            held |= part.partitions()
+        for p in held - self._owned:
+            self._drop(p)
+
+
+def _describe(offsets: Mapping[TopicPartition, int]) -> str:
+    return ", ".join(f"{tp.topic} at {o}" for tp, o in sorted(offsets.items()))

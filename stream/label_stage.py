@@ -76,7 +76,7 @@ class LabelStage(Observer):
     def on_unlabeled(self, p: Predicted) -> Labeled | None:
         """A predicted event without a label: learn it now if its label came first, else it waits."""
         early = self.join.add_prediction(PendingPrediction(p.event, p.prediction.value, p.record.timestamp_ms,
-                                                           p.predicted_at_ms))
+                                                           p.predicted_at_ms, p.record.partition))
         if early is None:
             return None
         return Labeled(p.event, early.label.label, p.prediction.value, early.record, 0.0)  # its label waited
@@ -86,7 +86,7 @@ class LabelStage(Observer):
         if item.delay_s is not None:
             self.metrics.label_delay.observe(item.delay_s)
         event_id = item.event.id
-        self.join.mark_resolved(event_id)
+        self.join.mark_resolved(event_id, item.record.partition)
         waiting = self.join.early.pop(event_id, None)
         if waiting is not None:  # the event brought its own label; the one that waited is not needed
             self.dead.reject(waiting.record, LABEL_ALREADY_LEARNED,
@@ -114,6 +114,19 @@ class LabelStage(Observer):
     def publish_gauges(self) -> None:
         self.metrics.pending_labels.labels("predictions").set(len(self.join.pending))
         self.metrics.pending_labels.labels("labels").set(len(self.join.early))
+
+    # -- partition state (`stream.partition_state.Partitioned`) --------------------------------------
+    def partitions(self) -> set[int]:
+        return self.join.partitions()
+
+    def export_partition(self, partition: int) -> Any:
+        return self.join.export_partition(partition)
+
+    def drop_partition(self, partition: int) -> None:
+        self.join.drop_partition(partition)
+
+    def load_partition(self, partition: int, data: Any) -> None:
+        self.join.load_partition(partition, data)
 
     def state_dict(self) -> Any:
         return self.join.state_dict()

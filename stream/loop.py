@@ -1,21 +1,25 @@
-"""The run loop: poll a batch -> process it -> flush outputs -> commit offsets. Nothing else.
+"""The run loop: poll a batch -> process it -> flush outputs -> at a save point, save the state and commit
+the offsets it reflects (`checkpointing`). Nothing else.
 
 Offsets are committed only after every output of the batch (predictions and dead letters) is
-acknowledged by Kafka. A stop request (SIGTERM/SIGINT) is honoured between batches: the batch in
-hand is finished, flushed and committed, then the consumer leaves its group.
+acknowledged by Kafka, and only at save points. A stop request (SIGTERM/SIGINT) is honoured between
+batches: the batch in hand is finished, flushed, saved and committed, then the consumer leaves its group.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from driftline.errors import KafkaSecurityError
+from driftline.errors import ConfigError, KafkaSecurityError
 from driftline.learners.base import Learner
 from driftline.learners.capabilities import background_trained
 from driftline.monitoring.http import MetricsServer
@@ -24,6 +28,7 @@ from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import Settings
 from driftline.stream.checkpointing import Checkpointer
 from driftline.stream.kafka import open_backend
+from driftline.stream.kafka.ranges import read_partitions
 from driftline.stream.kafka.seam import (
     CommitLostError,
     Consumer,
@@ -35,7 +40,8 @@ from driftline.stream.kafka.seam import (
 )
 from driftline.stream.kafka.writer import RecordWriter
 from driftline.stream.observers import BatchResult
-from driftline.stream.pipeline import processor_from_settings
+from driftline.stream.partition_state import COMPACTED, Changelog
+from driftline.stream.pipeline import partitioned, processor_from_settings
 from driftline.stream.processor import EventProcessor
 from driftline.stream.quarantine import QUARANTINED, Quarantine
 from driftline.stream.records import InboundRecord
@@ -131,15 +137,20 @@ class Service:
         processor = processor_from_settings(s, self.learner, sink, self.metrics, labels_topic=s.topics.labels,
                                             expired_topic=s.topics.expired, audit_topic=s.topics.audit)
         self.processor = processor
-        checkpointer = Checkpointer(s.checkpoint, processor, self.metrics)
+        parts = partitioned(processor)
+        changelog = self._changelog(writer) if parts else None
+        checkpointer = Checkpointer(s.checkpoint, processor, self.metrics, parts=parts, changelog=changelog,
+                                    flush=sink.flush,
+                                    commit=lambda offsets: self._commit(consumer, offsets),
+                                    member=f"{s.kafka.client_id}@{socket.gethostname()}:{os.getpid()}")
         self.checkpointer = checkpointer
         quarantine = Quarantine(s.checkpoint.directory)
         quarantine.start()
         try:
             checkpointer.restore()
-            # on_revoke runs inside poll(): the previous batch is already processed, flushed and committed
-            consumer.subscribe(inputs, on_assign=lambda tps: checkpointer.seek_assigned(consumer, tps),
-                               on_revoke=lambda tps: checkpointer.revoked(tps), on_lost=self._lost)
+            # on_revoke runs inside poll(): the previous batch is already processed and flushed
+            consumer.subscribe(inputs, on_assign=lambda tps: checkpointer.assigned(consumer, tps),
+                               on_revoke=checkpointer.revoked, on_lost=self._lost)
             self._running = True
             self.metrics.up.set(1)
             log.info("consuming %s as group %r with model %s (%s)", " + ".join(inputs), s.kafka.group_id,
@@ -167,16 +178,15 @@ class Service:
                         checkpointer.advance(records)
                         sink.flush()  # 1. outputs acknowledged
                         consistent = True
-                        if checkpointer.due():
-                            checkpointer.save("interval")  # 2. state + the offsets it reflects
-                        self._commit(consumer, wait=False)  # 3. progress marker
+                    if checkpointer.due():  # 2. partition state, model state, 3. the offsets they reflect
+                        checkpointer.save("interval")  # (also when the stream went quiet: its tail is committed)
                     self._backpressure(consumer)
                     self._update_lag(consumer)
             except KafkaAccessError as exc:
                 # credentials rotated or revoked, ACLs changed: retrying cannot fix it. Keep the state if
                 # it is consistent (outputs flushed), then stop with the reason.
                 if consistent:
-                    checkpointer.save("shutdown", changed=self.trained is not None)
+                    self._save_refused(checkpointer)
                 credentials = ("kafka.sasl.oauth_token / oauth_token_file" if s.kafka.sasl.mechanism == "OAUTHBEARER"
                                else "kafka.sasl.username / password (or password_file)")
                 raise KafkaSecurityError(
@@ -184,9 +194,8 @@ class Service:
                     f"check {credentials} and the ACLs of the topics and the group") from None
             self._drain_training()
             # only reached on a graceful stop: everything is flushed. Draining may have changed the model
-            # without a new record: save even if the last interval checkpoint covered every record.
+            # without a new record: save even if the last save point covered every record.
             checkpointer.save("shutdown", changed=self.trained is not None)
-            self._commit(consumer)  # the last batch's commit, this time waiting for the broker
             quarantine.clean_stop()
         finally:
             self._running = False
@@ -210,15 +219,35 @@ class Service:
             quarantine.record_begins(rec)
             self.totals.add(processor.process([rec]))
 
+    def _changelog(self, writer: RecordWriter) -> Changelog:
+        """The compacted topic partition state travels on, with the input's partition count."""
+        s, kafka = self.settings, self.kafka
+        topic = s.partition_state_topic
+        want = kafka.topic_partitions(s.topics.input)
+        kafka.ensure_topics([topic], partitions=want, configs=COMPACTED)
+        have = kafka.topic_partitions(topic)
+        if have < want:
+            raise ConfigError(f"topic {topic!r} (topics.partition_state) has {have} partitions, fewer than the "
+                              f"input's {want}: each input partition's state needs its own; recreate it or name "
+                              "another")
+        return Changelog(topic, writer, functools.partial(read_partitions, s.kafka))
+
+    def _save_refused(self, checkpointer: Checkpointer) -> None:
+        """The brokers refused this service: keep the state (and commit, if they still take a commit)."""
+        try:
+            checkpointer.save("shutdown", changed=self.trained is not None)
+        except KafkaClientError as exc:
+            log.warning("kafka: the last save point's Kafka part failed (%s: %s)", exc.kind, exc)
+
     def _lost(self, partitions: Sequence[TopicPartition]) -> None:
         """This member was evicted from the group (a poll came later than kafka.max_poll_interval_ms, or
-        heartbeats stopped): its partitions may belong to another member already. The state is kept (it is
-        consistent: this runs inside poll, after the last batch was flushed); the next commit fails as lost,
-        and a checkpointed restart would resume from the state's offsets."""
+        heartbeats stopped): its partitions may belong to another member already, which resumes them from the
+        last save point; nothing is written for them here (this member's learning since then stays in its
+        model: those events are learned by both)."""
         self.metrics.kafka_errors.labels("rebalance", "partitions_lost").inc()
         log.warning("kafka: lost %d partitions without a revoke (this member was evicted from the group); "
                     "rejoining", len(partitions))
-        self.checkpointer.revoked(partitions)
+        self.checkpointer.lost(partitions)
 
     def _backpressure(self, consumer: Consumer) -> None:
         """Pause every assigned partition while the learner's training is behind (it keeps polling, so the
@@ -248,16 +277,16 @@ class Service:
         if trained is not None and not trained.drain(timeout):
             log.warning("training did not finish within %.0fs; the pending windows go into the checkpoint", timeout)
 
-    def _commit(self, consumer: Consumer, *, wait: bool = True) -> None:
-        """Commit the consumed positions. A commit is a progress marker only: the next batch's commit
-        covers a failed one, and checkpoints (when on) decide where a restart resumes. Between batches it is
-        sent without waiting for the broker's answer (``wait=False``: ~3 ms a batch on librdkafka)."""
+    def _commit(self, consumer: Consumer, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit the offsets a save point's state reflects, waiting for the broker. A failed commit is
+        covered by the next save point's; until then a partition that moves resumes from the last commit
+        (its events since are consumed again) and a restart from this instance's checkpoint."""
         try:
-            consumer.commit(wait=wait)  # positions = one past the last record of the processed batch
+            consumer.commit(offsets)
         except (CommitLostError, RetriableKafkaError) as exc:
             # Either the group rebalanced while we processed (the partitions' new owner resumes from the last
-            # commit), or Kafka is unreachable for now (broker restart, coordinator moving: the next batch's
-            # commit covers this one).
+            # commit), or Kafka is unreachable for now (broker restart, coordinator moving: the next save
+            # point's commit covers this one).
             self._retriable(exc)
             return
         self.totals.last_commit_at = time.monotonic()

@@ -27,6 +27,7 @@ from driftline.stream.dedup import DedupWindow
 from driftline.stream.label_stage import LabelStage
 from driftline.stream.labels import LabelJoin
 from driftline.stream.observers import Adaptation, DetectionLog, ErrorDrift, InputDrift, Ledger, Observer, Quality
+from driftline.stream.partition_state import Partitioned
 from driftline.stream.processor import EventProcessor
 from driftline.stream.routing import Router
 from driftline.stream.sink import OutputSink
@@ -81,6 +82,16 @@ def processor_from_settings(settings: Settings, learner: Learner, sink: OutputSi
                            audit_topic=audit_topic, adapt=s.drift, seed=s.model.seed,
                            input_drift=input_monitor_from(s.drift.input, seed=s.model.seed, learner=learner),
                            extra=extra)
+
+
+def partitioned(processor: EventProcessor) -> list[Partitioned]:
+    """The parts of ``processor`` that keep state per input partition (the dedup window, the label join)."""
+    parts: list[Partitioned] = []
+    if processor.router.dedup is not None:
+        parts.append(processor.router)
+    if processor.labels is not None:
+        parts.append(processor.labels)
+    return parts
 
 
 def model_status(learner: Learner) -> ModelStatus:

@@ -6,7 +6,7 @@ and the waiting events that this batch's labels complete."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from driftline.core import Event, LabelRecord
 from driftline.settings import InputLimits
@@ -22,7 +22,7 @@ Routed = list[tuple[InboundRecord, Event | LabelRecord]]
 
 
 class Router:
-    key = "dedup"  # the dedup window is checkpointed with the model
+    key: ClassVar[str] = "dedup"  # the dedup window is checkpointed, and moves with its partitions
 
     def __init__(self, max_payload_bytes: int, dead: DeadLetters, *, dedup: DedupWindow | None = None,
                  labels: LabelStage | None = None, limits: InputLimits = DEFAULT_LIMITS) -> None:
@@ -56,12 +56,27 @@ class Router:
             return
         event = decode_event(rec.value, max_bytes=self.max_bytes, limits=self.limits)
         dedup = self.dedup
-        if dedup is not None and dedup.seen(event.id):
+        if dedup is not None and dedup.seen(event.id, rec.partition):
             self.dead.reject(rec, DUPLICATE_ID,
                              f"event id {event.id!r} was already seen within the last {dedup.size} events")
             return
         items.append((rec, event))
         prepare.append(event)
+
+    # -- partition state (`stream.partition_state.Partitioned`): the dedup window -----------------------
+    def partitions(self) -> set[int]:
+        return self.dedup.partitions() if self.dedup is not None else set()
+
+    def export_partition(self, partition: int) -> Any:
+        return self.dedup.export_partition(partition) if self.dedup is not None else []
+
+    def drop_partition(self, partition: int) -> None:
+        if self.dedup is not None:
+            self.dedup.drop_partition(partition)
+
+    def load_partition(self, partition: int, data: Any) -> None:
+        if self.dedup is not None:
+            self.dedup.load_partition(partition, [str(i) for i in data])
 
     def state_dict(self) -> Any:
         return self.dedup.state_dict() if self.dedup is not None else None

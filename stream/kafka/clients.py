@@ -90,15 +90,17 @@ def make_admin(cfg: KafkaSettings) -> KafkaAdminClient:
     )
 
 
-def ensure_topics(cfg: KafkaSettings, topics: Iterable[str], partitions: int = 1, replication: int = 1) -> None:
-    """Create the topics that do not exist yet (existing ones are left as they are)."""
+def ensure_topics(cfg: KafkaSettings, topics: Iterable[str], partitions: int = 1, replication: int = 1,
+                  configs: Mapping[str, str] | None = None) -> None:
+    """Create the topics that do not exist yet, with these topic ``configs`` (existing ones are left as they are)."""
     admin = make_admin(cfg)
     try:
         existing = set(admin.list_topics())
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
         if missing:
             try:
-                admin.create_topics([NewTopic(t, partitions, replication) for t in missing])
+                admin.create_topics([NewTopic(t, partitions, replication, topic_configs=dict(configs or {}))
+                                     for t in missing])
                 log.info("created topics %s (%d partitions)", missing, partitions)
             except TopicAlreadyExistsError:
                 pass

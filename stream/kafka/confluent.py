@@ -5,7 +5,8 @@ explicitly (auto commit and the automatic offset store are off), and the positio
 the ones it consumed. Seeks asked for while partitions are being assigned are applied with the assignment
 itself (librdkafka cannot seek a partition it has not started fetching). Partitions lost without a revoke
 (the member was evicted from the group) are handled like revoked ones: the service forgets their state, and
-its next commit fails as lost to a rebalance. Access errors librdkafka reports through its error callback
+its next commit fails as lost to a rebalance. Nothing is committed on a revoke but what the service's own
+handler commits. Access errors librdkafka reports through its error callback
 (credentials or ACLs refused) are raised by the next poll.
 """
 
@@ -123,25 +124,20 @@ class ConfluentConsumer:
                                              seeks.get(TopicPartition(p.topic, p.partition), OFFSET_INVALID))
                              for p in parts])
 
-        def gone(handler: Rebalance, lost: bool) -> Callable[[Any, list[CTopicPartition]], None]:
+        def gone(handler: Rebalance) -> Callable[[Any, list[CTopicPartition]], None]:
             def handle(consumer: Any, parts: list[CTopicPartition]) -> None:
                 tps = [TopicPartition(p.topic, p.partition) for p in parts]
-                handler(tps)
-                if not lost:  # the last batch's commit may still be in flight: make sure, before they go
-                    done = {tp: self._positions[tp] for tp in tps if tp in self._positions}
-                    try:
-                        self.commit(done)
-                    except KafkaClientError as exc:
-                        log.warning("kafka: committing revoked partitions failed (%s: %s); their new owner "
-                                    "resumes from the previous commit", exc.kind, exc)
-                for tp in tps:
-                    self._positions.pop(tp, None)
-                    self._paused.discard(tp)
-                consumer.unassign()
+                try:
+                    handler(tps)
+                finally:
+                    for tp in tps:
+                        self._positions.pop(tp, None)
+                        self._paused.discard(tp)
+                    consumer.unassign()
             return handle
 
-        self._c.subscribe(list(topics), on_assign=assigned, on_revoke=gone(on_revoke, lost=False),
-                          on_lost=gone(on_lost or on_revoke, lost=True))
+        self._c.subscribe(list(topics), on_assign=assigned, on_revoke=gone(on_revoke),
+                          on_lost=gone(on_lost or on_revoke))
 
     def poll(self, timeout_ms: int) -> list[InboundRecord]:
         """What is fetched already, up to max_poll_records; when nothing is, wait up to ``timeout_ms`` for the
@@ -185,6 +181,14 @@ class ConfluentConsumer:
         else:
             self._c.seek(CTopicPartition(partition.topic, partition.partition, offset))
         self._positions[partition] = offset
+
+    def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        try:
+            found = self._c.committed([CTopicPartition(t, p) for t, p in partitions],
+                                      timeout=self.cfg.request_timeout_ms / 1000)
+        except KafkaException as exc:
+            raise _error("committed", exc.args[0]) from exc
+        return {TopicPartition(f.topic, f.partition): (f.offset if f.offset >= 0 else None) for f in found}
 
     def commit(self, offsets: Mapping[TopicPartition, int] | None = None, *, wait: bool = True) -> None:
         chosen = dict(offsets if offsets is not None else self._positions)

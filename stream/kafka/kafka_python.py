@@ -3,10 +3,12 @@ seam's: retriable, commit lost to a rebalance, access refused)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata
 from kafka import TopicPartition as KafkaTopicPartition
 from kafka.errors import (
     AuthorizationError,
@@ -54,20 +56,44 @@ def _ktp(tp: TopicPartition) -> KafkaTopicPartition:
     return KafkaTopicPartition(tp.topic, tp.partition)
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance) -> None:
+class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+    """kafka-python 3 calls rebalance listeners on its IO thread, where a blocking call of the same consumer
+    (``committed``, ``commit``: what the service's handlers do) is refused. Each handler runs on a worker thread
+    instead (the service's own thread is blocked in ``poll`` meanwhile, so nothing else touches its state),
+    while the listener yields to the IO loop (heartbeats, and the handler's own requests) until it is done."""
+
+    def __init__(self, net: Any, on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance) -> None:
+        self._net = net
         self.on_assign = on_assign
         self.on_revoke = on_revoke
         self.on_lost = on_lost
 
-    def on_partitions_revoked(self, revoked: list[KafkaTopicPartition]) -> None:
-        self.on_revoke([_tp(tp) for tp in revoked])
+    async def on_partitions_revoked(self, revoked: list[KafkaTopicPartition]) -> None:
+        await self._off_loop(self.on_revoke, revoked)
 
-    def on_partitions_lost(self, lost: list[KafkaTopicPartition]) -> None:
-        self.on_lost([_tp(tp) for tp in lost])
+    async def on_partitions_lost(self, lost: list[KafkaTopicPartition]) -> None:
+        await self._off_loop(self.on_lost, lost)
 
-    def on_partitions_assigned(self, assigned: list[KafkaTopicPartition]) -> None:
-        self.on_assign([_tp(tp) for tp in assigned])
+    async def on_partitions_assigned(self, assigned: list[KafkaTopicPartition]) -> None:
+        await self._off_loop(self.on_assign, assigned)
+
+    async def _off_loop(self, handler: Rebalance, partitions: list[KafkaTopicPartition]) -> None:
+        done = threading.Event()
+        failed: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                handler([_tp(tp) for tp in partitions])
+            except BaseException as exc:  # re-raised on the IO loop: kafka-python reports it from poll
+                failed.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=work, name="driftline-rebalance", daemon=True).start()
+        while not done.is_set():
+            await self._net.sleep(0.002)
+        if failed:
+            raise failed[0]
 
 
 class KafkaPythonConsumer:
@@ -76,7 +102,9 @@ class KafkaPythonConsumer:
 
     def subscribe(self, topics: Sequence[str], *, on_assign: Rebalance, on_revoke: Rebalance,
                   on_lost: Rebalance | None = None) -> None:
-        self._c.subscribe(list(topics), listener=_Listener(on_assign, on_revoke, on_lost or on_revoke))
+        # kafka-python's event loop (no public accessor): the listener yields to it while a handler runs
+        listener = _Listener(self._c._net, on_assign, on_revoke, on_lost or on_revoke)
+        self._c.subscribe(list(topics), listener=listener)
 
     def poll(self, timeout_ms: int) -> list[InboundRecord]:
         with _mapped("poll"):
@@ -97,6 +125,10 @@ class KafkaPythonConsumer:
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self._c.seek(_ktp(partition), offset)
+
+    def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        with _mapped("committed"):
+            return {tp: self._c.committed(_ktp(tp)) for tp in partitions}
 
     def commit(self, offsets: Mapping[TopicPartition, int] | None = None, *, wait: bool = True) -> None:
         """Always waits for the broker (kafka-python's asynchronous commits need its poll to complete)."""
@@ -130,8 +162,9 @@ class KafkaAdmin:
     def check_connection(self) -> bool:
         return check_connection(self.cfg)
 
-    def ensure_topics(self, topics: Collection[str], partitions: int = 1) -> None:
-        ensure_topics(self.cfg, topics, partitions=partitions)
+    def ensure_topics(self, topics: Collection[str], partitions: int = 1,
+                      configs: Mapping[str, str] | None = None) -> None:
+        ensure_topics(self.cfg, topics, partitions=partitions, configs=configs)
 
     def topic_partitions(self, topic: str) -> int:
         return topic_partitions(self.cfg, topic)

@@ -79,6 +79,46 @@ class PartitionReader(Protocol):
     def close(self) -> None: ...
 
 
+def drain(reader: PartitionReader, start: Mapping[TopicPartition, int], stop: Mapping[TopicPartition, int], *,
+          timeout_s: float, what: str) -> Iterator[InboundRecord]:
+    """The records from ``start`` up to ``stop`` (exclusive) of each partition, in offset order per partition;
+    TimeoutError when no record comes for ``timeout_s`` before the end."""
+    pending = {tp for tp in start if start[tp] < stop[tp]}
+    reader.start({tp: start[tp] for tp in pending})
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        batch = reader.poll(1.0)
+        if not batch and time.monotonic() > deadline:
+            raise TimeoutError(f"no records from {what} for {timeout_s}s before its end")
+        if batch:
+            deadline = time.monotonic() + timeout_s
+        for r in batch:
+            tp = TopicPartition(r.topic, r.partition)
+            if tp not in pending:
+                continue
+            if r.offset >= stop[tp]:
+                pending.discard(tp)
+                continue
+            yield r
+            if r.offset + 1 >= stop[tp]:
+                pending.discard(tp)
+        for tp in list(pending):
+            if reader.position(tp) >= stop[tp]:
+                pending.discard(tp)
+
+
+def read_partitions(kafka: KafkaSettings, tps: Sequence[TopicPartition], *,
+                    timeout_s: float = 30.0) -> list[InboundRecord]:
+    """Every record of these partitions, from their first offset to their end when reading starts."""
+    reader = partition_reader(kafka)
+    try:
+        bounds = reader.bounds(tps)
+        return list(drain(reader, {tp: b[0] for tp, b in bounds.items()}, {tp: b[1] for tp, b in bounds.items()},
+                          timeout_s=timeout_s, what=", ".join(f"{t}-{p}" for t, p in tps)))
+    finally:
+        reader.close()
+
+
 def partition_reader(kafka: KafkaSettings) -> PartitionReader:
     if kafka.backend == "confluent":
         from driftline.stream.kafka.confluent import ConfluentPartitionReader
@@ -112,27 +152,7 @@ def read_range(kafka: KafkaSettings, rng: TopicRange, *, timeout_s: float = 30.0
         if rng.end_time is not None:
             found = reader.offsets_for_time(tps, _ms(rng.end_time))
             stop = {tp: min(stop[tp], o) if (o := found.get(tp)) is not None else stop[tp] for tp in tps}
-        pending = {tp for tp in tps if start[tp] < stop[tp]}
-        reader.start({tp: start[tp] for tp in pending})
         log.info("reading %s: %d records", rng.describe(), sum(max(stop[tp] - start[tp], 0) for tp in tps))
-        while pending:
-            batch = reader.poll(1.0)
-            if not batch and time.monotonic() > deadline:
-                raise TimeoutError(f"no records from {rng.describe()} for {timeout_s}s before its end")
-            if batch:
-                deadline = time.monotonic() + timeout_s
-            for r in batch:
-                tp = TopicPartition(r.topic, r.partition)
-                if tp not in pending:
-                    continue
-                if r.offset >= stop[tp]:
-                    pending.discard(tp)
-                    continue
-                yield r
-                if r.offset + 1 >= stop[tp]:
-                    pending.discard(tp)
-            for tp in list(pending):
-                if reader.position(tp) >= stop[tp]:
-                    pending.discard(tp)
+        yield from drain(reader, start, stop, timeout_s=timeout_s, what=rng.describe())
     finally:
         reader.close()

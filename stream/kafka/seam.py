@@ -54,7 +54,8 @@ class Consumer(Protocol):
     def subscribe(self, topics: Sequence[str], *, on_assign: Rebalance, on_revoke: Rebalance,
                   on_lost: Rebalance | None = None) -> None:
         """Join the group for ``topics``; ``on_assign``/``on_revoke`` run inside `poll` when partitions move
-        (``on_revoke`` before they go: the previous batch is already processed, flushed and committed).
+        (``on_revoke`` before they go: the previous batch is already processed and flushed; what it commits is
+        the partitions' last commit by this member, nothing is committed for it).
         ``on_lost`` (default: ``on_revoke``) runs instead of ``on_revoke`` when the partitions are already
         gone: the member was evicted from the group (missed heartbeats, poll interval exceeded), so another
         member may own them now and no commit for them can succeed."""
@@ -74,11 +75,16 @@ class Consumer(Protocol):
 
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
 
+    def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed offset of each partition (None: nothing committed). Raises RetriableKafkaError
+        or KafkaAccessError."""
+        ...
+
     def commit(self, offsets: Mapping[TopicPartition, int] | None = None, *, wait: bool = True) -> None:
         """Commit ``offsets`` (next offset to read, per partition), or every consumed position. Raises
         CommitLostError, RetriableKafkaError or KafkaAccessError. ``wait=False`` lets a backend send the commit
         without waiting for the broker's answer (a failure is raised by a later commit); a backend may wait
-        anyway. Revoked partitions' positions are committed before they go."""
+        anyway."""
         ...
 
     def lag(self) -> dict[TopicPartition, int]:
@@ -97,7 +103,10 @@ class KafkaBackend(Protocol):
         """Connect once as the clients will; a refused certificate or password raises KafkaSecurityError."""
         ...
 
-    def ensure_topics(self, topics: Collection[str], partitions: int = 1) -> None: ...
+    def ensure_topics(self, topics: Collection[str], partitions: int = 1,
+                      configs: Mapping[str, str] | None = None) -> None:
+        """Create the topics that do not exist yet, with these topic ``configs`` (e.g. cleanup.policy)."""
+        ...
 
     def topic_partitions(self, topic: str) -> int: ...
 

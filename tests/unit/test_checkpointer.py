@@ -11,6 +11,7 @@ from driftline.learners.factory import build_learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import CheckpointSettings, ModelSettings
 from driftline.stream.checkpointing import Checkpointer
+from driftline.stream.kafka.seam import TopicPartition
 from driftline.stream.observers import Ledger
 from driftline.stream.pipeline import build_processor
 from driftline.stream.processor import EventProcessor
@@ -33,14 +34,17 @@ def test_policy_and_restore_skipping_a_corrupt_newest(tmp_path: Path) -> None:
     proc, metrics, _ = _processor()
     ck = Checkpointer(cfg, proc, metrics)
     assert ck.restore() is None
-    assert not ck.due() and ck.save("interval") is None  # nothing new: nothing written
+    assert not ck.due() and ck.save("interval") is False  # nothing new: nothing written
     ck.advance(_records(range(0, 60)))
     assert not ck.due()
     ck.advance(_records(range(0, 50), partition=1))
     assert ck.due()
     proc.require(Ledger).add("a")
-    first = ck.save("interval")
-    assert first is not None and first.offsets == {"in": {0: 60, 1: 50}} and first.learned == 1
+    assert ck.save("interval") is True
+    loaded = DirectoryStore(tmp_path).load()
+    assert loaded is not None
+    first = loaded[0]
+    assert first.offsets == {"in": {0: 60, 1: 50}} and first.learned == 1
     ck.advance(_records(range(60, 70)))
     ck.save("shutdown")
     newest = sorted(tmp_path.glob("ckpt-*.bin"))[-1]
@@ -50,7 +54,7 @@ def test_policy_and_restore_skipping_a_corrupt_newest(tmp_path: Path) -> None:
     ck2 = Checkpointer(cfg, proc2, metrics2)
     info = ck2.restore()
     assert info is not None and info.version == first.version
-    assert ck2.offsets == {("in", 0): 60, ("in", 1): 50}
+    assert ck2.offsets == {TopicPartition("in", 0): 60, TopicPartition("in", 1): 50}
     assert proc2.require(Ledger).learned == 1
     assert reg2.get_sample_value("driftline_checkpoint_corrupt_total") == 1
     assert reg2.get_sample_value("driftline_checkpoint_restored_version") == first.version

@@ -50,7 +50,7 @@ class FakeConsumer:
         self._assigned: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()
         self.sought: dict[TopicPartition, int] = {}
-        self.committed = 0
+        self.commits = 0
         self._on_assign: Callable[[Sequence[TopicPartition]], None] | None = None
         self._on_lost: Callable[[Sequence[TopicPartition]], None] | None = None
 
@@ -100,7 +100,11 @@ class FakeConsumer:
         if self.commit_errors:
             raise self.commit_errors.pop(0)
         self.calls.append("commit" if wait else "commit:sent")
-        self.committed += 1
+        self.commits += 1
+        self.offsets = dict(offsets or {})
+
+    def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        return {tp: None for tp in partitions}
 
     def lag(self) -> dict[TopicPartition, int]:
         return {TP: 0}
@@ -144,7 +148,8 @@ class FakeBackend:
     def check_connection(self) -> bool:
         return True
 
-    def ensure_topics(self, topics: Collection[str], partitions: int = 1) -> None:
+    def ensure_topics(self, topics: Collection[str], partitions: int = 1,
+                      configs: Mapping[str, str] | None = None) -> None:
         pass
 
     def topic_partitions(self, topic: str) -> int:
@@ -166,10 +171,11 @@ def records(start: int, n: int) -> list[InboundRecord]:
 
 
 def service(backend: FakeBackend, tmp_path: Path | None = None, learner: Any = None,
-            registry: CollectorRegistry | None = None) -> Service:
-    cfg: dict[str, Any] = {"model": {"name": "GaussianNB"}, "kafka": {"poll_timeout_ms": 1}}
+            registry: CollectorRegistry | None = None, every_events: int = 1) -> Service:
+    cfg: dict[str, Any] = {"model": {"name": "GaussianNB"}, "kafka": {"poll_timeout_ms": 1},
+                           "checkpoint": {"every_events": every_events}}
     if tmp_path is not None:
-        cfg["checkpoint"] = {"directory": str(tmp_path), "every_events": 1}
+        cfg["checkpoint"]["directory"] = str(tmp_path)
     s = Settings(**cfg)
     svc = Service(s, learner or build_learner(s.model), registry, serve_http=False, kafka=backend)
     backend.service = svc
@@ -187,8 +193,16 @@ def test_each_batch_is_flushed_then_saved_then_committed(tmp_path: Path, monkeyp
     monkeypatch.setattr(Checkpointer, "save", recorded)
     totals = service(backend, tmp_path).run()
     assert (totals.consumed, totals.learned) == (20, 20)
-    batch = ["poll", "flush", "save:interval", "commit:sent"]  # sent without waiting for the broker's answer
-    assert backend.calls == [*batch, *batch, "save:shutdown", "commit", "close"]  # the last one waits
+    batch = ["poll", "flush", "save:interval", "commit"]
+    # the last save point covered every record: nothing left to save or commit on the way out
+    assert backend.calls == [*batch, *batch, "save:shutdown", "close"]
+
+
+def test_offsets_are_committed_at_save_points_only_with_or_without_a_checkpoint_directory() -> None:
+    backend = FakeBackend(Script([records(0, 2), records(2, 2), records(4, 2)]))
+    service(backend, every_events=3).run()
+    assert backend.calls == ["poll", "flush", "poll", "flush", "commit", "poll", "flush", "commit", "close"]
+    assert backend.consumer_ is not None and backend.consumer_.offsets == {TP: 6}  # what the state reflects
 
 
 def test_a_commit_lost_to_a_rebalance_or_a_broker_away_is_counted_and_the_loop_goes_on() -> None:
@@ -197,8 +211,8 @@ def test_a_commit_lost_to_a_rebalance_or_a_broker_away_is_counted_and_the_loop_g
     backend = FakeBackend(Script([records(0, 5), records(5, 5), records(10, 5)]), commit_errors=errors)
     registry = CollectorRegistry()
     totals = service(backend, registry=registry).run()
-    # the third batch's commit, and the one on the way out
-    assert totals.consumed == 15 and backend.consumer_ is not None and backend.consumer_.committed == 2
+    # the third batch's commit (it covers the two that failed); nothing new on the way out
+    assert totals.consumed == 15 and backend.consumer_ is not None and backend.consumer_.commits == 1
     for kind in ("RebalanceInProgressError", "KafkaConnectionError"):
         assert registry.get_sample_value("driftline_kafka_retriable_errors_total",
                                          {"operation": "commit", "error": kind}) == 1
@@ -227,7 +241,7 @@ def test_partitions_lost_to_an_eviction_are_counted_logged_and_the_loop_rejoins(
     registry = CollectorRegistry()
     totals = service(backend, tmp_path, registry=registry).run()
     assert totals.learned == 10
-    assert backend.calls[:4] == ["poll", "flush", "commit:sent", "lost"] and backend.calls.count("commit:sent") == 2
+    assert backend.calls[:4] == ["poll", "flush", "commit", "lost"] and backend.calls.count("commit") == 2
     assert registry.get_sample_value("driftline_kafka_retriable_errors_total",
                                      {"operation": "rebalance", "error": "partitions_lost"}) == 1
     assert "lost 1 partitions without a revoke" in caplog.text
@@ -289,7 +303,7 @@ def test_back_pressure_pauses_while_training_is_behind_and_resumes_after() -> No
     registry = CollectorRegistry()
     totals = service(backend, learner=learner, registry=registry).run()
     assert totals.learned == 10 and learner.drained.is_set()
-    assert backend.calls[:6] == ["poll", "flush", "commit:sent", "pause", "resume", "poll"]
+    assert backend.calls[:6] == ["poll", "flush", "commit", "pause", "resume", "poll"]
     assert registry.get_sample_value("driftline_backpressure_pauses_total") == 1
     assert registry.get_sample_value("driftline_consumer_paused") == 0
 

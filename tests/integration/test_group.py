@@ -1,0 +1,122 @@
+"""Several service processes in one consumer group, through the real broker, with delayed labels in flight:
+partitions move while labels are pending and records uncommitted, and the group still predicts every event
+once and learns every labeled event once."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaProducer
+
+from driftline.learners.checkpoint import DirectoryStore
+from driftline.settings import KafkaSettings
+from driftline.stream.kafka.clients import ensure_topics
+from driftline.stream.observers import id_hash
+from driftline.stream.sources import from_generator
+from tests.helpers import ServiceProcess, committed_offsets, end_offsets, read_topic, wait_for, write_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+N_EVENTS = 12_000
+RATE = 1_000.0  # events/s: the stream lasts ~12 s, so both moves land mid-stream
+LABEL_DELAY = 1_500  # the label of event i is produced right after event i + LABEL_DELAY
+PARTITIONS = 4
+
+
+def _stream(bootstrap: str, events: list[dict[str, Any]], truth: dict[str, Any], topic: str, labels: str,
+            done: threading.Event) -> None:
+    """Events at RATE, each label LABEL_DELAY events later, all keyed by event id (so co-partitioned)."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    start = time.monotonic()
+    try:
+        for i, e in enumerate(events):
+            delay = start + i / RATE - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            producer.send(topic, key=e["id"].encode(), value=json.dumps(e).encode())
+            if i >= LABEL_DELAY:
+                j = events[i - LABEL_DELAY]["id"]
+                producer.send(labels, key=j.encode(), value=json.dumps({"id": j, "label": truth[j]}).encode())
+        for e in events[-LABEL_DELAY:]:
+            j = e["id"]
+            producer.send(labels, key=j.encode(), value=json.dumps({"id": j, "label": truth[j]}).encode())
+        producer.flush()
+    finally:
+        producer.close()
+        done.set()
+
+
+def test_scale_out_and_back_in_with_labels_in_flight_predicts_once_and_learns_once(
+        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    topic, labels = f"{topic_prefix}-in", f"{topic_prefix}-labels"
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    ensure_topics(kafka, [topic, labels], partitions=PARTITIONS)
+    events, truth = [], {}
+    for e in itertools.islice(from_generator("SEA", seed=5, id_prefix="g-"), N_EVENTS):
+        truth[e["id"]] = e.pop("label")
+        e.pop("timestamp", None)
+        events.append(e)
+
+    def config(name: str) -> Path:
+        return write_config(tmp_path / f"{name}.yaml", kafka_bootstrap, topic_prefix,
+                            model={"name": "LogisticRegression", "classes": [False, True]},
+                            topics={"labels": labels}, kafka={"max_poll_records": 200},
+                            checkpoint={"directory": str(tmp_path / name), "every_events": 2000,
+                                        "every_seconds": 1.0})
+
+    a = ServiceProcess(config("a"), tmp_path / "a.log")
+    b: ServiceProcess | None = None
+    done = threading.Event()
+    producer = threading.Thread(target=_stream, args=(kafka_bootstrap, events, truth, topic, labels, done))
+    try:
+        a.wait_ready()
+        producer.start()
+        wait_for(lambda: a.metric('driftline_events_total{outcome="consumed"}') >= 3_000, 60, "A to consume 3,000")
+        pending_at_join = a.metric('driftline_pending_labels{side="predictions"}')
+        b = ServiceProcess(config("b"), tmp_path / "b.log")
+        b.wait_ready()
+        wait_for(lambda: b is not None and b.metric('driftline_events_total{outcome="consumed"}') >= 2_000, 60,
+                 "B to consume 2,000")
+        assert b.metric('driftline_partition_assignments_total{state="changelog"}') >= 1, b.log()
+        pending_at_leave = b.metric('driftline_pending_labels{side="predictions"}')
+        assert not done.is_set(), "the stream ended before B left: the test proves nothing"
+        assert b.terminate() == 0, b.log()
+        assert a.metric('driftline_partition_assignments_total{state="changelog"}') >= 2, a.log()
+        producer.join(120)
+        wait_for(lambda: committed_offsets(kafka_bootstrap, f"{topic_prefix}-group", topic)
+                 == end_offsets(kafka_bootstrap, topic)
+                 and committed_offsets(kafka_bootstrap, f"{topic_prefix}-group", labels)
+                 == end_offsets(kafka_bootstrap, labels), 120, "A to consume and commit everything")
+        waiting = {side: a.metric(f'driftline_pending_labels{{side="{side}"}}') for side in ("predictions", "labels")}
+    finally:
+        producer.join(120)
+        if b is not None:
+            b.terminate()
+        assert a.terminate() == 0, a.log()
+
+    # the moves happened while labels were pending (and, the stream still flowing, records uncommitted)
+    assert pending_at_join > 0 and pending_at_leave > 0
+    assert waiting == {"predictions": 0, "labels": 0}
+
+    counts = collections.Counter(json.loads(r.value)["id"] for r in read_topic(kafka_bootstrap, f"{topic_prefix}-pred"))
+    assert set(counts) == set(truth), f"{len(set(truth) - set(counts))} events never predicted"
+    assert sum(c - 1 for c in counts.values()) == 0, "events predicted twice"
+    assert read_topic(kafka_bootstrap, f"{topic_prefix}-dlq", timeout=3) == []
+
+    learned, digest = 0, 0
+    for name in ("a", "b"):
+        restored = DirectoryStore(tmp_path / name).load()
+        assert restored is not None
+        ledger = restored[1]["ledger"]
+        learned += ledger["learned"]
+        digest += ledger["digest"]
+        print(f"{name}: learned {ledger['learned']}")
+    assert learned == N_EVENTS, "learned by the group: not every labeled event exactly once"
+    assert digest % (1 << 64) == sum(id_hash(i) for i in truth) % (1 << 64), "an event learned twice, another never"

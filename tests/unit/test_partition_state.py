@@ -1,0 +1,269 @@
+"""Save points and partitions that move (no broker: an in-memory changelog and a fake consumer): offsets are
+committed only with the state that reflects them; an assigned partition starts from the group's committed
+offset with the newest state that has seen that far; revoked partitions are saved, committed and forgotten;
+pending label joins and dedup ids travel to the next owner as JSON, chunked, and a torn snapshot is refused."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from driftline.learners.factory import build_learner
+from driftline.monitoring.metrics import ServiceMetrics
+from driftline.settings import CheckpointSettings, ModelSettings
+from driftline.stream.checkpointing import Checkpointer
+from driftline.stream.kafka.seam import TopicPartition
+from driftline.stream.kafka.writer import FlushResult
+from driftline.stream.labels import LabelJoin
+from driftline.stream.observers import Ledger
+from driftline.stream.partition_state import Changelog
+from driftline.stream.pipeline import build_processor, partitioned
+from driftline.stream.processor import EventProcessor
+from driftline.stream.records import InboundRecord
+from driftline.stream.sink import REASON_HEADER, OutputSink
+
+IN, LABELS, LOG = "in", "labels", "state"
+
+
+class Topics:
+    """An in-memory Kafka: a writer whose sends land in partitions, and a reader of them."""
+
+    def __init__(self) -> None:
+        self.logs: dict[TopicPartition, list[InboundRecord]] = {}
+        self.flushes = 0
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+             headers: Sequence[tuple[str, bytes]] | None = None) -> None:
+        tp = TopicPartition(topic, partition or 0)
+        log = self.logs.setdefault(tp, [])
+        log.append(InboundRecord(topic, tp.partition, len(log), 0, key, value, tuple(headers or ())))
+
+    def flush(self, timeout: float | None = None) -> FlushResult:
+        self.flushes += 1
+        return FlushResult(sent=0)
+
+    def partitions_for(self, topic: str) -> int:
+        return 4
+
+    def close(self, timeout: float = 30.0) -> None:
+        pass
+
+    def read(self, tps: Sequence[TopicPartition]) -> list[InboundRecord]:
+        return [r for tp in tps for r in self.logs.get(tp, [])]
+
+    def dead(self) -> list[bytes]:
+        return [dict(r.headers)[REASON_HEADER] for tp, log in self.logs.items() if tp.topic == "dlq" for r in log]
+
+
+class Group:
+    """The group's committed offsets, and a consumer of one member."""
+
+    def __init__(self) -> None:
+        self.committed_offsets: dict[TopicPartition, int] = {}
+
+
+class FakeConsumer:
+    def __init__(self, group: Group) -> None:
+        self.group = group
+        self.sought: dict[TopicPartition, int] = {}
+
+    def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        return {tp: self.group.committed_offsets.get(tp) for tp in partitions}
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.sought[partition] = offset
+
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None, *, wait: bool = True) -> None:
+        assert offsets is not None
+        self.group.committed_offsets.update(offsets)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set()
+
+    def paused(self) -> set[TopicPartition]:
+        return set()
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        pass
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        pass
+
+    def poll(self, timeout_ms: int) -> list[InboundRecord]:
+        return []
+
+    def subscribe(self, topics: Sequence[str], **_: Any) -> None:
+        pass
+
+    def lag(self) -> dict[TopicPartition, int]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class Member:
+    """One instance: its pipeline (label join + dedup window), checkpointer and consumer."""
+
+    def __init__(self, kafka: Topics, group: Group, directory: Path | None = None, *, chunk_bytes: int = 500_000,
+                 every_events: int = 1000) -> None:
+        self.kafka, self.registry = kafka, CollectorRegistry()
+        learner = build_learner(ModelSettings(name="GaussianNB"))
+        self.metrics = ServiceMetrics(self.registry, model=learner.name, task=learner.task)
+        sink = OutputSink(kafka, "pred", "dlq", self.metrics)
+        self.proc: EventProcessor = build_processor(learner, sink, self.metrics, rolling_window=10,
+                                                    max_payload_bytes=10_000, dedup_window=100,
+                                                    join=LabelJoin(3_600_000, 1000), labels_topic=LABELS)
+        self.consumer = FakeConsumer(group)
+        changelog = Changelog(LOG, kafka, kafka.read, chunk_bytes=chunk_bytes)
+        self.ck = Checkpointer(CheckpointSettings(directory=str(directory) if directory else None,
+                                                  every_events=every_events),
+                               self.proc, self.metrics, parts=partitioned(self.proc), changelog=changelog,
+                               flush=sink.flush, commit=self.consumer.commit, member="m")
+
+    def process(self, records: list[InboundRecord]) -> None:
+        self.proc.process(records)
+        self.ck.advance(records)
+
+    def assign(self, *partitions: int) -> None:
+        self.ck.assigned(self.consumer, [TopicPartition(t, p) for p in partitions for t in (IN, LABELS)])
+
+    def learned(self) -> int:
+        return self.proc.require(Ledger).learned
+
+    def source(self, state: str) -> float | None:
+        return self.registry.get_sample_value("driftline_partition_assignments_total", {"state": state})
+
+
+def event(p: int, offset: int, eid: str, label: int | None = None) -> InboundRecord:
+    body: dict[str, Any] = {"id": eid, "features": {"x": float(offset)}}
+    if label is not None:
+        body["label"] = label
+    return InboundRecord(IN, p, offset, 1_000 + offset, eid.encode(), json.dumps(body).encode())
+
+
+def label(p: int, offset: int, eid: str, value: int) -> InboundRecord:
+    body = json.dumps({"id": eid, "label": value}).encode()
+    return InboundRecord(LABELS, p, offset, 1_000 + offset, eid.encode(), body)
+
+
+def test_offsets_are_committed_at_save_points_only_and_are_what_the_state_reflects() -> None:
+    kafka, group = Topics(), Group()
+    a = Member(kafka, group)
+    a.assign(0)
+    a.process([event(0, 0, "e0", 1), event(0, 1, "e1", 0)])
+    assert group.committed_offsets == {}  # processed, not saved: nothing committed
+    assert a.ck.save("interval")
+    assert group.committed_offsets == {TopicPartition(IN, 0): 2}
+    assert not a.ck.save("interval")  # nothing new
+
+
+def test_pending_labels_and_dedup_ids_follow_their_partition_to_the_next_owner() -> None:
+    kafka, group = Topics(), Group()
+    a = Member(kafka, group)
+    a.assign(0, 1)
+    a.process([event(1, 0, "wait"), label(1, 0, "early", 1), event(1, 1, "seen", 0), event(0, 0, "other", 1)])
+    a.ck.revoked([TopicPartition(t, p) for p in (0, 1) for t in (IN, LABELS)])  # saved, committed, forgotten
+    assert group.committed_offsets == {TopicPartition(IN, 0): 1, TopicPartition(IN, 1): 2,
+                                       TopicPartition(LABELS, 1): 1}
+    assert not a.ck.parts[1].partitions() and not a.ck.offsets  # type: ignore[attr-defined]
+
+    b = Member(kafka, group)
+    b.assign(1)
+    assert b.source("changelog") == 1
+    assert b.consumer.sought == {TopicPartition(IN, 1): 2, TopicPartition(LABELS, 1): 1}
+    b.process([label(1, 1, "wait", 1), event(1, 2, "early", None), event(1, 3, "seen", 1)])
+    assert b.learned() == 2  # the prediction A made, labeled at B; the label that waited at A, its event at B
+    assert kafka.dead() == [b"duplicate_id"]  # "seen" was in A's dedup window of partition 1
+    assert "other" not in b.proc.labels.join.pending  # type: ignore[union-attr]  # partition 0 did not come along
+
+
+def test_a_restarted_instance_resumes_from_its_own_checkpoint_only_when_it_has_seen_the_committed_offset(
+        tmp_path: Path) -> None:
+    kafka, group = Topics(), Group()
+    a = Member(kafka, group, tmp_path)
+    a.assign(0, 1)
+    a.process([event(0, 0, "x0"), event(1, 0, "y0")])
+    a.ck.save("interval")  # then A dies; B takes partition 1 over and moves it on
+    b = Member(kafka, group)
+    b.assign(1)
+    b.process([event(1, i, f"y{i}") for i in range(1, 7)])
+    b.ck.save("interval")
+    assert group.committed_offsets[TopicPartition(IN, 1)] == 7
+
+    again = Member(kafka, group, tmp_path)  # A restarts and is given both partitions
+    again.ck.restore()
+    again.assign(0, 1)
+    assert again.source("checkpoint") == 1 and again.source("changelog") == 1
+    assert again.consumer.sought == {TopicPartition(IN, 0): 1, TopicPartition(IN, 1): 7}
+    pending = again.proc.labels.join.pending  # type: ignore[union-attr]
+    assert set(pending) == {"x0", *(f"y{i}" for i in range(7))}  # y1..y6 waited at B
+
+
+def test_state_behind_the_group_is_not_used_and_partitions_not_assigned_are_forgotten(tmp_path: Path) -> None:
+    kafka, group = Topics(), Group()
+    a = Member(kafka, group, tmp_path)
+    a.assign(0, 1)
+    a.process([event(0, 0, "x0"), event(1, 0, "y0")])
+    a.ck.save("interval")
+    group.committed_offsets[TopicPartition(IN, 0)] = 9  # moved on by a member whose snapshot never landed
+    again = Member(kafka, group, tmp_path)
+    again.ck.restore()
+    again.assign(0)
+    assert again.source("none") == 1 and again.consumer.sought == {}
+    assert again.proc.labels.join.pending == {}  # type: ignore[union-attr]  # x0: behind; y0: not ours
+    assert again.ck.offsets == {}
+
+
+def test_large_snapshots_are_chunked_a_torn_write_leaves_the_previous_and_a_corrupt_one_is_refused() -> None:
+    kafka, group = Topics(), Group()
+    a = Member(kafka, group, chunk_bytes=300)
+    a.assign(0)
+    a.process([event(0, i, f"e{i}") for i in range(20)])
+    a.ck.save("interval")
+    a.process([event(0, 20, "e20")])
+    a.ck.save("interval")
+    chunks = [r for r in kafka.logs[TopicPartition(LOG, 0)] if r.key and b"." in r.key and r.value]
+    assert len(chunks) > 10
+    tombstones = [r for r in kafka.logs[TopicPartition(LOG, 0)] if r.value is None]
+    assert tombstones  # the first snapshot's chunks, deleted after the second's manifest
+
+    kafka.send(LOG, b"0.ffff-9.0", b'{"format": 1, "partition": 0, ', 0)  # a crash after one chunk of a third
+    b = Member(kafka, group)
+    b.assign(0)
+    assert b.source("changelog") == 1 and len(b.proc.labels.join.pending) == 21  # type: ignore[union-attr]
+
+    log = kafka.logs[TopicPartition(LOG, 0)]  # a torn third snapshot: its manifest lost a chunk
+    a.process([event(0, 21, "e21")])
+    a.ck.save("interval")
+    torn = [r for r in log if r.key and r.key.endswith(b".1") and r.value][-1]
+    log.append(InboundRecord(LOG, 0, len(log), 0, torn.key, b"garbage"))
+    group.committed_offsets[TopicPartition(IN, 0)] = 21
+    c = Member(kafka, group)
+    c.assign(0)
+    assert c.source("none") == 1 and c.proc.labels.join.pending == {}  # type: ignore[union-attr]
+
+
+def test_lost_partitions_are_forgotten_without_writing_their_state() -> None:
+    kafka, group = Topics(), Group()
+    a = Member(kafka, group)
+    a.assign(0)
+    a.process([event(0, 0, "e0")])
+    a.ck.lost([TopicPartition(IN, 0), TopicPartition(LABELS, 0)])
+    assert kafka.logs.get(TopicPartition(LOG, 0)) is None and group.committed_offsets == {}
+    assert a.proc.labels.join.pending == {}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("snapshot", [b"{}", b'{"format": 2}', b"\xff"])
+def test_an_unreadable_manifest_is_refused_with_its_reason(snapshot: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    kafka, group = Topics(), Group()
+    kafka.send(LOG, b"0", snapshot, 0)
+    m = Member(kafka, group)
+    m.assign(0)
+    assert m.source("none") == 1
+    assert "cannot be used (unreadable manifest" in caplog.text
