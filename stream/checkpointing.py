@@ -5,16 +5,20 @@ A save point writes, in this order: a snapshot of every owned partition that cha
 joins and dedup window, `partition_state`) to the changelog topic, flushed; the learning state with the
 offsets it reflects (the checkpoint, when ``checkpoint.directory`` is set); then it commits exactly those
 offsets. Offsets are committed at save points only (every ``checkpoint.every_events`` events or
-``every_seconds``, when partitions are revoked, at shutdown), so the group's committed offset of a partition
-is never ahead of the state that reflects it, and it stays the one place that says where a partition
-resumes (tools that reset a group's offsets keep working). After a crash the events after the last save
-point are consumed again: predicted again (outputs are at-least-once) and learned once by the state.
+``every_seconds``, when partitions are revoked, at shutdown), and a save point takes effect when its commit
+lands: state is only ever used together with the committed offsets it reflects exactly. So the group's
+committed offset stays the one place that says where a partition resumes (tools that reset a group's offsets
+keep working), and a crash at any point of a save point loses none of the group's learning and repeats none:
+the state of the save point before is used, and the events since are consumed again (predicted again:
+outputs are at-least-once) and learned once.
 
-When partitions are assigned, each one starts from the group's committed offset with the newest state that
-has seen at least that far: this instance's own checkpoint (only right after a restart, for the partitions
-it held) or the last owner's snapshot on the changelog; neither: no pending joins, and the committed offset.
-Partitions that are revoked are saved, committed and then forgotten; partitions lost without a revoke (the
-member was evicted) are forgotten without a save: another member may own them already.
+At start the newest checkpoint that is not ahead of the group's committed offsets is restored (a newer one
+belongs to a save point whose commit did not land: it is set aside). When partitions are assigned, each one
+starts from the group's committed offset with the state that reflects it: this instance's checkpoint (right
+after a restart, for the partitions it held) or a snapshot on the changelog (the last owner's, or the one
+before it); neither: no pending joins. Partitions that are revoked are saved, committed and then forgotten;
+partitions lost without a revoke (the member was evicted) are forgotten without a save: another member may
+own them already.
 """
 
 from __future__ import annotations
@@ -29,15 +33,16 @@ from driftline.errors import ConfigError
 from driftline.learners.checkpoint import CheckpointInfo, CheckpointStore, DirectoryStore
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import CheckpointSettings
-from driftline.stream.kafka.seam import Consumer, TopicPartition
+from driftline.stream.kafka.seam import Consumer, KafkaClientError, TopicPartition
 from driftline.stream.observers import Ledger
-from driftline.stream.partition_state import Changelog, Partitioned, Snapshot, covers, snapshot
+from driftline.stream.partition_state import Changelog, Partitioned, Snapshot, reflects, snapshot
 from driftline.stream.processor import EventProcessor
 from driftline.stream.records import InboundRecord
 
 log = logging.getLogger(__name__)
 
 Commit = Callable[[Mapping[TopicPartition, int]], None]
+Committed = Callable[[Sequence[TopicPartition]], dict[TopicPartition, int | None]]
 
 
 def _nothing() -> None:
@@ -68,12 +73,15 @@ class Checkpointer:
         self._since = 0
         self._last = time.monotonic()
 
-    def restore(self) -> CheckpointInfo | None:
+    def restore(self, committed: Committed | None = None) -> CheckpointInfo | None:
+        """Load the newest checkpoint that is not ahead of the group's ``committed`` offsets (a newer one is
+        moved aside: its save point's commit did not land)."""
         if self.store is None:
             log.warning("checkpointing is off (checkpoint.directory unset): a restart starts from the initial "
                         "model, and events consumed again after a crash are learned again")
             return None
-        loaded = self.store.load()
+        version = self._restorable(committed) if committed is not None else None
+        loaded = self.store.load(version)
         skipped = getattr(self.store, "corrupt_skipped", 0)
         if skipped:
             self.metrics.checkpoint_corrupt.inc(skipped)
@@ -93,6 +101,35 @@ class Checkpointer:
         self.metrics.checkpoint_restored.set(info.version)
         log.info("restored checkpoint %d (%d events learned; offsets %s)", info.version, info.learned, info.offsets)
         return info
+
+    def _restorable(self, committed: Committed) -> int | None:
+        """The newest checkpoint version whose offsets the group has committed (or gone beyond); None: the newest."""
+        assert self.store is not None
+        infos = self.store.list()
+        if not infos:
+            return None
+        tps = sorted({TopicPartition(t, p) for i in infos for t, parts in i.offsets.items() for p in parts})
+        try:
+            group = committed(tps)
+        except KafkaClientError as exc:
+            log.warning("kafka: the group's committed offsets could not be read (%s: %s); restoring the newest "
+                        "checkpoint", exc.kind, exc)
+            return None
+        for info in reversed(infos):
+            ahead = [f"{t}-{p} at {o} (committed: {group.get(TopicPartition(t, p))})"
+                     for t, parts in info.offsets.items() for p, o in parts.items()
+                     if (c := group.get(TopicPartition(t, p))) is None or o > c]
+            if not ahead:
+                if info is not infos[-1]:
+                    self.store.rollback(info.version)
+                    log.warning("checkpoint %d is set aside: the last process died before its save point "
+                                "committed; restoring %d, which the group's offsets reflect", infos[-1].version,
+                                info.version)
+                return info.version
+            log.info("checkpoint %d is ahead of the group's committed offsets: %s", info.version, "; ".join(ahead))
+        log.warning("no checkpoint in %s is reflected by the group's committed offsets (were they reset?): "
+                    "restoring the newest; events since the last commit may be learned twice", self.cfg.directory)
+        return None
 
     def advance(self, records: Sequence[InboundRecord]) -> None:
         """Record that the state now reflects these records (call after processing a batch)."""
@@ -160,8 +197,8 @@ class Checkpointer:
         self._forget({tp.partition for tp in partitions})
 
     def assigned(self, consumer: Consumer, partitions: Iterable[TopicPartition]) -> None:
-        """Start each assigned partition from the group's committed offset with the newest state that has
-        seen that far; forget every partition this member does not own."""
+        """Start each assigned partition from the group's committed offset with the state that reflects it;
+        forget every partition this member does not own."""
         tps = sorted(partitions)
         if not tps:
             return
@@ -170,46 +207,37 @@ class Checkpointer:
         snapshots = self.changelog.read(numbers) if self.changelog is not None and self.parts else {}
         for p in numbers:
             mine = {tp: committed.get(tp) for tp in tps if tp.partition == p}
-            self._take(consumer, p, mine, snapshots.get(p))
+            self._take(p, mine, snapshots.get(p, []))
         self._owned |= set(numbers)
         self._restored = set()
         self._forget_unowned()
 
-    def _take(self, consumer: Consumer, p: int, committed: Mapping[TopicPartition, int | None],
-              snap: Snapshot | None) -> None:
-        local = ({tp: o for tp, o in self.offsets.items() if tp.partition == p} if p in self._restored else None)
-        use_local = local is not None and covers(local, committed)
-        use_snap = snap is not None and snap.covers(committed)
-        if use_local and use_snap:  # both have seen the committed offsets: the one further on
-            assert local is not None and snap is not None
-            use_local = sum(local.values()) >= sum(snap.offsets.values())
-            use_snap = not use_local
-        if use_snap:
-            assert snap is not None
-            use_snap = self._load(p, snap)
+    def _take(self, p: int, committed: Mapping[TopicPartition, int | None], snaps: Sequence[Snapshot]) -> None:
+        """Partition ``p`` resumes at the committed offsets (the consumer's own start); its state is the one that
+        reflects them exactly, if any."""
+        local = {tp: o for tp, o in self.offsets.items() if tp.partition == p} if p in self._restored else None
         where = ", ".join(f"{tp.topic} at {c}" for tp, c in sorted(committed.items()) if c is not None)
-        if use_local:
-            assert local is not None
-            self._dirty.add(p)  # the changelog may not have it
-            self._seek(consumer, local)
+        if local is not None and reflects(local, committed):
             source = "checkpoint"
-            log.info("partition %d resumes from this instance's checkpoint (%s; committed: %s)", p,
-                     _describe(local), where or "nothing")
-        elif use_snap:
-            assert snap is not None
-            offsets = {TopicPartition(t, p): o for t, o in snap.offsets.items()}
-            self._seek(consumer, offsets)
-            source = "changelog"
-            log.info("partition %d resumes with the state %s saved (%s; committed: %s)", p, snap.writer,
-                     _describe(offsets), where or "nothing")
+            self._dirty.add(p)  # the changelog may not have it
+            log.info("partition %d resumes with this instance's checkpoint (%s)", p, where or "nothing committed")
         else:
-            self._drop(p)
-            source = "none"
-            if snap is not None or local is not None:
-                log.warning("partition %d: no saved state has seen the group's committed offsets (%s); it starts "
-                            "there without pending label joins or dedup ids", p, where or "nothing committed")
-            elif where and self.parts:
-                log.info("partition %d starts at the committed offsets (%s); no partition state saved yet", p, where)
+            snap = next((s for s in snaps if reflects(s.positions(), committed)), None)
+            if snap is not None and self._load(p, snap):
+                source = "changelog"
+                log.info("partition %d resumes with the state %s saved (%s)", p, snap.writer, where or "nothing "
+                         "committed")
+            else:
+                self._drop(p)
+                source = "none"
+                if snaps or local is not None:
+                    log.warning("partition %d: no saved state reflects the group's committed offsets (%s); it "
+                                "starts there without pending label joins or dedup ids", p, where or "none")
+        for tp, c in committed.items():  # what a save point commits for it until records move it on
+            if c is None:
+                self.offsets.pop(tp, None)
+            else:
+                self.offsets[tp] = c
         self.metrics.partition_assignments.labels(source).inc()
 
     def _load(self, p: int, snap: Snapshot) -> bool:
@@ -224,11 +252,6 @@ class Checkpointer:
             self._drop(p)
             return False
         return True
-
-    def _seek(self, consumer: Consumer, offsets: Mapping[TopicPartition, int]) -> None:
-        for tp, off in offsets.items():
-            consumer.seek(tp, off)
-            self.offsets[tp] = off
 
     def _drop(self, p: int) -> None:
         for part in self.parts:

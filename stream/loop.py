@@ -147,7 +147,7 @@ class Service:
         quarantine = Quarantine(s.checkpoint.directory)
         quarantine.start()
         try:
-            checkpointer.restore()
+            checkpointer.restore(consumer.committed)  # the newest checkpoint the group committed
             # on_revoke runs inside poll(): the previous batch is already processed and flushed
             consumer.subscribe(inputs, on_assign=lambda tps: checkpointer.assigned(consumer, tps),
                                on_revoke=checkpointer.revoked, on_lost=self._lost)

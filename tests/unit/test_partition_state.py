@@ -120,11 +120,16 @@ class Member:
                                                     max_payload_bytes=10_000, dedup_window=100,
                                                     join=LabelJoin(3_600_000, 1000), labels_topic=LABELS)
         self.consumer = FakeConsumer(group)
+        self.commits_land = True  # False: the process "dies" between its save point's state and its commit
         changelog = Changelog(LOG, kafka, kafka.read, chunk_bytes=chunk_bytes)
         self.ck = Checkpointer(CheckpointSettings(directory=str(directory) if directory else None,
                                                   every_events=every_events),
                                self.proc, self.metrics, parts=partitioned(self.proc), changelog=changelog,
-                               flush=sink.flush, commit=self.consumer.commit, member="m")
+                               flush=sink.flush, commit=self._commit, member="m")
+
+    def _commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if self.commits_land:
+            self.consumer.commit(offsets)
 
     def process(self, records: list[InboundRecord]) -> None:
         self.proc.process(records)
@@ -176,7 +181,7 @@ def test_pending_labels_and_dedup_ids_follow_their_partition_to_the_next_owner()
     b = Member(kafka, group)
     b.assign(1)
     assert b.source("changelog") == 1
-    assert b.consumer.sought == {TopicPartition(IN, 1): 2, TopicPartition(LABELS, 1): 1}
+    assert b.ck.offsets == {TopicPartition(IN, 1): 2, TopicPartition(LABELS, 1): 1}  # the committed offsets
     b.process([label(1, 1, "wait", 1), event(1, 2, "early", None), event(1, 3, "seen", 1)])
     assert b.learned() == 2  # the prediction A made, labeled at B; the label that waited at A, its event at B
     assert kafka.dead() == [b"duplicate_id"]  # "seen" was in A's dedup window of partition 1
@@ -197,10 +202,10 @@ def test_a_restarted_instance_resumes_from_its_own_checkpoint_only_when_it_has_s
     assert group.committed_offsets[TopicPartition(IN, 1)] == 7
 
     again = Member(kafka, group, tmp_path)  # A restarts and is given both partitions
-    again.ck.restore()
+    again.ck.restore(again.consumer.committed)
     again.assign(0, 1)
     assert again.source("checkpoint") == 1 and again.source("changelog") == 1
-    assert again.consumer.sought == {TopicPartition(IN, 0): 1, TopicPartition(IN, 1): 7}
+    assert again.ck.offsets == {TopicPartition(IN, 0): 1, TopicPartition(IN, 1): 7}
     pending = again.proc.labels.join.pending  # type: ignore[union-attr]
     assert set(pending) == {"x0", *(f"y{i}" for i in range(7))}  # y1..y6 waited at B
 
@@ -213,11 +218,11 @@ def test_state_behind_the_group_is_not_used_and_partitions_not_assigned_are_forg
     a.ck.save("interval")
     group.committed_offsets[TopicPartition(IN, 0)] = 9  # moved on by a member whose snapshot never landed
     again = Member(kafka, group, tmp_path)
-    again.ck.restore()
+    again.ck.restore(again.consumer.committed)
     again.assign(0)
-    assert again.source("none") == 1 and again.consumer.sought == {}
+    assert again.source("none") == 1
     assert again.proc.labels.join.pending == {}  # type: ignore[union-attr]  # x0: behind; y0: not ours
-    assert again.ck.offsets == {}
+    assert again.ck.offsets == {TopicPartition(IN, 0): 9}
 
 
 def test_large_snapshots_are_chunked_a_torn_write_leaves_the_previous_and_a_corrupt_one_is_refused() -> None:
@@ -226,27 +231,27 @@ def test_large_snapshots_are_chunked_a_torn_write_leaves_the_previous_and_a_corr
     a.assign(0)
     a.process([event(0, i, f"e{i}") for i in range(20)])
     a.ck.save("interval")
-    a.process([event(0, 20, "e20")])
-    a.ck.save("interval")
-    chunks = [r for r in kafka.logs[TopicPartition(LOG, 0)] if r.key and b"." in r.key and r.value]
-    assert len(chunks) > 10
-    tombstones = [r for r in kafka.logs[TopicPartition(LOG, 0)] if r.value is None]
-    assert tombstones  # the first snapshot's chunks, deleted after the second's manifest
+    for i in (20, 21):
+        a.process([event(0, i, f"e{i}")])
+        a.ck.save("interval")
+    log = kafka.logs[TopicPartition(LOG, 0)]
+    assert len([r for r in log if r.key and b"." in r.key and r.value]) > 20
+    assert [r for r in log if r.value is None]  # the first snapshot's chunks, once two newer ones exist
 
-    kafka.send(LOG, b"0.ffff-9.0", b'{"format": 1, "partition": 0, ', 0)  # a crash after one chunk of a third
+    kafka.send(LOG, b"0.ffff-9.0", b'{"format": 1, "partition": 0, ', 0)  # a crash after one chunk of a fourth
     b = Member(kafka, group)
     b.assign(0)
-    assert b.source("changelog") == 1 and len(b.proc.labels.join.pending) == 21  # type: ignore[union-attr]
+    assert b.source("changelog") == 1 and len(b.proc.labels.join.pending) == 22  # type: ignore[union-attr]
 
-    log = kafka.logs[TopicPartition(LOG, 0)]  # a torn third snapshot: its manifest lost a chunk
-    a.process([event(0, 21, "e21")])
-    a.ck.save("interval")
-    torn = [r for r in log if r.key and r.key.endswith(b".1") and r.value][-1]
-    log.append(InboundRecord(LOG, 0, len(log), 0, torn.key, b"garbage"))
-    group.committed_offsets[TopicPartition(IN, 0)] = 21
+    newest = [r for r in log if r.key and r.key.endswith(b".1") and r.value][-1]
+    kafka.send(LOG, newest.key, b"garbage", 0)  # the newest snapshot corrupt: the one before is 21, not 22
     c = Member(kafka, group)
     c.assign(0)
     assert c.source("none") == 1 and c.proc.labels.join.pending == {}  # type: ignore[union-attr]
+    group.committed_offsets[TopicPartition(IN, 0)] = 21  # had the newest save point's commit not landed
+    d = Member(kafka, group)
+    d.assign(0)
+    assert d.source("changelog") == 1 and len(d.proc.labels.join.pending) == 21  # type: ignore[union-attr]
 
 
 def test_lost_partitions_are_forgotten_without_writing_their_state() -> None:
@@ -267,3 +272,42 @@ def test_an_unreadable_manifest_is_refused_with_its_reason(snapshot: bytes, capl
     m.assign(0)
     assert m.source("none") == 1
     assert "cannot be used (unreadable manifest" in caplog.text
+
+
+def test_a_save_point_whose_commit_did_not_land_is_not_used_by_the_next_owner() -> None:
+    """The owner dies after its snapshot, before its commit: the next owner resumes at the committed offset
+    with the snapshot before, and learns the events since exactly once (the dead model's learning of them
+    died with it)."""
+    kafka, group = Topics(), Group()
+    a = Member(kafka, group)
+    a.assign(0)
+    a.process([event(0, 0, "e0"), event(0, 1, "e1")])
+    a.ck.save("interval")
+    a.process([label(0, 0, "e0", 1), event(0, 2, "e2")])
+    a.commits_land = False
+    a.ck.save("interval")  # snapshot written (e0 resolved, e2 pending), commit lost: A dies here
+    b = Member(kafka, group)
+    b.assign(0)
+    assert b.source("changelog") == 1 and b.ck.offsets == {TopicPartition(IN, 0): 2}
+    assert set(b.proc.labels.join.pending) == {"e0", "e1"}  # type: ignore[union-attr]  # the snapshot before
+    b.process([label(0, 0, "e0", 1), event(0, 2, "e2")])  # consumed again from the committed offsets
+    assert b.learned() == 1 and kafka.dead() == []
+
+
+def test_a_restart_sets_aside_a_checkpoint_whose_commit_did_not_land(tmp_path: Path) -> None:
+    kafka, group = Topics(), Group()
+    a = Member(kafka, group, tmp_path)
+    a.assign(0)
+    a.process([event(0, 0, "e0", 1)])
+    a.ck.save("interval")
+    a.process([event(0, 1, "e1", 0)])
+    a.commits_land = False
+    a.ck.save("interval")  # checkpoint 2 written, its commit lost: the process dies here
+    again = Member(kafka, group, tmp_path)
+    info = again.ck.restore(again.consumer.committed)
+    assert info is not None and info.offsets == {IN: {0: 1}} and again.learned() == 1
+    assert len(list(tmp_path.glob("*.rolled-back"))) == 1
+    again.assign(0)
+    assert again.source("checkpoint") == 1
+    again.process([event(0, 1, "e1", 0)])
+    assert again.learned() == 2
