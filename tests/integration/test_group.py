@@ -30,14 +30,44 @@ LABEL_DELAY = 1_500  # the label of event i is produced right after event i + LA
 PARTITIONS = 4
 
 
+def _events(seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    events, truth = [], {}
+    for e in itertools.islice(from_generator("SEA", seed=seed, id_prefix="g-"), N_EVENTS):
+        truth[e["id"]] = e.pop("label")
+        e.pop("timestamp", None)
+        events.append(e)
+    return events, truth
+
+
+def _config(tmp_path: Path, bootstrap: str, prefix: str, name: str, **kafka: Any) -> Path:
+    return write_config(tmp_path / f"{name}.yaml", bootstrap, prefix,
+                        model={"name": "LogisticRegression", "classes": [False, True]},
+                        topics={"labels": f"{prefix}-labels"}, kafka={"max_poll_records": 200, **kafka},
+                        checkpoint={"directory": str(tmp_path / name), "every_events": 2000, "every_seconds": 1.0})
+
+
+def _learned_by_the_group(tmp_path: Path, truth: dict[str, Any]) -> None:
+    """The final checkpoints of the members together learned every labeled event exactly once."""
+    learned, digest = 0, 0
+    for name in ("a", "b"):
+        restored = DirectoryStore(tmp_path / name).load()
+        assert restored is not None
+        ledger = restored[1]["ledger"]
+        learned += ledger["learned"]
+        digest += ledger["digest"]
+        print(f"{name}: learned {ledger['learned']}")
+    assert learned == N_EVENTS, "learned by the group: not every labeled event exactly once"
+    assert digest % (1 << 64) == sum(id_hash(i) for i in truth) % (1 << 64), "an event learned twice, another never"
+
+
 def _stream(bootstrap: str, events: list[dict[str, Any]], truth: dict[str, Any], topic: str, labels: str,
-            done: threading.Event) -> None:
+            done: threading.Event, rate: float = RATE) -> None:
     """Events at RATE, each label LABEL_DELAY events later, all keyed by event id (so co-partitioned)."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     start = time.monotonic()
     try:
         for i, e in enumerate(events):
-            delay = start + i / RATE - time.monotonic()
+            delay = start + i / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             producer.send(topic, key=e["id"].encode(), value=json.dumps(e).encode())
@@ -58,20 +88,8 @@ def test_scale_out_and_back_in_with_labels_in_flight_predicts_once_and_learns_on
     topic, labels = f"{topic_prefix}-in", f"{topic_prefix}-labels"
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
     ensure_topics(kafka, [topic, labels], partitions=PARTITIONS)
-    events, truth = [], {}
-    for e in itertools.islice(from_generator("SEA", seed=5, id_prefix="g-"), N_EVENTS):
-        truth[e["id"]] = e.pop("label")
-        e.pop("timestamp", None)
-        events.append(e)
-
-    def config(name: str) -> Path:
-        return write_config(tmp_path / f"{name}.yaml", kafka_bootstrap, topic_prefix,
-                            model={"name": "LogisticRegression", "classes": [False, True]},
-                            topics={"labels": labels}, kafka={"max_poll_records": 200},
-                            checkpoint={"directory": str(tmp_path / name), "every_events": 2000,
-                                        "every_seconds": 1.0})
-
-    a = ServiceProcess(config("a"), tmp_path / "a.log")
+    events, truth = _events(seed=5)
+    a = ServiceProcess(_config(tmp_path, kafka_bootstrap, topic_prefix, "a"), tmp_path / "a.log")
     b: ServiceProcess | None = None
     done = threading.Event()
     producer = threading.Thread(target=_stream, args=(kafka_bootstrap, events, truth, topic, labels, done))
@@ -80,7 +98,7 @@ def test_scale_out_and_back_in_with_labels_in_flight_predicts_once_and_learns_on
         producer.start()
         wait_for(lambda: a.metric('driftline_events_total{outcome="consumed"}') >= 3_000, 60, "A to consume 3,000")
         pending_at_join = a.metric('driftline_pending_labels{side="predictions"}')
-        b = ServiceProcess(config("b"), tmp_path / "b.log")
+        b = ServiceProcess(_config(tmp_path, kafka_bootstrap, topic_prefix, "b"), tmp_path / "b.log")
         b.wait_ready()
         wait_for(lambda: b is not None and b.metric('driftline_events_total{outcome="consumed"}') >= 2_000, 60,
                  "B to consume 2,000")
@@ -110,13 +128,53 @@ def test_scale_out_and_back_in_with_labels_in_flight_predicts_once_and_learns_on
     assert sum(c - 1 for c in counts.values()) == 0, "events predicted twice"
     assert read_topic(kafka_bootstrap, f"{topic_prefix}-dlq", timeout=3) == []
 
-    learned, digest = 0, 0
-    for name in ("a", "b"):
-        restored = DirectoryStore(tmp_path / name).load()
-        assert restored is not None
-        ledger = restored[1]["ledger"]
-        learned += ledger["learned"]
-        digest += ledger["digest"]
-        print(f"{name}: learned {ledger['learned']}")
-    assert learned == N_EVENTS, "learned by the group: not every labeled event exactly once"
-    assert digest % (1 << 64) == sum(id_hash(i) for i in truth) % (1 << 64), "an event learned twice, another never"
+    _learned_by_the_group(tmp_path, truth)
+
+
+def test_one_of_two_members_killed_three_times_mid_stream_the_group_predicts_all_and_learns_once(
+        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    """B is SIGKILLed and restarted at once, three times, while labels are pending: its partitions wait for its
+    session to expire, then resume from the group's committed offsets with the state that reflects them. B's
+    learning since its last save point dies with it and is done again by whoever resumes the partition."""
+    topic, labels, group = f"{topic_prefix}-in", f"{topic_prefix}-labels", f"{topic_prefix}-group"
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    ensure_topics(kafka, [topic, labels], partitions=PARTITIONS)
+    events, truth = _events(seed=6)
+    session = {"session_timeout_ms": 6000}  # the broker's minimum session: the dead member is noticed in ~6 s
+    a = ServiceProcess(_config(tmp_path, kafka_bootstrap, topic_prefix, "a", **session), tmp_path / "a.log")
+    b_cfg = _config(tmp_path, kafka_bootstrap, topic_prefix, "b", **session)
+    b = ServiceProcess(b_cfg, tmp_path / "b0.log")
+    done = threading.Event()
+    producer = threading.Thread(target=_stream, args=(kafka_bootstrap, events, truth, topic, labels, done),
+                                kwargs={"rate": 300.0})
+    pending_at_kills = []
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        producer.start()
+        for i in range(3):
+            wait_for(lambda s=b: s.metric('driftline_events_total{outcome="consumed"}') >= 1_000, 90,
+                     f"B run {i} to consume 1,000")
+            pending_at_kills.append(b.metric('driftline_pending_labels{side="predictions"}'))
+            assert not done.is_set(), "the stream ended before the kill: the test proves nothing"
+            b.kill()
+            b = ServiceProcess(b_cfg, tmp_path / f"b{i + 1}.log")
+            b.wait_ready()
+        producer.join(180)
+        ends = {t: end_offsets(kafka_bootstrap, t) for t in (topic, labels)}
+        wait_for(lambda: all(committed_offsets(kafka_bootstrap, group, t) == e for t, e in ends.items()), 120,
+                 "the group to consume and commit everything")
+        waiting = sum(m.metric(f'driftline_pending_labels{{side="{side}"}}') for m in (a, b)
+                      for side in ("predictions", "labels"))
+    finally:
+        producer.join(180)
+        assert b.terminate() == 0, b.log()
+        assert a.terminate() == 0, a.log()
+
+    assert all(p > 0 for p in pending_at_kills), pending_at_kills
+    assert waiting == 0
+    counts = collections.Counter(json.loads(r.value)["id"] for r in read_topic(kafka_bootstrap, f"{topic_prefix}-pred"))
+    assert set(counts) == set(truth), f"{len(set(truth) - set(counts))} events never predicted"
+    print(f"3 x SIGKILL: {sum(c - 1 for c in counts.values())} duplicate prediction records (at-least-once outputs)")
+    assert read_topic(kafka_bootstrap, f"{topic_prefix}-dlq", timeout=3) == []
+    _learned_by_the_group(tmp_path, truth)
