@@ -132,6 +132,13 @@ class KafkaSettings(Frozen):
     # another core), "thread" (in the service's process), or "auto" (process when there are 2+ CPUs).
     # librdkafka's producer queues in C and sends from its own threads.
     publisher: Literal["auto", "process", "thread"] = "auto"
+    # Exactly-once outputs (librdkafka only): each batch's predictions, dead letters, audit and expired records,
+    # partition snapshots and consumed offsets are written in one Kafka transaction; consumers of the outputs
+    # that read with isolation.level=read_committed see each prediction once. Requires acks: all.
+    exactly_once: bool = False
+    # How long the broker waits for a transaction of a process that died before aborting it (read_committed
+    # readers of its partitions, and the partitions' next owner, wait that long after a crash).
+    transaction_timeout_ms: int = Field(10_000, ge=1000, le=900_000)
 
     @field_validator("client_properties")
     @classmethod
@@ -144,6 +151,15 @@ class KafkaSettings(Frozen):
     def backend(self) -> Literal["confluent", "kafka-python"]:
         """The client library ``client`` selects (auto: confluent)."""
         return "kafka-python" if self.client == "kafka-python" else "confluent"
+
+    @model_validator(mode="after")
+    def _exactly_once(self) -> KafkaSettings:
+        if self.exactly_once and self.backend != "confluent":
+            raise ValueError("exactly_once needs kafka.client confluent (librdkafka): kafka-python's producer runs in "
+                             "a child process and cannot join the consumer's offsets to its transactions")
+        if self.exactly_once and self.acks != "all":
+            raise ValueError(f"exactly_once needs acks: all (idempotent, transactional producer), not {self.acks!r}")
+        return self
 
     @model_validator(mode="after")
     def _timeouts(self) -> KafkaSettings:

@@ -144,6 +144,10 @@ class ServiceMetrics:
             "came from.", ["state"], registry=registry)
         for source in ("checkpoint", "changelog", "none"):
             self.partition_assignments.labels(source)
+        self.replayed = Counter(
+            "driftline_replayed_events", "Events learned again without outputs after a restart or a move "
+            "(kafka.exactly_once: their outputs were committed by a transaction after the state was saved).",
+            registry=registry)
         self.partition_state_bytes = Counter(
             "driftline_partition_state_written_bytes", "Bytes of partition snapshots written to the changelog topic.",
             registry=registry)

@@ -35,7 +35,7 @@ from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import CheckpointSettings
 from driftline.stream.kafka.seam import Consumer, KafkaClientError, TopicPartition
 from driftline.stream.observers import Ledger
-from driftline.stream.partition_state import Changelog, Partitioned, Snapshot, reflects, snapshot
+from driftline.stream.partition_state import Changelog, Partitioned, Snapshot, behind, reflects, snapshot
 from driftline.stream.processor import EventProcessor
 from driftline.stream.records import InboundRecord
 
@@ -54,7 +54,7 @@ class Checkpointer:
                  store: CheckpointStore | None = None, *, parts: Sequence[Partitioned] = (),
                  changelog: Changelog | None = None,
                  flush: Callable[[], None] = _nothing, commit: Commit | None = None,
-                 member: str = "driftline") -> None:
+                 begin: Callable[[], None] | None = None, member: str = "driftline") -> None:
         self.cfg = cfg
         self.processor = processor
         self.metrics = metrics
@@ -64,7 +64,13 @@ class Checkpointer:
         self.changelog = changelog
         self.flush = flush
         self.commit = commit
+        # kafka.exactly_once: every batch's outputs and offsets are committed in one transaction (``begin`` opens
+        # it, ``commit`` commits it with the offsets), save points every interval inside one
+        self.begin = begin
         self.member = member
+        self.catch_up: dict[TopicPartition, int] = {}  # replay below these offsets without outputs (exactly_once)
+        self._saved: set[TopicPartition] = set()  # partitions the last save point had an offset for
+        self._seek: Callable[[TopicPartition, int], None] = lambda tp, offset: None  # the consumer's, when assigned
         self.parts = list(parts)
         self.offsets: dict[TopicPartition, int] = {}  # next offset the in-memory state has consumed to
         self._owned: set[int] = set()  # partitions (by number: the input's and the labels topic's) assigned
@@ -138,10 +144,39 @@ class Checkpointer:
             offsets[TopicPartition(r.topic, r.partition)] = r.offset + 1
             dirty.add(r.partition)
         self._since += len(records)
+        if self.catch_up:
+            for tp, end in list(self.catch_up.items()):
+                if offsets.get(tp, 0) >= end:
+                    del self.catch_up[tp]
+                    log.info("partition %s-%d caught up at offset %d (replayed without outputs)", tp.topic,
+                             tp.partition, end)
+
+    def replaying(self, records: Sequence[InboundRecord]) -> tuple[Sequence[InboundRecord], Sequence[InboundRecord]]:
+        """The records below their partition's catch-up offset (their outputs were committed already: they are
+        learned again without outputs), and the others."""
+        ends = self.catch_up
+        again = [r for r in records if (e := ends.get(TopicPartition(r.topic, r.partition))) is not None
+                 and r.offset < e]
+        if not again:
+            return (), records
+        return again, [r for r in records if (e := ends.get(TopicPartition(r.topic, r.partition))) is None
+                       or r.offset >= e]
 
     def due(self) -> bool:
-        return self._since > 0 and (
-            self._since >= self.cfg.every_events or time.monotonic() - self._last >= self.cfg.every_seconds)
+        """Whether a save point is due: every_events or every_seconds passed with records, or a partition was
+        consumed that the last save point had no offset for (so every committed offset has a state)."""
+        if self._since == 0:
+            return False
+        return (self._since >= self.cfg.every_events or time.monotonic() - self._last >= self.cfg.every_seconds
+                or (self.begin is not None and not self._saved.issuperset(self.offsets)))
+
+    def end_batch(self) -> None:
+        """After a batch's outputs are flushed: a save point when one is due; with exactly_once, the batch's
+        transaction is committed either way."""
+        if self.due():
+            self.save("interval")
+        elif self.begin is not None:
+            self._commit_owned()
 
     def save(self, trigger: str, *, changed: bool = False) -> bool:
         """A save point, if records were processed since the last one, a partition's state changed, or the
@@ -150,15 +185,22 @@ class Checkpointer:
         processed records must be flushed already."""
         if self._since == 0 and not changed and not self._dirty:
             return False
+        if self.begin is not None:
+            self.begin()  # snapshots, and the offsets, in the batch's transaction (or one of their own)
         self._write_snapshots()
         if self.store is not None:
             self._save_checkpoint(trigger)
-        owned = {tp: o for tp, o in self.offsets.items() if tp.partition in self._owned}
-        if owned and self.commit is not None:
-            self.commit(owned)
+        self._commit_owned()
+        self._saved = set(self.offsets)
         self._since = 0
         self._last = time.monotonic()
         return True
+
+    def _commit_owned(self) -> None:
+        ahead = self.catch_up  # never commit below what a transaction committed already
+        owned = {tp: max(o, ahead.get(tp, o)) for tp, o in self.offsets.items() if tp.partition in self._owned}
+        if self.commit is not None and (owned or self.begin is not None):
+            self.commit(owned)
 
     def _write_snapshots(self) -> None:
         changelog, dirty = self.changelog, self._dirty & self._owned
@@ -204,6 +246,7 @@ class Checkpointer:
             return
         numbers = sorted({tp.partition for tp in tps})
         committed = consumer.committed(tps)
+        self._seek = consumer.seek
         snapshots = self.changelog.read(numbers) if self.changelog is not None and self.parts else {}
         for p in numbers:
             mine = {tp: committed.get(tp) for tp in tps if tp.partition == p}
@@ -213,18 +256,21 @@ class Checkpointer:
         self._forget_unowned()
 
     def _take(self, p: int, committed: Mapping[TopicPartition, int | None], snaps: Sequence[Snapshot]) -> None:
-        """Partition ``p`` resumes at the committed offsets (the consumer's own start); its state is the one that
-        reflects them exactly, if any."""
+        """Partition ``p`` resumes at the committed offsets with the state that reflects them exactly. With
+        exactly_once (a transaction per batch, a save point per interval) the newest state not ahead of them is
+        taken instead, and the records between it and the committed offsets are replayed without outputs."""
         local = {tp: o for tp, o in self.offsets.items() if tp.partition == p} if p in self._restored else None
         where = ", ".join(f"{tp.topic} at {c}" for tp, c in sorted(committed.items()) if c is not None)
-        if local is not None and reflects(local, committed):
-            source = "checkpoint"
+        fits = behind if self.begin is not None else reflects
+        state: dict[TopicPartition, int] | None = None
+        if local is not None and fits(local, committed):
+            source, state = "checkpoint", local
             self._dirty.add(p)  # the changelog may not have it
             log.info("partition %d resumes with this instance's checkpoint (%s)", p, where or "nothing committed")
         else:
-            snap = next((s for s in snaps if reflects(s.positions(), committed)), None)
+            snap = next((s for s in snaps if fits(s.positions(), committed)), None)
             if snap is not None and self._load(p, snap):
-                source = "changelog"
+                source, state = "changelog", snap.positions()
                 log.info("partition %d resumes with the state %s saved (%s)", p, snap.writer, where or "nothing "
                          "committed")
             else:
@@ -236,8 +282,15 @@ class Checkpointer:
         for tp, c in committed.items():  # what a save point commits for it until records move it on
             if c is None:
                 self.offsets.pop(tp, None)
-            else:
-                self.offsets[tp] = c
+                continue
+            start = state.get(tp, c) if state is not None else c
+            self.offsets[tp] = start
+            if start < c:  # exactly_once: learned again without outputs up to the committed offset
+                self._seek(tp, start)
+                self.catch_up[tp] = c
+                log.info("partition %s-%d replays offsets %d..%d without outputs (committed by a transaction "
+                         "after the state was saved)", tp.topic, tp.partition, start, c)
+        self._saved |= {tp for tp, c in committed.items() if c is not None}
         self.metrics.partition_assignments.labels(source).inc()
 
     def _load(self, p: int, snap: Snapshot) -> bool:
@@ -258,6 +311,8 @@ class Checkpointer:
             part.drop_partition(p)
         for tp in [tp for tp in self.offsets if tp.partition == p]:
             del self.offsets[tp]
+            self.catch_up.pop(tp, None)
+            self._saved.discard(tp)
         self._dirty.discard(p)
 
     def _forget(self, numbers: set[int]) -> None:

@@ -9,6 +9,7 @@ batches: the batch in hand is finished, flushed, saved and committed, then the c
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import socket
@@ -26,7 +27,7 @@ from driftline.monitoring.http import MetricsServer
 from driftline.monitoring.http_security import http_security
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import Settings
-from driftline.stream.checkpointing import Checkpointer
+from driftline.stream.checkpointing import Checkpointer, Commit
 from driftline.stream.kafka import open_backend
 from driftline.stream.kafka.ranges import read_partitions
 from driftline.stream.kafka.seam import (
@@ -130,7 +131,8 @@ class Service:
         if self.http is not None:
             self.http.start()
             log.info("metrics on %s/metrics", self.http.url)
-        writer = kafka.writer()
+        transactional = kafka.transactional_writer(self._transactional_id()) if s.kafka.exactly_once else None
+        writer: RecordWriter = transactional if transactional is not None else kafka.writer()
         consumer = kafka.consumer()
         sink = OutputSink(writer, s.topics.predictions, s.topics.dead_letter, self.metrics,
                           dead_letter_max_bytes=s.topics.dead_letter_max_bytes)
@@ -139,9 +141,13 @@ class Service:
         self.processor = processor
         parts = partitioned(processor)
         changelog = self._changelog(writer) if parts else None
+        if transactional is not None:  # each batch's outputs and offsets in one transaction
+            commit: Commit = lambda offsets: transactional.commit(offsets, consumer.group_metadata())  # noqa: E731
+        else:
+            commit = functools.partial(self._commit, consumer)
         checkpointer = Checkpointer(s.checkpoint, processor, self.metrics, parts=parts, changelog=changelog,
-                                    flush=sink.flush,
-                                    commit=lambda offsets: self._commit(consumer, offsets),
+                                    flush=sink.flush, commit=commit,
+                                    begin=transactional.begin if transactional is not None else None,
                                     member=f"{s.kafka.client_id}@{socket.gethostname()}:{os.getpid()}")
         self.checkpointer = checkpointer
         quarantine = Quarantine(s.checkpoint.directory)
@@ -170,16 +176,25 @@ class Service:
                         if self.totals.first_batch_at is None:
                             self.totals.first_batch_at = time.monotonic()
                         consistent = False
-                        if quarantine.careful(records):
-                            self._one_at_a_time(records, processor, quarantine)
+                        if transactional is not None:
+                            transactional.begin()
+                        again, live = checkpointer.replaying(records)
+                        if again:  # outputs committed before the state was saved: learned again, not republished
+                            self._replay(again, processor, sink)
+                            checkpointer.advance(again)
+                        if quarantine.careful(live):
+                            self._one_at_a_time(live, processor, quarantine)
                         else:
-                            quarantine.batch_begins(records)
-                            self.totals.add(processor.process(records))
-                        checkpointer.advance(records)
+                            quarantine.batch_begins(live)
+                            self.totals.add(processor.process(live))
+                        checkpointer.advance(live)
                         sink.flush()  # 1. outputs acknowledged
                         consistent = True
-                    if checkpointer.due():  # 2. partition state, model state, 3. the offsets they reflect
-                        checkpointer.save("interval")  # (also when the stream went quiet: its tail is committed)
+                        # 2. at a save point: partition state, model state; 3. the offsets they reflect (with
+                        # exactly_once: every batch's outputs and offsets in one transaction)
+                        checkpointer.end_batch()
+                    elif checkpointer.due():  # the stream went quiet: its tail is saved and committed
+                        checkpointer.save("interval")
                     self._backpressure(consumer)
                     self._update_lag(consumer)
             except KafkaAccessError as exc:
@@ -205,6 +220,22 @@ class Service:
         log.info("stopped after %d batches: %d consumed, %d predicted, %d learned, %d dead-lettered",
                  t.batches, t.consumed, t.predicted, t.learned, t.dead_lettered)
         return self.totals
+
+    def _replay(self, records: Sequence[InboundRecord], processor: EventProcessor, sink: OutputSink) -> None:
+        sink.muted = True
+        try:
+            result = processor.process(records)
+        finally:
+            sink.muted = False
+        self.metrics.replayed.inc(result.consumed)
+
+    def _transactional_id(self) -> str:
+        """Stable across restarts of one instance (its checkpoint directory on this host), so a restart fences the
+        process it replaces and aborts what that one left open at once; without a directory, this process's."""
+        s = self.settings
+        where = (f"{socket.gethostname()}:{os.path.abspath(s.checkpoint.directory)}" if s.checkpoint.directory
+                 else f"{socket.gethostname()}:{os.getpid()}")
+        return f"driftline-{s.kafka.group_id}-{hashlib.sha256(where.encode()).hexdigest()[:16]}"
 
     def _one_at_a_time(self, records: Sequence[InboundRecord], processor: EventProcessor,
                        quarantine: Quarantine) -> None:

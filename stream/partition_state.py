@@ -98,6 +98,12 @@ def reflects(offsets: Mapping[TopicPartition, int], committed: Mapping[TopicPart
     return all(offsets.get(tp) == c for tp, c in committed.items())
 
 
+def behind(offsets: Mapping[TopicPartition, int], committed: Mapping[TopicPartition, int | None]) -> bool:
+    """Whether state at ``offsets`` has offsets for exactly the committed partitions, none of them ahead (with
+    exactly_once, transactions commit offsets between save points: the gap is replayed without outputs)."""
+    return all(tp not in offsets if c is None else (tp in offsets and offsets[tp] <= c) for tp, c in committed.items())
+
+
 class ChangelogError(Exception):
     """A snapshot that cannot be used (torn, corrupt, of another format): the partition starts without it."""
 

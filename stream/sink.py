@@ -39,20 +39,28 @@ class OutputSink:
         self.metrics = metrics
         self._event_times_ms: list[int] = []
         self._out_partitions = writer.partitions_for(predictions_topic)
+        # True while records whose outputs were committed already are learned again (exactly_once catch-up)
+        self.muted = False
 
     def prediction(self, event_id: str, value: bytes, record_timestamp_ms: int, input_partition: int) -> None:
+        if self.muted:
+            return
         partition = input_partition if input_partition < self._out_partitions else None
         self.writer.send(self.predictions_topic, event_id.encode("utf-8"), value, partition)
         self._event_times_ms.append(record_timestamp_ms)
 
     def publish(self, topic: str, key: str, value: bytes) -> None:
         """Any other output of the batch (e.g. expired predictions); flushed with the batch."""
+        if self.muted:
+            return
         self.writer.send(topic, key.encode("utf-8"), value, None)
 
     def dead_letter(self, record: InboundRecord, reason: str, error: str) -> None:
         """Forward the original bytes with headers naming the reason, the error and the source. A dead letter
         the topic would refuse (over ``dead_letter_max_bytes`` with its headers) is still written: the
         record's own headers are left out first, then the value is cut, and headers say so."""
+        if self.muted:
+            return
         headers = [
             (REASON_HEADER, reason.encode()),
             ("driftline.error", error[:4000].encode("utf-8", "replace")),

@@ -37,9 +37,11 @@ def produce_events(bootstrap: str, topic: str, events: Iterable[dict[str, Any]])
     return produce_raw(bootstrap, topic, (json.dumps(e).encode() for e in events))
 
 
-def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Any]:
+def read_topic(bootstrap: str, topic: str, timeout: float = 30.0,
+               isolation_level: str = "read_uncommitted") -> list[Any]:
     """Every record of ``topic`` (all partitions), from the beginning to the current end."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000,
+                             isolation_level=isolation_level)
     try:
         deadline = time.monotonic() + timeout
         parts: set[int] | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -108,17 +109,22 @@ def ensure_topics(cfg: KafkaSettings, topics: Iterable[str], partitions: int = 1
         admin.close()
 
 
-def topic_partitions(cfg: KafkaSettings, topic: str) -> int:
-    """Number of partitions of an existing topic."""
-    admin = make_admin(cfg)
-    try:
-        desc = admin.describe_topics([topic])
-    finally:
-        admin.close()
-    for d in desc:
-        if d.get("name", d.get("topic")) == topic and d.get("partitions"):
-            return len(d["partitions"])
-    raise ValueError(f"topic {topic!r} has no partitions (does it exist?)")
+def topic_partitions(cfg: KafkaSettings, topic: str, wait_s: float = 30.0) -> int:
+    """Number of partitions of an existing topic (waiting up to ``wait_s`` for a topic just created to show
+    its partitions in the metadata)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        admin = make_admin(cfg)
+        try:
+            desc = admin.describe_topics([topic])
+        finally:
+            admin.close()
+        for d in desc:
+            if d.get("name", d.get("topic")) == topic and d.get("partitions"):
+                return len(d["partitions"])
+        if time.monotonic() > deadline:
+            raise ValueError(f"topic {topic!r} has no partitions (does it exist?)")
+        time.sleep(0.2)
 
 
 def answers_metadata(bootstrap_servers: str) -> bool:

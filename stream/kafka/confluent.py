@@ -32,6 +32,7 @@ from driftline.stream.kafka.seam import (
     Rebalance,
     RetriableKafkaError,
     TopicPartition,
+    TransactionError,
 )
 from driftline.stream.kafka.writer import FlushResult, Headers
 from driftline.stream.records import InboundRecord
@@ -225,6 +226,9 @@ class ConfluentConsumer:
             out[tp] = max(high - position, 0)
         return out
 
+    def group_metadata(self) -> object:
+        return self._c.consumer_group_metadata()
+
     def close(self) -> None:
         self._c.close()
 
@@ -232,10 +236,16 @@ class ConfluentConsumer:
 class ConfluentWriter:
     """A librdkafka producer: sends are queued in C and acknowledged through delivery reports."""
 
-    def __init__(self, cfg: KafkaSettings, client_suffix: str = "producer") -> None:
+    def __init__(self, cfg: KafkaSettings, client_suffix: str = "producer", *,
+                 transactional_id: str | None = None) -> None:
         acks = {"all": "all", "1": "1", "0": "0"}[cfg.acks]
+        transactions: dict[str, Any] = ({"transactional.id": transactional_id,
+                                         "transaction.timeout.ms": cfg.transaction_timeout_ms}
+                                        if transactional_id is not None else {})
+        self._timeout = cfg.request_timeout_ms / 1000
         self._p = _client(Producer, {
-            **properties(cfg, client_suffix, ClientErrors()), "acks": acks, "enable.idempotence": acks == "all",
+            **properties(cfg, client_suffix, ClientErrors()), **transactions,
+            "acks": acks, "enable.idempotence": acks == "all",
             "linger.ms": cfg.linger_ms, "batch.size": cfg.batch_size,
             "compression.type": cfg.compression_type or "none", "request.timeout.ms": cfg.request_timeout_ms,
             # one Python callback per failed record only (a callback per record costs ~1 us of the event path)
@@ -245,6 +255,39 @@ class ConfluentWriter:
         self._failed: dict[str, list[str]] = {}
         self._sent = 0
         self._partitions: dict[str, int] = {}
+        self._open = False  # a transaction is open
+        if transactional_id is not None:  # fences an older producer with this id, aborting what it left open
+            self._transaction("init", self._p.init_transactions, self._timeout)
+
+    def _transaction(self, operation: str, call: Callable[..., Any], *args: Any) -> None:
+        """A transactional call, retried while librdkafka says a retry may succeed (until request_timeout_ms)."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                call(*args)
+                return
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if err.retriable() and time.monotonic() < deadline:
+                    continue
+                if err.txn_requires_abort():
+                    self._p.abort_transaction(self._timeout)
+                    self._open = False
+                raise TransactionError(operation, err.name(), f"transaction {operation} failed: {err.str()}") from None
+
+    def begin(self) -> None:
+        if not self._open:
+            self._transaction("begin", self._p.begin_transaction)
+            self._open = True
+
+    def commit(self, offsets: Mapping[TopicPartition, int], group: object) -> None:
+        self.begin()
+        parts = [CTopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        if parts:
+            self._transaction("send_offsets", self._p.send_offsets_to_transaction, parts, group, self._timeout)
+        self._transaction("commit", self._p.commit_transaction, self._timeout)
+        self._open = False
+        self._sent = 0
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:  # only failures are reported (delivery.report.only.error)
@@ -301,6 +344,9 @@ class ConfluentBackend(KafkaAdmin):
 
     def writer(self) -> ConfluentWriter:
         return ConfluentWriter(self.cfg)
+
+    def transactional_writer(self, transactional_id: str) -> ConfluentWriter:
+        return ConfluentWriter(self.cfg, transactional_id=transactional_id)
 
 
 class ConfluentPartitionReader:

@@ -20,6 +20,7 @@ from kafka.errors import (
     UnknownMemberIdError,
 )
 
+from driftline.errors import ConfigError
 from driftline.settings import KafkaSettings
 from driftline.stream.kafka.clients import ensure_topics, make_consumer, topic_partitions
 from driftline.stream.kafka.preflight import check_connection
@@ -29,6 +30,7 @@ from driftline.stream.kafka.seam import (
     Rebalance,
     RetriableKafkaError,
     TopicPartition,
+    TransactionalWriter,
 )
 from driftline.stream.kafka.writer import RecordWriter, make_writer
 from driftline.stream.records import InboundRecord
@@ -148,6 +150,9 @@ class KafkaPythonConsumer:
                 out[_tp(tp)] = max(hw - self._c.position(tp), 0)
         return out
 
+    def group_metadata(self) -> object:
+        raise ConfigError("kafka-python's backend has no transactions (kafka.exactly_once needs confluent)")
+
     def close(self) -> None:
         self._c.close(autocommit=False)
 
@@ -176,6 +181,9 @@ class KafkaPythonBackend(KafkaAdmin):
 
     def writer(self) -> RecordWriter:
         return make_writer(self.cfg)
+
+    def transactional_writer(self, transactional_id: str) -> TransactionalWriter:
+        raise ConfigError("kafka.exactly_once needs kafka.client: confluent (librdkafka)")
 
 
 class KafkaPythonPartitionReader:

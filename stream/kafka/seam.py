@@ -45,6 +45,12 @@ class KafkaAccessError(KafkaClientError):
     cannot fix it."""
 
 
+class TransactionError(KafkaClientError):
+    """A transaction could not be committed (aborted, or this producer was fenced by a newer one with its id):
+    the outputs and offsets of the batch are discarded by Kafka, while the model has learned it. The service
+    stops; its restart resumes from the last committed transaction with the state that reflects it."""
+
+
 Rebalance = Callable[[Sequence[TopicPartition]], None]
 
 
@@ -91,8 +97,25 @@ class Consumer(Protocol):
         """Records between the position and the log end of each assigned partition whose end is known."""
         ...
 
+    def group_metadata(self) -> object:
+        """The group's generation and member id, for a transaction's offsets (only backends with transactions)."""
+        ...
+
     def close(self) -> None:
         """Leave the group without committing."""
+        ...
+
+
+class TransactionalWriter(RecordWriter, Protocol):
+    """A writer whose records, with the consumer's offsets, are committed in one Kafka transaction."""
+
+    def begin(self) -> None:
+        """Open a transaction if none is open."""
+        ...
+
+    def commit(self, offsets: Mapping[TopicPartition, int], group: object) -> None:
+        """Add ``offsets`` (the consumer ``group``'s, from `Consumer.group_metadata`) to the open transaction and
+        commit it; raises TransactionError when Kafka aborted it."""
         ...
 
 
@@ -113,3 +136,7 @@ class KafkaBackend(Protocol):
     def consumer(self) -> Consumer: ...
 
     def writer(self) -> RecordWriter: ...
+
+    def transactional_writer(self, transactional_id: str) -> TransactionalWriter:
+        """A writer for ``kafka.exactly_once``; ConfigError on a backend without transactions."""
+        ...

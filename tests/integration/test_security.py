@@ -127,7 +127,10 @@ def test_service_runs_end_to_end_over_a_secured_listener(secure_broker: LocalKaf
         def done() -> bool:
             assert proc.poll() is None, log.read_text()
             return len(read_topic(plain, f"{topic_prefix}-pred", timeout=10)) >= EVENTS
-        wait_for(done, 120, f"{EVENTS} predictions over {variant}", interval=1.0)
+        try:
+            wait_for(done, 120, f"{EVENTS} predictions over {variant}", interval=1.0)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; the service's log:\n{log.read_text()[-6000:]}") from None
     finally:
         rc = _stop(proc)
     assert rc == 0, log.read_text()[-3000:]

@@ -111,11 +111,13 @@ class Member:
     """One instance: its pipeline (label join + dedup window), checkpointer and consumer."""
 
     def __init__(self, kafka: Topics, group: Group, directory: Path | None = None, *, chunk_bytes: int = 500_000,
-                 every_events: int = 1000) -> None:
+                 every_events: int = 1000, exactly_once: bool = False) -> None:
         self.kafka, self.registry = kafka, CollectorRegistry()
         learner = build_learner(ModelSettings(name="GaussianNB"))
         self.metrics = ServiceMetrics(self.registry, model=learner.name, task=learner.task)
         sink = OutputSink(kafka, "pred", "dlq", self.metrics)
+        self.sink = sink
+        self.transactions: list[str] = []
         self.proc: EventProcessor = build_processor(learner, sink, self.metrics, rolling_window=10,
                                                     max_payload_bytes=10_000, dedup_window=100,
                                                     join=LabelJoin(3_600_000, 1000), labels_topic=LABELS)
@@ -125,7 +127,8 @@ class Member:
         self.ck = Checkpointer(CheckpointSettings(directory=str(directory) if directory else None,
                                                   every_events=every_events),
                                self.proc, self.metrics, parts=partitioned(self.proc), changelog=changelog,
-                               flush=sink.flush, commit=self._commit, member="m")
+                               flush=sink.flush, commit=self._commit, member="m",
+                               begin=(lambda: self.transactions.append("begin")) if exactly_once else None)
 
     def _commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if self.commits_land:
@@ -311,3 +314,34 @@ def test_a_restart_sets_aside_a_checkpoint_whose_commit_did_not_land(tmp_path: P
     assert again.source("checkpoint") == 1
     again.process([event(0, 1, "e1", 0)])
     assert again.learned() == 2
+
+
+def test_exactly_once_commits_every_batch_and_a_next_owner_replays_the_gap_without_outputs(tmp_path: Path) -> None:
+    """With transactions, offsets are committed every batch and the state every interval: the next owner takes
+    the newest state not ahead of the committed offsets and learns the records between without publishing."""
+    kafka, group = Topics(), Group()
+    a = Member(kafka, group, tmp_path / "a", every_events=3, exactly_once=True)
+    a.assign(0)
+    a.process([event(0, 0, "e0", 1), event(0, 1, "e1", 0), event(0, 2, "e2"), label(0, 0, "zz", 1)])
+    a.ck.end_batch()  # a save point (4 records): snapshot at 3 / 1, committed 3 / 1
+    a.process([event(0, 3, "e3", 1), label(0, 1, "e2", 1)])
+    a.ck.end_batch()  # no save point: the transaction commits the offsets only
+    assert group.committed_offsets == {TopicPartition(IN, 0): 4, TopicPartition(LABELS, 0): 2}
+    assert a.transactions == ["begin"]  # the save point's snapshots joined the batch's transaction
+    predictions = len(kafka.logs[TopicPartition("pred", 0)])
+
+    b = Member(kafka, group, exactly_once=True)  # A died: B takes partition 0 over
+    b.assign(0)
+    assert b.source("changelog") == 1
+    assert b.ck.catch_up == {TopicPartition(IN, 0): 4, TopicPartition(LABELS, 0): 2}
+    again, live = b.ck.replaying([event(0, 3, "e3", 1), label(0, 1, "e2", 1), event(0, 4, "e4", 0)])
+    assert [r.offset for r in again] == [3, 1] and [r.offset for r in live] == [4]
+    b.sink.muted = True
+    b.process(list(again))
+    b.sink.muted = False
+    b.process(list(live))
+    b.ck.end_batch()
+    assert group.committed_offsets == {TopicPartition(IN, 0): 5, TopicPartition(LABELS, 0): 2}
+    assert b.ck.catch_up == {}
+    assert b.learned() == 3  # e3, e2 (its label), e4: what A learned since its save point, and the new one
+    assert len(kafka.logs[TopicPartition("pred", 0)]) == predictions + 1  # only e4 is published
