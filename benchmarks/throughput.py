@@ -6,12 +6,13 @@
 (b) in-process: River LogisticRegression (with scaling) predict+learn on the same events, decoded
     beforehand (no Kafka).
 (c) service: the real run loop end to end (consume, decode, validate, predict, publish the
-    prediction, learn, flush, commit), on each backend; each figure the median of --runs runs.
+    prediction, learn, flush, commit), on each backend, and on librdkafka with kafka.exactly_once (a
+    transaction per batch); each figure the median of --runs runs.
 
 Each rate is measured from the first consumed batch to the last commit. Prints a table, then one JSON
 line: passthrough_eps(_confluent), inprocess_eps, service_eps_confluent, service_eps_kafka_python,
-service_eps (the default backend's), ratio_confluent = service_eps_confluent / min(passthrough_eps_confluent,
-inprocess_eps) and ratio_kafka_python likewise.
+service_eps_exactly_once, service_eps (the default backend's), ratio_confluent = service_eps_confluent /
+min(passthrough_eps_confluent, inprocess_eps) and ratio_kafka_python likewise.
 
     python benchmarks/throughput.py --events 100000
 """
@@ -169,12 +170,14 @@ def main() -> None:
         pass_eps = passthrough(kafka, topic, n)
         pass_c_eps = passthrough_confluent(kafka, topic, n)
         inproc_eps = inprocess(kafka, topic, n)
-        runs: dict[str, list[float]] = {"confluent": [], "kafka-python": []}
+        variants = {"confluent": {"client": "confluent"}, "kafka-python": {"client": "kafka-python"},
+                    "exactly-once": {"client": "confluent", "exactly_once": True}}
+        runs: dict[str, list[float]] = {v: [] for v in variants}
         accuracy: dict[str, float] = {}
-        for _ in range(args.runs):  # alternating, so a noisy moment does not hit one backend only
-            for client in runs:
-                eps, accuracy[client] = service(kafka.model_copy(update={"client": client}), topic, n)
-                runs[client].append(eps)
+        for _ in range(args.runs):  # alternating, so a noisy moment does not hit one variant only
+            for variant, update in variants.items():
+                eps, accuracy[variant] = service(KafkaSettings(**{**kafka.model_dump(), **update}), topic, n)
+                runs[variant].append(eps)
         svc_c, svc_py = statistics.median(runs["confluent"]), statistics.median(runs["kafka-python"])
         ratio_c = svc_c / min(pass_c_eps, inproc_eps)
         ratio_py = svc_py / min(pass_eps, inproc_eps)
@@ -184,20 +187,22 @@ def main() -> None:
     print(f"settings: max_poll_records={kafka.max_poll_records} fetch_max_wait_ms={kafka.fetch_max_wait_ms} "
           f"max_partition_fetch_bytes={kafka.max_partition_fetch_bytes} linger_ms={kafka.linger_ms} "
           f"batch_size={kafka.batch_size} acks={kafka.acks} compression={kafka.compression_type}")
-    print(f"{'measurement':<48}{'events/s':>12}  runs")
-    print(f"{'producer (driftline produce, for reference)':<48}{produce_eps:>12,.0f}")
-    print(f"{'(a) pass-through, kafka-python':<48}{pass_eps:>12,.0f}")
-    print(f"{'(a) pass-through, confluent-kafka (librdkafka)':<48}{pass_c_eps:>12,.0f}")
-    print(f"{'(b) River LogisticRegression in-process':<48}{inproc_eps:>12,.0f}")
-    for client, label in (("confluent", "librdkafka"), ("kafka-python", "kafka-python")):
+    print(f"{'measurement':<56}{'events/s':>12}  runs")
+    print(f"{'producer (driftline produce, for reference)':<56}{produce_eps:>12,.0f}")
+    print(f"{'(a) pass-through, kafka-python':<56}{pass_eps:>12,.0f}")
+    print(f"{'(a) pass-through, confluent-kafka (librdkafka)':<56}{pass_c_eps:>12,.0f}")
+    print(f"{'(b) River LogisticRegression in-process':<56}{inproc_eps:>12,.0f}")
+    for client, label in (("confluent", "librdkafka"), ("kafka-python", "kafka-python"),
+                          ("exactly-once", "librdkafka, exactly_once")):
         shown = ", ".join(f"{r:,.0f}" for r in runs[client])
-        print(f"{f'(c) service end to end, {label} (median)':<48}{statistics.median(runs[client]):>12,.0f}  {shown}")
+        print(f"{f'(c) service end to end, {label} (median)':<56}{statistics.median(runs[client]):>12,.0f}  {shown}")
     print(f"ratio_confluent = service / min(a confluent, b) = {ratio_c:.2f}; "
           f"ratio_kafka_python = {ratio_py:.2f}; prequential accuracy {accuracy['confluent']:.4f} "
           f"(kafka-python backend: {accuracy['kafka-python']:.4f})")
     print(json.dumps({"passthrough_eps": round(pass_eps, 1), "passthrough_eps_confluent": round(pass_c_eps, 1),
                       "inprocess_eps": round(inproc_eps, 1), "service_eps": round(svc_c, 1),
                       "service_eps_confluent": round(svc_c, 1), "service_eps_kafka_python": round(svc_py, 1),
+                      "service_eps_exactly_once": round(statistics.median(runs["exactly-once"]), 1),
                       "ratio_confluent": round(ratio_c, 3), "ratio_kafka_python": round(ratio_py, 3)}))
 
 

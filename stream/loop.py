@@ -38,6 +38,7 @@ from driftline.stream.kafka.seam import (
     KafkaClientError,
     RetriableKafkaError,
     TopicPartition,
+    TransactionalWriter,
 )
 from driftline.stream.kafka.writer import RecordWriter
 from driftline.stream.observers import BatchResult
@@ -141,10 +142,8 @@ class Service:
         self.processor = processor
         parts = partitioned(processor)
         changelog = self._changelog(writer) if parts else None
-        if transactional is not None:  # each batch's outputs and offsets in one transaction
-            commit: Commit = lambda offsets: transactional.commit(offsets, consumer.group_metadata())  # noqa: E731
-        else:
-            commit = functools.partial(self._commit, consumer)
+        commit: Commit = (functools.partial(self._commit_transaction, transactional, consumer)
+                          if transactional is not None else functools.partial(self._commit, consumer))
         checkpointer = Checkpointer(s.checkpoint, processor, self.metrics, parts=parts, changelog=changelog,
                                     flush=sink.flush, commit=commit,
                                     begin=transactional.begin if transactional is not None else None,
@@ -320,6 +319,17 @@ class Service:
             # point's commit covers this one).
             self._retriable(exc)
             return
+        self._committed()
+
+    def _commit_transaction(self, writer: TransactionalWriter, consumer: Consumer,
+                            offsets: Mapping[TopicPartition, int]) -> None:
+        """kafka.exactly_once: commit the batch's transaction with these offsets. A failure is not retried here:
+        Kafka discarded the batch's outputs while the model learned it, so the service stops (TransactionError)
+        and its restart resumes from the last committed transaction."""
+        writer.commit(offsets, consumer.group_metadata())
+        self._committed()
+
+    def _committed(self) -> None:
         self.totals.last_commit_at = time.monotonic()
         self.metrics.last_commit.set_to_current_time()
 

@@ -4,9 +4,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from driftline.errors import ConfigError
-from driftline.settings import load_settings
+from driftline.settings import Settings, load_settings
 
 
 def test_defaults_are_valid_and_frozen() -> None:
@@ -119,3 +120,18 @@ def test_a_poll_interval_shorter_than_the_session_timeout_is_refused() -> None:
 
     with pytest.raises(ValueError, match=r"max_poll_interval_ms \(5000\) must be at least session_timeout_ms \(6000\)"):
         KafkaSettings(max_poll_interval_ms=5000, session_timeout_ms=6000)
+
+
+@pytest.mark.parametrize(("kafka", "message"), [
+    ({"exactly_once": True, "client": "kafka-python"}, "exactly_once needs kafka.client confluent"),
+    ({"exactly_once": True, "acks": "1"}, "exactly_once needs acks: all"),
+])
+def test_exactly_once_is_refused_where_it_cannot_hold(kafka: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(kafka=kafka)
+
+
+def test_the_partition_state_topic_defaults_to_a_valid_name_of_the_group() -> None:
+    named = Settings(kafka={"group_id": "fraud model/v2"}).partition_state_topic
+    assert named == "driftline.fraud_model_v2.partition-state"
+    assert Settings(topics={"partition_state": "mine"}).partition_state_topic == "mine"
