@@ -474,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except DriftlineError as exc:
         print(f"driftline: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code  # 2 (a configuration or access error) is not restarted into by the unit
     except KeyboardInterrupt:
         return 130
 

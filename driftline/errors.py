@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class DriftlineError(Exception):
-    """Base class of driftline's own errors."""
+    """Base class of driftline's own errors. ``exit_code``: what ``driftline`` exits with (2: fix the
+    configuration first, a supervisor should not restart into it; 1: a restart may succeed)."""
+
+    exit_code: ClassVar[int] = 2
 
 
 class ConfigError(DriftlineError):
@@ -22,6 +27,7 @@ class PublishError(DriftlineError):
     """
 
     retriable = True
+    exit_code = 1
 
 
 class KafkaSecurityError(DriftlineError):

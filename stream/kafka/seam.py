@@ -23,6 +23,7 @@ class KafkaClientError(DriftlineError):
     client library's own error class (bounded: it is a metric label)."""
 
     retriable: ClassVar[bool] = False
+    exit_code = 1  # what stops the service on its way out (an aborted transaction, ...): a restart may succeed
 
     def __init__(self, operation: str, kind: str, message: str) -> None:
         super().__init__(message)

@@ -100,3 +100,23 @@ def test_run_with_a_missing_backbone_file_fails_before_consuming(tmp_path: Path,
     assert main(["run", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "model.backbone.path" in err and str(missing) in err and "does not exist" in err
+
+
+def test_errors_a_restart_can_fix_exit_1_and_configuration_errors_exit_2(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path) -> None:
+    import argparse
+
+    from driftline import cli
+    from driftline.errors import PublishError
+
+    assert cli.main(["run", "--config", str(tmp_path / "missing.yaml")]) == 2  # ConfigError: fix it first
+
+    def failing(args: argparse.Namespace) -> int:
+        raise PublishError("outputs were not delivered")
+
+    def parser() -> argparse.ArgumentParser:
+        p = argparse.ArgumentParser()
+        p.set_defaults(func=failing)
+        return p
+    monkeypatch.setattr(cli, "build_parser", parser)
+    assert cli.main([]) == 1  # the unit restarts it; the batch is consumed again

@@ -10,7 +10,9 @@ from typing import Any
 
 import yaml
 
+from driftline.errors import ConfigError, KafkaSecurityError, PublishError
 from driftline.settings import MetricsSettings, Settings
+from driftline.stream.kafka.seam import TransactionError
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 CONFIG = "/etc/driftline/driftline.yaml"
@@ -78,8 +80,9 @@ def test_systemd_unit_runs_the_service_and_does_not_restart_into_a_config_error(
     svc = unit["Service"]
     assert svc["ExecStart"].endswith(f"driftline run --config {CONFIG}")
     assert svc["KillSignal"] == "SIGTERM" and svc["User"] == "driftline"
-    cli = (DEPLOY.parent / "driftline" / "cli.py").read_text()
-    assert "return 2" in cli and svc["RestartPreventExitStatus"] == "2"  # ConfigError exits 2
+    assert svc["RestartPreventExitStatus"] == "2"
+    assert ConfigError.exit_code == KafkaSecurityError.exit_code == 2  # not restarted into
+    assert PublishError.exit_code == TransactionError.exit_code == 1  # restarted: the batch is consumed again
 
 
 def test_compose_wires_kafka_driftline_prometheus_and_grafana_with_the_shipped_files() -> None:
