@@ -113,6 +113,11 @@ class KafkaSettings(Frozen):
     sasl: KafkaSaslSettings = Field(default_factory=KafkaSaslSettings)
     client_id: str = "driftline"
     group_id: str = "driftline"
+    # Static group membership (KIP-345): an id unique per process and stable across its restarts, e.g. a
+    # StatefulSet pod's name (DRIFTLINE_KAFKA__INSTANCE_ID). A restarted member reclaims its partitions without a
+    # rebalance if it is back within session_timeout_ms; a stopped one does not leave the group (its partitions
+    # move after session_timeout_ms). Two processes with one id fence each other: the older one stops (exit 2).
+    instance_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     # consumer
     max_poll_records: int = Field(1000, ge=1, le=100_000)
@@ -151,6 +156,13 @@ class KafkaSettings(Frozen):
     def backend(self) -> Literal["confluent", "kafka-python"]:
         """The client library ``client`` selects (auto: confluent)."""
         return "kafka-python" if self.client == "kafka-python" else "confluent"
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_id(cls, v: str | None) -> str | None:
+        if v in (".", ".."):
+            raise ValueError(f"instance_id {v!r} is not a valid group.instance.id")
+        return v
 
     @model_validator(mode="after")
     def _exactly_once(self) -> KafkaSettings:

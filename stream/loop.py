@@ -229,9 +229,12 @@ class Service:
         self.metrics.replayed.inc(result.consumed)
 
     def _transactional_id(self) -> str:
-        """Stable across restarts of one instance (its checkpoint directory on this host), so a restart fences the
-        process it replaces and aborts what that one left open at once; without a directory, this process's."""
+        """Stable across restarts of one instance (kafka.instance_id, else its checkpoint directory on this host),
+        so a restart fences the process it replaces and aborts what that one left open at once; without either,
+        this process's own."""
         s = self.settings
+        if s.kafka.instance_id:
+            return f"driftline-{s.kafka.group_id}-{s.kafka.instance_id}"
         where = (f"{socket.gethostname()}:{os.path.abspath(s.checkpoint.directory)}" if s.checkpoint.directory
                  else f"{socket.gethostname()}:{os.getpid()}")
         return f"driftline-{s.kafka.group_id}-{hashlib.sha256(where.encode()).hexdigest()[:16]}"

@@ -27,6 +27,7 @@ from driftline.stream.kafka.kafka_python import KafkaAdmin
 from driftline.stream.kafka.rdkafka import ACCESS_ERRORS, ClientErrors, properties
 from driftline.stream.kafka.seam import (
     CommitLostError,
+    FencedInstanceError,
     KafkaAccessError,
     KafkaClientError,
     Rebalance,
@@ -48,6 +49,9 @@ _LOST = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaE
 def _error(operation: str, err: KafkaError) -> KafkaClientError:
     code = err.code()
     kind = err.name()
+    if code == KafkaError.FENCED_INSTANCE_ID:
+        return FencedInstanceError(operation, kind, f"another process joined the group with this kafka.instance_id "
+                                                    f"({err.str()}); instance ids must be unique per process")
     if code in ACCESS_ERRORS:
         return KafkaAccessError(operation, kind, err.str())
     if code in _LOST:
@@ -106,6 +110,7 @@ class ConfluentConsumer:
             "max.partition.fetch.bytes": cfg.max_partition_fetch_bytes,
             # an event's partition and its label's stay on one member (the label join needs it)
             "partition.assignment.strategy": "range", "on_commit": self._committed,
+            **({"group.instance.id": cfg.instance_id} if cfg.instance_id else {}),
         })
         self._positions: dict[TopicPartition, int] = {}
         self._commit_failed: KafkaError | None = None
@@ -152,6 +157,7 @@ class ConfluentConsumer:
                 if msgs and most > 1:
                     msgs += consume(num_messages=most - 1, timeout=0)
         except KafkaException as exc:
+            _raise_refused(self._errors)  # the reason librdkafka gave its error callback, when it is more precise
             raise _error("poll", exc.args[0]) from exc
         _raise_refused(self._errors)
         out = _records(msgs)

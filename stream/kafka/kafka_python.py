@@ -13,6 +13,7 @@ from kafka import TopicPartition as KafkaTopicPartition
 from kafka.errors import (
     AuthorizationError,
     CommitFailedError,
+    FencedInstanceIdError,
     IllegalGenerationError,
     RebalanceInProgressError,
     RetriableError,
@@ -26,6 +27,7 @@ from driftline.stream.kafka.clients import ensure_topics, make_consumer, topic_p
 from driftline.stream.kafka.preflight import check_connection
 from driftline.stream.kafka.seam import (
     CommitLostError,
+    FencedInstanceError,
     KafkaAccessError,
     Rebalance,
     RetriableKafkaError,
@@ -44,6 +46,9 @@ def _mapped(operation: str) -> Iterator[None]:
         yield
     except (SaslAuthenticationFailedError, AuthorizationError) as exc:
         raise KafkaAccessError(operation, type(exc).__name__, str(exc)) from exc
+    except FencedInstanceIdError as exc:
+        raise FencedInstanceError(operation, type(exc).__name__, f"another process joined the group with this "
+                                  f"kafka.instance_id ({exc}); instance ids must be unique per process") from exc
     except _LOST as exc:
         raise CommitLostError(operation, type(exc).__name__, str(exc)) from exc
     except RetriableError as exc:
@@ -177,7 +182,8 @@ class KafkaAdmin:
 
 class KafkaPythonBackend(KafkaAdmin):
     def consumer(self) -> KafkaPythonConsumer:
-        return KafkaPythonConsumer(make_consumer(self.cfg))
+        static = {"group_instance_id": self.cfg.instance_id} if self.cfg.instance_id else {}
+        return KafkaPythonConsumer(make_consumer(self.cfg, **static))
 
     def writer(self) -> RecordWriter:
         return make_writer(self.cfg)

@@ -28,7 +28,7 @@ _GROUP = "the service owns the group protocol and membership"
 RDKAFKA_OWNED: dict[str, str] = {
     "bootstrap.servers": "kafka.bootstrap_servers", "metadata.broker.list": "kafka.bootstrap_servers",
     "client.id": "kafka.client_id", "group.id": "kafka.group_id",
-    "group.instance.id": _GROUP, "group.protocol": _GROUP, "group.remote.assignor": _GROUP,
+    "group.instance.id": "kafka.instance_id", "group.protocol": _GROUP, "group.remote.assignor": _GROUP,
     "enable.auto.commit": _COMMITS, "auto.commit.enable": _COMMITS, "auto.commit.interval.ms": _COMMITS,
     "enable.auto.offset.store": _COMMITS, "offset.store.method": _COMMITS, "enable.partition.eof": _COMMITS,
     "partition.assignment.strategy": _ASSIGNMENT,
@@ -56,7 +56,7 @@ RDKAFKA_ALLOWED: frozenset[str] = frozenset({"ssl.cipher.suites", "ssl.curves.li
 # kafka-python keyword names -> what to use instead
 PYTHON_OWNED: dict[str, str] = {
     "bootstrap_servers": "kafka.bootstrap_servers", "client_id": "kafka.client_id", "group_id": "kafka.group_id",
-    "group_instance_id": _GROUP, "enable_auto_commit": _COMMITS, "auto_commit_interval_ms": _COMMITS,
+    "group_instance_id": "kafka.instance_id", "enable_auto_commit": _COMMITS, "auto_commit_interval_ms": _COMMITS,
     "default_offset_commit_callback": _COMMITS, "partition_assignment_strategy": _ASSIGNMENT,
     "isolation_level": _EXACTLY_ONCE, "transactional_id": _EXACTLY_ONCE, "enable_idempotence": _EXACTLY_ONCE,
     "acks": "kafka.acks", "auto_offset_reset": "kafka.auto_offset_reset",

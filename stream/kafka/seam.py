@@ -46,6 +46,13 @@ class KafkaAccessError(KafkaClientError):
     cannot fix it."""
 
 
+class FencedInstanceError(KafkaClientError):
+    """Another process joined the group with this process's kafka.instance_id: ids must be unique per process.
+    A restart would fence the other one in turn, so it exits 2 (fix the configuration)."""
+
+    exit_code = 2
+
+
 class TransactionError(KafkaClientError):
     """A transaction could not be committed (aborted, or this producer was fenced by a newer one with its id):
     the outputs and offsets of the batch are discarded by Kafka, while the model has learned it. The service

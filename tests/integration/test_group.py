@@ -188,3 +188,51 @@ def test_one_of_two_members_killed_three_times_mid_stream_the_group_predicts_all
         assert duplicates == 0
     assert read_topic(kafka_bootstrap, f"{topic_prefix}-dlq", timeout=3) == []
     _learned_by_the_group(tmp_path, truth)
+
+
+def test_a_static_member_killed_and_restarted_reclaims_its_partitions_without_a_rebalance(
+        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    """kafka.instance_id (static membership): B is SIGKILLed and restarted within the session timeout; it gets its
+    partitions back without a rebalance: A, which keeps running, sees no revoke and no new assignment."""
+    topic, labels, group = f"{topic_prefix}-in", f"{topic_prefix}-labels", f"{topic_prefix}-group"
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    ensure_topics(kafka, [topic, labels], partitions=PARTITIONS)
+    events, truth = _events(seed=7)
+    a = ServiceProcess(_config(tmp_path, kafka_bootstrap, topic_prefix, "a", instance_id="a",
+                               session_timeout_ms=30_000), tmp_path / "a.log")
+    b_cfg = _config(tmp_path, kafka_bootstrap, topic_prefix, "b", instance_id="b", session_timeout_ms=30_000)
+    b = ServiceProcess(b_cfg, tmp_path / "b0.log")
+    done = threading.Event()
+    producer = threading.Thread(target=_stream, args=(kafka_bootstrap, events, truth, topic, labels, done),
+                                kwargs={"rate": 500.0})
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        assigned = 'driftline_partition_assignments_total{state="%s"}'
+        wait_for(lambda: sum(a.metric(assigned % s) for s in ("checkpoint", "changelog", "none")) >= 2
+                 and sum(b.metric(assigned % s) for s in ("checkpoint", "changelog", "none")) >= 2, 60,
+                 "both members to hold two partitions each")
+        time.sleep(3)  # A's own on_assign of that rebalance has run by now
+        before = {s: a.metric(assigned % s) for s in ("checkpoint", "changelog", "none")}
+        producer.start()
+        wait_for(lambda: b.metric('driftline_events_total{outcome="consumed"}') >= 1_000, 60, "B to consume 1,000")
+        b.kill()
+        killed_at = time.monotonic()
+        b = ServiceProcess(b_cfg, tmp_path / "b1.log")
+        b.wait_ready()
+        wait_for(lambda: b.metric('driftline_events_total{outcome="consumed"}') > 0, 30, "B to consume again")
+        back_after = time.monotonic() - killed_at
+        assert not done.is_set(), "the stream ended before B came back: the test proves nothing"
+        producer.join(180)
+        ends = {t: end_offsets(kafka_bootstrap, t) for t in (topic, labels)}
+        wait_for(lambda: all(committed_offsets(kafka_bootstrap, group, t) == e for t, e in ends.items()), 120,
+                 "the group to consume and commit everything")
+        after = {s: a.metric(assigned % s) for s in ("checkpoint", "changelog", "none")}
+    finally:
+        if producer.ident is not None:
+            producer.join(180)
+        assert b.terminate() == 0, b.log()
+        assert a.terminate() == 0, a.log()
+    print(f"static member back {back_after:.1f} s after its SIGKILL (session timeout 30 s)")
+    assert after == before, "A was given partitions again: the restart rebalanced the group"
+    _learned_by_the_group(tmp_path, truth)
