@@ -41,7 +41,7 @@ from driftline.stream.records import InboundRecord
 
 log = logging.getLogger(__name__)
 
-Commit = Callable[[Mapping[TopicPartition, int]], None]
+Commit = Callable[[Mapping[TopicPartition, int]], bool]  # False: not committed now (retriable), retried soon
 Committed = Callable[[Sequence[TopicPartition]], dict[TopicPartition, int | None]]
 
 
@@ -70,6 +70,9 @@ class Checkpointer:
         self.member = member
         self.catch_up: dict[TopicPartition, int] = {}  # replay below these offsets without outputs (exactly_once)
         self._saved: set[TopicPartition] = set()  # partitions the last save point had an offset for
+        self._uncommitted = False  # the last save point's commit failed: retried
+        self._committed_at: dict[TopicPartition, int] = {}  # the group's offsets as this member last knew them
+        self._held: set[int] = set()  # partitions lost (eviction) whose state is kept in case they come back
         self._seek: Callable[[TopicPartition, int], None] = lambda tp, offset: None  # the consumer's, when assigned
         self.parts = list(parts)
         self.offsets: dict[TopicPartition, int] = {}  # next offset the in-memory state has consumed to
@@ -164,9 +167,10 @@ class Checkpointer:
 
     def due(self) -> bool:
         """Whether a save point is due: every_events or every_seconds passed with records, or a partition was
-        consumed that the last save point had no offset for (so every committed offset has a state)."""
+        consumed that the last save point had no offset for (so every committed offset has a state); or the
+        last save point's commit failed and a second has passed (it is retried, also on a quiet stream)."""
         if self._since == 0:
-            return False
+            return self._uncommitted and time.monotonic() - self._last >= min(1.0, self.cfg.every_seconds)
         return (self._since >= self.cfg.every_events or time.monotonic() - self._last >= self.cfg.every_seconds
                 or (self.begin is not None and not self._saved.issuperset(self.offsets)))
 
@@ -184,6 +188,9 @@ class Checkpointer:
         snapshots (flushed), the checkpoint, then the commit of the offsets they reflect. Outputs of the
         processed records must be flushed already."""
         if self._since == 0 and not changed and not self._dirty:
+            if self._uncommitted:  # the last save point's commit failed (Kafka away): only the commit again
+                self._commit_owned()
+                self._last = time.monotonic()
             return False
         if self.begin is not None:
             self.begin()  # snapshots, and the offsets, in the batch's transaction (or one of their own)
@@ -200,7 +207,9 @@ class Checkpointer:
         ahead = self.catch_up  # never commit below what a transaction committed already
         owned = {tp: max(o, ahead.get(tp, o)) for tp, o in self.offsets.items() if tp.partition in self._owned}
         if self.commit is not None and (owned or self.begin is not None):
-            self.commit(owned)
+            self._uncommitted = not self.commit(owned)
+            if not self._uncommitted:
+                self._committed_at.update(owned)
 
     def _write_snapshots(self) -> None:
         changelog, dirty = self.changelog, self._dirty & self._owned
@@ -234,9 +243,13 @@ class Checkpointer:
         self._forget({tp.partition for tp in partitions})
 
     def lost(self, partitions: Sequence[TopicPartition]) -> None:
-        """Partitions already gone (this member was evicted): another member may own them and have read their
-        state, so nothing is written for them; their state here is let go."""
-        self._forget({tp.partition for tp in partitions})
+        """Partitions already gone (this member was evicted, e.g. the coordinator was away longer than the
+        session timeout): another member may own them and have read their state, so nothing is written for them.
+        Their state here is kept until the next assignment: if they come back and nobody committed for them
+        meanwhile, this member goes on from where it was (its model learned past the last commit)."""
+        numbers = {tp.partition for tp in partitions}
+        self._held |= numbers
+        self._owned -= numbers
 
     def assigned(self, consumer: Consumer, partitions: Iterable[TopicPartition]) -> None:
         """Start each assigned partition from the group's committed offset with the state that reflects it;
@@ -253,14 +266,28 @@ class Checkpointer:
             self._take(p, mine, snapshots.get(p, []))
         self._owned |= set(numbers)
         self._restored = set()
+        self._held = set()
         self._forget_unowned()
 
     def _take(self, p: int, committed: Mapping[TopicPartition, int | None], snaps: Sequence[Snapshot]) -> None:
         """Partition ``p`` resumes at the committed offsets with the state that reflects them exactly. With
         exactly_once (a transaction per batch, a save point per interval) the newest state not ahead of them is
         taken instead, and the records between it and the committed offsets are replayed without outputs."""
-        local = {tp: o for tp, o in self.offsets.items() if tp.partition == p} if p in self._restored else None
         where = ", ".join(f"{tp.topic} at {c}" for tp, c in sorted(committed.items()) if c is not None)
+        if p in self._held:
+            if all(c == self._committed_at.get(tp) for tp, c in committed.items()):
+                self._dirty.add(p)  # back after an eviction, nobody took it meanwhile: go on from where it was
+                for tp, o in self.offsets.items():
+                    if tp.partition == p and o != committed.get(tp):
+                        self._seek(tp, o)
+                self._committed_at.update({tp: c for tp, c in committed.items() if c is not None})
+                self._saved |= {tp for tp in self.offsets if tp.partition == p}
+                log.info("partition %d is back after an eviction with nothing committed meanwhile: it goes on "
+                         "from this member's own position", p)
+                self.metrics.partition_assignments.labels("checkpoint").inc()
+                return
+            self._drop(p)
+        local = {tp: o for tp, o in self.offsets.items() if tp.partition == p} if p in self._restored else None
         fits = behind if self.begin is not None else reflects
         state: dict[TopicPartition, int] | None = None
         if local is not None and fits(local, committed):
@@ -291,6 +318,7 @@ class Checkpointer:
                 log.info("partition %s-%d replays offsets %d..%d without outputs (committed by a transaction "
                          "after the state was saved)", tp.topic, tp.partition, start, c)
         self._saved |= {tp for tp, c in committed.items() if c is not None}
+        self._committed_at.update({tp: c for tp, c in committed.items() if c is not None})
         self.metrics.partition_assignments.labels(source).inc()
 
     def _load(self, p: int, snap: Snapshot) -> bool:

@@ -251,6 +251,7 @@ class Service:
                 continue
             quarantine.record_begins(rec)
             self.totals.add(processor.process([rec]))
+        quarantine.records_done()
 
     def _changelog(self, writer: RecordWriter) -> Changelog:
         """The compacted topic partition state travels on, with the input's partition count."""
@@ -310,27 +311,28 @@ class Service:
         if trained is not None and not trained.drain(timeout):
             log.warning("training did not finish within %.0fs; the pending windows go into the checkpoint", timeout)
 
-    def _commit(self, consumer: Consumer, offsets: Mapping[TopicPartition, int]) -> None:
-        """Commit the offsets a save point's state reflects, waiting for the broker. A failed commit is
-        covered by the next save point's; until then a partition that moves resumes from the last commit
-        (its events since are consumed again) and a restart from this instance's checkpoint."""
+    def _commit(self, consumer: Consumer, offsets: Mapping[TopicPartition, int]) -> bool:
+        """Commit the offsets a save point's state reflects, waiting for the broker; whether it did. A failed
+        commit is retried a second later (or covered by the next save point's); until then a partition that
+        moves resumes from the last commit (its events since are consumed again)."""
         try:
             consumer.commit(offsets)
         except (CommitLostError, RetriableKafkaError) as exc:
             # Either the group rebalanced while we processed (the partitions' new owner resumes from the last
-            # commit), or Kafka is unreachable for now (broker restart, coordinator moving: the next save
-            # point's commit covers this one).
+            # commit), or Kafka is unreachable for now (broker restart, coordinator moving).
             self._retriable(exc)
-            return
+            return False
         self._committed()
+        return True
 
     def _commit_transaction(self, writer: TransactionalWriter, consumer: Consumer,
-                            offsets: Mapping[TopicPartition, int]) -> None:
+                            offsets: Mapping[TopicPartition, int]) -> bool:
         """kafka.exactly_once: commit the batch's transaction with these offsets. A failure is not retried here:
         Kafka discarded the batch's outputs while the model learned it, so the service stops (TransactionError)
         and its restart resumes from the last committed transaction."""
         writer.commit(offsets, consumer.group_metadata())
         self._committed()
+        return True
 
     def _committed(self) -> None:
         self.totals.last_commit_at = time.monotonic()

@@ -350,3 +350,29 @@ def test_a_plain_kill_quarantines_nothing(tmp_path: Path) -> None:
     totals = service(FakeBackend(Script([records(0, 10)])), tmp_path, learner=Deadly("none")).run()
     assert (totals.consumed, totals.predicted, totals.dead_lettered) == (10, 10, 0)
     assert not (tmp_path / "inflight.json").exists()
+
+
+def test_a_kill_while_waiting_after_a_careful_batch_quarantines_nothing(tmp_path: Path) -> None:
+    """Run 2 takes the suspect batch one record at a time, all pass, then it is killed while it waits for the
+    next batch: the last record it handled is not in hand any more and must not be condemned (it was: the
+    marker kept naming it until the next batch)."""
+    assert _run_until_death(FakeBackend(Script([records(0, 10)])), tmp_path, Deadly("e3"))
+    killed = RuntimeError("SIGKILL while polling")  # escapes the loop like a death: the marker stays
+    with pytest.raises(RuntimeError):
+        service(FakeBackend(Script([records(0, 10), killed])), tmp_path, learner=Deadly("none")).run()
+    assert json.loads((tmp_path / "inflight.json").read_text())["record"] is None
+    totals = service(FakeBackend(Script([records(0, 10)])), tmp_path, learner=Deadly("none")).run()
+    assert (totals.consumed, totals.predicted, totals.dead_lettered) == (10, 10, 0)
+
+
+def test_a_failed_commit_is_retried_even_when_no_record_comes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save point's commit that fails (the broker restarting) is retried a second later on a quiet stream;
+    it used to wait for the next record, so the tail of a stream stayed uncommitted."""
+    errors = [RetriableKafkaError("commit", "_WAIT_COORD", "waiting for coordinator")]
+    quiet: list[InboundRecord] = []
+    backend = FakeBackend(Script([records(0, 5), *([quiet] * 3)]), commit_errors=errors)
+    clock = iter(float(t) for t in range(0, 1000, 1))  # each call: one second later
+    monkeypatch.setattr("driftline.stream.checkpointing.time.monotonic", lambda: next(clock))
+    service(backend).run()
+    assert backend.consumer_ is not None and backend.consumer_.offsets == {TP: 5}
+    assert backend.calls[:5] == ["poll", "flush", "poll", "commit", "poll"]  # retried while the stream is quiet

@@ -130,9 +130,10 @@ class Member:
                                flush=sink.flush, commit=self._commit, member="m",
                                begin=(lambda: self.transactions.append("begin")) if exactly_once else None)
 
-    def _commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    def _commit(self, offsets: Mapping[TopicPartition, int]) -> bool:
         if self.commits_land:
             self.consumer.commit(offsets)
+        return self.commits_land
 
     def process(self, records: list[InboundRecord]) -> None:
         self.proc.process(records)
@@ -257,14 +258,20 @@ def test_large_snapshots_are_chunked_a_torn_write_leaves_the_previous_and_a_corr
     assert d.source("changelog") == 1 and len(d.proc.labels.join.pending) == 21  # type: ignore[union-attr]
 
 
-def test_lost_partitions_are_forgotten_without_writing_their_state() -> None:
+def test_lost_partitions_are_not_written_and_come_back_with_their_state_only_if_nobody_committed_meanwhile() -> None:
     kafka, group = Topics(), Group()
     a = Member(kafka, group)
-    a.assign(0)
-    a.process([event(0, 0, "e0")])
-    a.ck.lost([TopicPartition(IN, 0), TopicPartition(LABELS, 0)])
+    a.assign(0, 1)
+    a.process([event(0, 0, "e0"), event(1, 0, "f0")])
+    a.ck.lost([TopicPartition(t, p) for p in (0, 1) for t in (IN, LABELS)])  # evicted (the broker was away)
     assert kafka.logs.get(TopicPartition(LOG, 0)) is None and group.committed_offsets == {}
-    assert a.proc.labels.join.pending == {}  # type: ignore[union-attr]
+    group.committed_offsets[TopicPartition(IN, 1)] = 5  # partition 1 was moved on by another member meanwhile
+    a.consumer.sought.clear()
+    a.assign(0, 1)
+    assert a.source("checkpoint") == 1  # partition 0: back, nothing committed since: from its own position
+    assert a.consumer.sought == {TopicPartition(IN, 0): 1}
+    assert set(a.proc.labels.join.pending) == {"e0"}  # type: ignore[union-attr]  # f0 went with partition 1
+    assert a.ck.offsets == {TopicPartition(IN, 0): 1, TopicPartition(IN, 1): 5}
 
 
 @pytest.mark.parametrize("snapshot", [b"{}", b'{"format": 2}', b"\xff"])
