@@ -17,8 +17,9 @@ belongs to a save point whose commit did not land: it is set aside). When partit
 starts from the group's committed offset with the state that reflects it: this instance's checkpoint (right
 after a restart, for the partitions it held) or a snapshot on the changelog (the last owner's, or the one
 before it); neither: no pending joins. Partitions that are revoked are saved, committed and then forgotten;
-partitions lost without a revoke (the member was evicted) are forgotten without a save: another member may
-own them already.
+partitions lost without a revoke (the member was evicted) are not written (another member may own them
+already) and are kept only until the next assignment, which gives them back to this member's own position if
+nobody committed for them meanwhile.
 """
 
 from __future__ import annotations
@@ -158,12 +159,14 @@ class Checkpointer:
         """The records below their partition's catch-up offset (their outputs were committed already: they are
         learned again without outputs), and the others."""
         ends = self.catch_up
-        again = [r for r in records if (e := ends.get(TopicPartition(r.topic, r.partition))) is not None
-                 and r.offset < e]
-        if not again:
+        if not ends:  # every batch but the first few after a move: no per-record work
             return (), records
-        return again, [r for r in records if (e := ends.get(TopicPartition(r.topic, r.partition))) is None
-                       or r.offset >= e]
+        again: list[InboundRecord] = []
+        live: list[InboundRecord] = []
+        for r in records:
+            e = ends.get(TopicPartition(r.topic, r.partition))
+            (again if e is not None and r.offset < e else live).append(r)
+        return again, live
 
     def due(self) -> bool:
         """Whether a save point is due: every_events or every_seconds passed with records, or a partition was

@@ -127,7 +127,8 @@ class Service:
         # keyed by event id with the input's partition count, so an event and its label meet in one instance.
         outputs = [s.topics.predictions, s.topics.dead_letter,
                    *(t for t in (s.topics.labels, s.topics.expired, s.topics.audit) if t)]
-        kafka.ensure_topics(outputs, partitions=kafka.topic_partitions(s.topics.input))
+        input_partitions = kafka.topic_partitions(s.topics.input)
+        kafka.ensure_topics(outputs, partitions=input_partitions)
         inputs = [s.topics.input, *([s.topics.labels] if s.topics.labels else [])]
         if self.http is not None:
             self.http.start()
@@ -141,7 +142,7 @@ class Service:
                                             expired_topic=s.topics.expired, audit_topic=s.topics.audit)
         self.processor = processor
         parts = partitioned(processor)
-        changelog = self._changelog(writer) if parts else None
+        changelog = self._changelog(writer, input_partitions) if parts else None
         commit: Commit = (functools.partial(self._commit_transaction, transactional, consumer)
                           if transactional is not None else functools.partial(self._commit, consumer))
         checkpointer = Checkpointer(s.checkpoint, processor, self.metrics, parts=parts, changelog=changelog,
@@ -253,11 +254,10 @@ class Service:
             self.totals.add(processor.process([rec]))
         quarantine.records_done()
 
-    def _changelog(self, writer: RecordWriter) -> Changelog:
-        """The compacted topic partition state travels on, with the input's partition count."""
+    def _changelog(self, writer: RecordWriter, want: int) -> Changelog:
+        """The compacted topic partition state travels on, with the input's partition count (``want``)."""
         s, kafka = self.settings, self.kafka
         topic = s.partition_state_topic
-        want = kafka.topic_partitions(s.topics.input)
         kafka.ensure_topics([topic], partitions=want, configs=COMPACTED)
         have = kafka.topic_partitions(topic)
         if have < want:
@@ -275,9 +275,10 @@ class Service:
 
     def _lost(self, partitions: Sequence[TopicPartition]) -> None:
         """This member was evicted from the group (a poll came later than kafka.max_poll_interval_ms, or
-        heartbeats stopped): its partitions may belong to another member already, which resumes them from the
-        last save point; nothing is written for them here (this member's learning since then stays in its
-        model: those events are learned by both)."""
+        heartbeats stopped, the coordinator was away): its partitions may belong to another member already,
+        which resumes them from the last save point; nothing is written for them here. Their state is kept until
+        the next assignment: back here with nothing committed meanwhile, they go on from this member's position
+        (taken by another member, the events since the last save point are learned by both)."""
         self.metrics.kafka_errors.labels("rebalance", "partitions_lost").inc()
         log.warning("kafka: lost %d partitions without a revoke (this member was evicted from the group); "
                     "rejoining", len(partitions))
