@@ -66,7 +66,9 @@ def _run_until_consumed(cfg: Path, log: Path, n: int) -> dict[str, float]:
 @pytest.mark.slow
 def test_5000_events_one_prediction_each_accuracy_and_commits(kafka_bootstrap: str, topic_prefix: str,
                                                               tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "c.yaml", kafka_bootstrap, topic_prefix, model=MODEL)
+    # Offsets are committed at save points only: every 2 s here (the default 30 s raced the wait below).
+    cfg = write_config(tmp_path / "c.yaml", kafka_bootstrap, topic_prefix, model=MODEL,
+                       checkpoint={"every_seconds": 2.0})
     events = _sea(5000, "sea-")
     produce_events(kafka_bootstrap, f"{topic_prefix}-in", events)
     svc = ServiceProcess(cfg, tmp_path / "svc.log")
