@@ -260,6 +260,31 @@ class CheckpointSettings(Frozen):
     keep: int = Field(3, ge=1, le=1000)
 
 
+class SyncSettings(Frozen):
+    """One model for the consumer group: members merge what they learned over a Kafka topic (`stream.sync`).
+    ``average``: federated averaging of the model's parameters, weighted by labeled events (River's linear
+    models: LogisticRegression, Perceptron, LinearRegression, SoftmaxRegression, with their scaler)."""
+
+    mode: Literal["none", "average"] = "none"
+    # The sync topic (one partition: its order is the order every member merges in; compacted); None:
+    # "driftline.<group id>.sync".
+    topic: str | None = None
+    # A member sends its update at the first save point after this many labeled events or seconds (a sync
+    # round forces a save point: what it sends reflects only learning whose offsets are committed).
+    every_events: int = Field(5_000, ge=1)
+    every_seconds: float = Field(5.0, gt=0)
+    # A round closes when every member that takes part has sent its update, or this long after this member
+    # sent its own (members that have not sent theirs by then are left out of the round and count as gone).
+    round_timeout_seconds: float = Field(5.0, gt=0)
+
+    @field_validator("topic")
+    @classmethod
+    def _valid_topic(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", v):
+            raise ValueError(f"invalid Kafka topic name {v!r} (letters, digits, '.', '_', '-'; 1-249 chars)")
+        return v
+
+
 class Settings(BaseSettings):
     """The whole service configuration."""
 
@@ -277,6 +302,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     labels: LabelSettings = Field(default_factory=LabelSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     max_payload_bytes: int = Field(1_000_000, ge=64)
     limits: InputLimits = Field(default_factory=InputLimits)
@@ -294,6 +320,23 @@ class Settings(BaseSettings):
             return self.topics.partition_state
         group = re.sub(r"[^A-Za-z0-9._-]", "_", self.kafka.group_id)[:200]
         return f"driftline.{group}.partition-state"
+
+    @model_validator(mode="after")
+    def _sync_decisions(self) -> Settings:
+        if self.sync.mode != "none" and self.drift.policies:
+            raise ValueError(
+                "sync.mode average with drift.policies: an adaptation one member decides alone (reset, swap, "
+                "rollback, ...) would make its model diverge from the group's, and group decisions are not built "
+                "yet; keep the detectors (they only report) and remove drift.policies, or set sync.mode none")
+        return self
+
+    @property
+    def sync_topic(self) -> str:
+        """``sync.topic``, or the group's own default name."""
+        if self.sync.topic is not None:
+            return self.sync.topic
+        group = re.sub(r"[^A-Za-z0-9._-]", "_", self.kafka.group_id)[:200]
+        return f"driftline.{group}.sync"
 
     @classmethod
     def settings_customise_sources(

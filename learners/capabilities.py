@@ -17,6 +17,7 @@ from driftline.core import Event, Label
 if TYPE_CHECKING:
     from driftline.learners.backbones import Backbone
     from driftline.learners.base import Learner
+    from driftline.learners.mergeable import Params
 
 
 class Capability(enum.Enum):
@@ -25,6 +26,7 @@ class Capability(enum.Enum):
     FINE_TUNABLE = "fine_tunable"
     ADVERSARIAL = "adversarially_adaptable"
     SELF_ADAPTING = "self_adapting"
+    MERGEABLE = "mergeable"
 
 
 @runtime_checkable
@@ -84,12 +86,28 @@ class SelfAdapting(Protocol):
     ladder_unsupported: str
 
 
+@runtime_checkable
+class Mergeable(Protocol):
+    """Its parameters are data that members of a group average (``sync.mode: average``,
+    `driftline.learners.mergeable`)."""
+
+    @property
+    def sync_kind(self) -> str:
+        """What two members must agree on to merge (model, task, classes, preprocessing): JSON."""
+        ...
+
+    def sync_params(self) -> Params: ...
+
+    def load_sync_params(self, params: Params) -> None: ...
+
+
 PROTOCOLS: dict[Capability, type] = {
     Capability.BACKGROUND_TRAINED: BackgroundTrained,
     Capability.HAS_BACKBONE: HasBackbone,
     Capability.FINE_TUNABLE: FineTunable,
     Capability.ADVERSARIAL: AdversariallyAdaptable,
     Capability.SELF_ADAPTING: SelfAdapting,
+    Capability.MERGEABLE: Mergeable,
 }
 
 
@@ -111,3 +129,7 @@ def adversarially_adaptable(learner: Learner) -> AdversariallyAdaptable | None:
 
 def self_adapting(learner: Learner) -> SelfAdapting | None:
     return cast(SelfAdapting, learner) if Capability.SELF_ADAPTING in learner.capabilities else None
+
+
+def mergeable(learner: Learner) -> Mergeable | None:
+    return cast(Mergeable, learner) if Capability.MERGEABLE in learner.capabilities else None

@@ -27,9 +27,9 @@ def build_learner(cfg: ModelSettings) -> Learner:
     else:
         backbone = load_backbone(cfg.backbone)
         if backbone is None:
-            from driftline.learners.river_head import RiverLearner
+            from driftline.learners.river_sync import mergeable_cls
 
-            learner = RiverLearner(cfg)
+            learner = mergeable_cls(cfg.name)(cfg)
         else:
             from driftline.learners.embedding import BackboneRiverLearner
 

@@ -100,7 +100,7 @@ class RiverLearner(LearnerBase):
     def predict_one(self, x: Event) -> Prediction:
         features = self._features(x)
         if self.task == "regression":
-            if self._updates == 0:
+            if not self._trained():
                 return Prediction(None)
             return Prediction(float(self._model.predict_one(self._prep.transform_one(features))))
         proba = self._model.predict_proba_one(self._prep.transform_one(features))
@@ -116,6 +116,10 @@ class RiverLearner(LearnerBase):
     @property
     def features_dropped(self) -> int:
         return self._prep.dropped
+
+    def _trained(self) -> bool:
+        """Whether the model has learned anything (an untrained regressor predicts nothing, not 0)."""
+        return self._updates > 0
 
     def learn_one(self, x: Event, y: Label | float) -> None:
         features = self._features(x)

@@ -153,3 +153,42 @@ class ServiceMetrics:
             registry=registry)
         self.checkpoint_restored = Gauge("driftline_checkpoint_restored_version",
                                          "Checkpoint version restored at start (0: none).", registry=registry)
+        self.sync = SyncMetrics(registry)
+
+
+_MERGE_BUCKETS = (1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+
+
+class SyncMetrics:
+    """``sync.mode`` average: the group's rounds (`driftline.stream.sync`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rounds = Counter("driftline_sync_rounds", "Sync rounds this member merged, by how they closed "
+                              "(complete: every expected member sent; timed_out: closed without some).", ["closed"],
+                              registry=registry)
+        for how in ("complete", "timed_out"):
+            self.rounds.labels(how)
+        self.round = Gauge("driftline_sync_round", "The last merged round this member adopted (the group model's "
+                           "version).", registry=registry)
+        self.members = Gauge("driftline_sync_round_members", "Members whose updates made the last round.",
+                             registry=registry)
+        self.updates = Counter("driftline_sync_updates", "Updates this member sent, by what became of them "
+                               "(merged; stale: its round had closed without it, its learning goes into the next).",
+                               ["outcome"], registry=registry)
+        for outcome in ("sent", "merged", "stale"):
+            self.updates.labels(outcome)
+        self.bytes = Counter("driftline_sync_bytes", "Bytes of sync records, by direction.", ["direction"],
+                             registry=registry)
+        for direction in ("sent", "received"):
+            self.bytes.labels(direction)
+        self.merge_seconds = Histogram("driftline_sync_merge_seconds", "Time to merge a round and adopt it.",
+                                       buckets=_MERGE_BUCKETS, registry=registry)
+        self.staleness = Gauge("driftline_sync_last_adopted_timestamp_seconds",
+                               "When this member last adopted a merged round (unix time).", registry=registry)
+        self.refused = Counter("driftline_sync_refused_records", "Sync records refused, by reason.", ["reason"],
+                               registry=registry)
+        self.diverged = Counter("driftline_sync_diverged_rounds", "Rounds whose merged digest published by their "
+                                "closer differs from the one this member computed.", registry=registry)
+        self.unsynced_lost = Counter("driftline_sync_unsynced_labels_dropped", "Labeled events learned here that "
+                                     "a restart could not tell were merged: dropped, not counted twice.",
+                                     registry=registry)

@@ -206,6 +206,11 @@ class Checkpointer:
         self._last = time.monotonic()
         return True
 
+    @property
+    def uncommitted(self) -> bool:
+        """The last save point's commit failed (it is retried): what it saved is not the group's yet."""
+        return self._uncommitted
+
     def _commit_owned(self) -> None:
         ahead = self.catch_up  # never commit below what a transaction committed already
         owned = {tp: max(o, ahead.get(tp, o)) for tp, o in self.offsets.items() if tp.partition in self._owned}

@@ -22,14 +22,16 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from driftline.errors import ConfigError, KafkaSecurityError
 from driftline.learners.base import Learner
-from driftline.learners.capabilities import background_trained
+from driftline.learners.capabilities import background_trained, mergeable
+from driftline.learners.river_sync import LINEAR
 from driftline.monitoring.http import MetricsServer
 from driftline.monitoring.http_security import http_security
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import Settings
+from driftline.stream.audit import AuditPublisher
 from driftline.stream.checkpointing import Checkpointer, Commit
 from driftline.stream.kafka import open_backend
-from driftline.stream.kafka.ranges import read_partitions
+from driftline.stream.kafka.ranges import partition_reader, read_partitions
 from driftline.stream.kafka.seam import (
     CommitLostError,
     Consumer,
@@ -48,6 +50,7 @@ from driftline.stream.processor import EventProcessor
 from driftline.stream.quarantine import QUARANTINED, Quarantine
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import OutputSink
+from driftline.stream.sync import SYNC_TOPIC, Syncer, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +141,10 @@ class Service:
         consumer = kafka.consumer()
         sink = OutputSink(writer, s.topics.predictions, s.topics.dead_letter, self.metrics,
                           dead_letter_max_bytes=s.topics.dead_letter_max_bytes)
+        sync_state = SyncState() if s.sync.mode != "none" else None
         processor = processor_from_settings(s, self.learner, sink, self.metrics, labels_topic=s.topics.labels,
-                                            expired_topic=s.topics.expired, audit_topic=s.topics.audit)
+                                            expired_topic=s.topics.expired, audit_topic=s.topics.audit,
+                                            extra=[sync_state] if sync_state is not None else [])
         self.processor = processor
         parts = partitioned(processor)
         changelog = self._changelog(writer, input_partitions) if parts else None
@@ -150,10 +155,13 @@ class Service:
                                     begin=transactional.begin if transactional is not None else None,
                                     member=f"{s.kafka.client_id}@{socket.gethostname()}:{os.getpid()}")
         self.checkpointer = checkpointer
+        syncer = (self._syncer(sync_state, writer, transactional, sink) if sync_state is not None else None)
         quarantine = Quarantine(s.checkpoint.directory)
         quarantine.start()
         try:
             checkpointer.restore(consumer.committed)  # the newest checkpoint the group committed
+            if syncer is not None:  # the group's model, before the first prediction
+                syncer.join()
             # on_revoke runs inside poll(): the previous batch is already processed and flushed
             consumer.subscribe(inputs, on_assign=lambda tps: checkpointer.assigned(consumer, tps),
                                on_revoke=checkpointer.revoked, on_lost=self._lost)
@@ -195,6 +203,8 @@ class Service:
                         checkpointer.end_batch()
                     elif checkpointer.due():  # the stream went quiet: its tail is saved and committed
                         checkpointer.save("interval")
+                    if syncer is not None:  # 4. the group's rounds: merge what closed, send when due
+                        self._sync(syncer, checkpointer, transactional)
                     self._backpressure(consumer)
                     self._update_lag(consumer)
             except KafkaAccessError as exc:
@@ -211,15 +221,56 @@ class Service:
             # only reached on a graceful stop: everything is flushed. Draining may have changed the model
             # without a new record: save even if the last save point covered every record.
             checkpointer.save("shutdown", changed=self.trained is not None)
+            if syncer is not None:
+                syncer.leave()
             quarantine.clean_stop()
         finally:
             self._running = False
             self.metrics.up.set(0)
+            if syncer is not None:
+                syncer.close()
             self._close(consumer, writer)
         t = self.totals
         log.info("stopped after %d batches: %d consumed, %d predicted, %d learned, %d dead-lettered",
                  t.batches, t.consumed, t.predicted, t.learned, t.dead_lettered)
         return self.totals
+
+    def _syncer(self, state: SyncState, writer: RecordWriter, transactional: TransactionalWriter | None,
+                sink: OutputSink) -> Syncer:
+        """sync.mode average: the member's side of the group's rounds, on the sync topic (one partition)."""
+        s = self.settings
+        model = mergeable(self.learner)
+        if model is None:
+            raise ConfigError(f"sync.mode {s.sync.mode}: model {self.learner.name} cannot be averaged (mergeable: "
+                              f"{', '.join(sorted(LINEAR))} without a backbone); set sync.mode none")
+        self.kafka.ensure_topics([s.sync_topic], partitions=1, configs=SYNC_TOPIC)
+        self.kafka.topic_partitions(s.sync_topic)  # waits until a topic just created is known
+        # with exactly_once, the update is in the save point's transaction; the other records need none
+        plain = self.kafka.writer() if transactional is not None else writer
+        audit = AuditPublisher(sink, s.topics.audit)
+        return Syncer(s.sync, self.learner, model, state, topic=s.sync_topic, group=s.kafka.group_id,
+                      member=self._identity(), writer=plain, update_writer=writer,
+                      reader=partition_reader(s.kafka), metrics=self.metrics.sync,
+                      audit=audit.publish if s.topics.audit else None)
+
+    def _sync(self, syncer: Syncer, checkpointer: Checkpointer, transactional: TransactionalWriter | None) -> None:
+        """The sync step: merge the rounds that closed; when an update is due, a save point first (the update
+        reflects only learning whose offsets are committed; with exactly_once, in the same transaction)."""
+        syncer.poll()
+        if not syncer.due():
+            return
+        if syncer.labels_since() == 0:  # nothing learned since the group's model: nothing uncommitted to send
+            syncer.send_update()
+            return
+        syncer.prepare()
+        if transactional is not None:
+            transactional.begin()
+            syncer.send_update()
+            checkpointer.save("sync", changed=True)  # commits the transaction, update included
+            return
+        checkpointer.save("sync", changed=True)
+        if not checkpointer.uncommitted:
+            syncer.send_update()
 
     def _replay(self, records: Sequence[InboundRecord], processor: EventProcessor, sink: OutputSink) -> None:
         sink.muted = True
@@ -233,12 +284,17 @@ class Service:
         """Stable across restarts of one instance (kafka.instance_id, else its checkpoint directory on this host),
         so a restart fences the process it replaces and aborts what that one left open at once; without either,
         this process's own."""
+        return f"driftline-{self.settings.kafka.group_id}-{self._identity()}"
+
+    def _identity(self) -> str:
+        """This instance's name, stable across its restarts: kafka.instance_id, else a hash of its host and
+        checkpoint directory; without either, this process's own."""
         s = self.settings
         if s.kafka.instance_id:
-            return f"driftline-{s.kafka.group_id}-{s.kafka.instance_id}"
+            return s.kafka.instance_id
         where = (f"{socket.gethostname()}:{os.path.abspath(s.checkpoint.directory)}" if s.checkpoint.directory
                  else f"{socket.gethostname()}:{os.getpid()}")
-        return f"driftline-{s.kafka.group_id}-{hashlib.sha256(where.encode()).hexdigest()[:16]}"
+        return hashlib.sha256(where.encode()).hexdigest()[:16]
 
     def _one_at_a_time(self, records: Sequence[InboundRecord], processor: EventProcessor,
                        quarantine: Quarantine) -> None:

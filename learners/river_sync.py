@@ -1,0 +1,109 @@
+"""River's linear models as mergeable learners: their parameters as data (`driftline.learners.mergeable`), so the
+members of a group can average them (``sync.mode: average``).
+
+What is merged: the weights and intercept of LogisticRegression, Perceptron and LinearRegression (also inside
+the one-vs-rest wrapper a binary model gets without two configured classes: per class), SoftmaxRegression's
+per-class weights (MEAN entries, averaged), and the scaler's running count/mean/variance per feature (MOMENTS,
+combined exactly). What stays each member's own: the optimizer's state (SGD's step count, Adam's moments),
+the feature bound's admitted names.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+from typing import Any, ClassVar
+
+from river import multiclass, utils
+
+from driftline.core import Label
+from driftline.learners.capabilities import Capability
+from driftline.learners.mergeable import Entry, Params, mean_entry, moments_entry
+from driftline.learners.river_head import STATE_KIND, RiverLearner
+
+LINEAR = frozenset({"LogisticRegression", "Perceptron", "LinearRegression", "SoftmaxRegression"})
+
+
+def _cls(label: Label) -> str:
+    return json.dumps(label)
+
+
+class MergeableRiverLearner(RiverLearner):
+    """A River linear model whose parameters can be exported and replaced as data."""
+
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.MERGEABLE})
+
+    @property
+    def sync_kind(self) -> str:
+        """What must be equal for two members to merge: model, task, classes, preprocessing."""
+        cfg = self.cfg
+        return json.dumps({"state": STATE_KIND, "task": self.task, "name": self.name,
+                           "classes": list(self._classes) if self._classes is not None else None,
+                           "scale": cfg.scale, "one_hot": cfg.one_hot}, sort_keys=True)
+
+    def _trained(self) -> bool:
+        """Learned here, or adopted from the group (a joiner serves the group's model from its first event)."""
+        return self._updates > 0 or len(self._model._weights) > 0  # (regression: LinearRegression)
+
+    def sync_params(self) -> Params:
+        out: Params = {}
+        scaler = self._prep.scaler
+        if scaler is not None:
+            out["scaler"] = moments_entry({k: (float(n), float(scaler.means[k]), float(scaler.vars[k]))
+                                           for k, n in scaler.counts.items()})
+        model = self._model
+        if self.name == "SoftmaxRegression":
+            for label, w in model.weights.items():
+                out[f"w/{_cls(label)}"] = mean_entry(dict(w))
+        elif isinstance(model, multiclass.OneVsRestClassifier):  # around a binary model
+            binaries: dict[Label, Any] = model.classifiers  # River linear models
+            for label, clf in binaries.items():
+                out[f"w/{_cls(label)}"] = mean_entry(dict(clf._weights))
+                out[f"b/{_cls(label)}"] = mean_entry({"": float(clf.intercept)})
+        else:
+            out["w"] = mean_entry(dict(model._weights))
+            out["b"] = mean_entry({"": float(model.intercept)})
+        return out
+
+    def load_sync_params(self, params: Params) -> None:
+        scaler = self._prep.scaler
+        if scaler is not None and "scaler" in params:
+            rows = params["scaler"].rows()
+            scaler.counts = collections.Counter({k: r[0] for k, r in rows.items()})
+            scaler.means = collections.defaultdict(float, {k: r[1] for k, r in rows.items()})
+            scaler.vars = collections.defaultdict(float, {k: r[2] for k, r in rows.items()})
+        model = self._model
+        if self.name == "SoftmaxRegression":
+            weights: dict[Label, dict[str, float]] = collections.defaultdict(
+                functools.partial(collections.defaultdict, float))
+            for label, e in _per_class(params, "w"):
+                weights[label] = collections.defaultdict(float, e.as_dict())
+            model.weights = weights
+        elif isinstance(model, multiclass.OneVsRestClassifier):
+            intercepts = dict(_per_class(params, "b"))
+            for label, e in _per_class(params, "w"):
+                clf: Any = model.classifiers.get(label)  # (a River linear model)
+                if clf is None:
+                    clf = model.classifiers[label] = model.classifier.clone()
+                clf._weights = utils.VectorDict(e.as_dict())
+                b = intercepts.get(label)
+                clf.intercept = float(b.values[0]) if b is not None and len(b.values) else 0.0
+        else:
+            model._weights = utils.VectorDict(params["w"].as_dict()) if "w" in params else utils.VectorDict()
+            b = params.get("b")
+            model.intercept = float(b.values[0]) if b is not None and len(b.values) else model.intercept
+
+
+def _per_class(params: Params, prefix: str) -> list[tuple[Label, Entry]]:
+    out: list[tuple[Label, Entry]] = []
+    for name, e in params.items():
+        head, _, label = name.partition("/")
+        if head == prefix and label:
+            out.append((json.loads(label), e))
+    return out
+
+
+def mergeable_cls(name: str) -> type[RiverLearner]:
+    """The River learner class for model ``name``: mergeable for the linear models."""
+    return MergeableRiverLearner if name in LINEAR else RiverLearner

@@ -1,0 +1,322 @@
+"""One model for the consumer group (``sync.mode: average``): the members learn locally and merge over a Kafka
+topic, in rounds (`stream.sync_rounds`), by federated averaging (`learners.mergeable`).
+
+The sync step of the run loop: when a round is due, a save point (what the member sends reflects only learning
+whose offsets are committed), then the member's update to the sync topic; between batches the topic is read and
+every round that closes is merged and adopted at once: the merged model plus what this member learned since it
+sent its update (not yet in the group's model). The member whose record closed a round publishes the merged model
+(``merged``): where a new member starts, and a check (its digest) for every other member.
+
+Nothing executable travels: parameters are float64 arrays with a JSON header (`learners.mergeable.encode`).
+A record of another model kind or format is refused and counted; at start, a topic whose model is another kind
+stops the service with the setting to change.
+
+What a crash costs: a member SIGKILLed loses its learning since its last save point (those events are learned
+again by the partitions' next owner), never more; an update sent is in the group's model once. The checkpoint
+holds the adopted model, the merged model it is based on, and the round an update was being sent for, so a
+restart knows whether that update made its round (if it cannot tell, the learning it carried is dropped rather
+than counted twice, and counted in ``driftline_sync_unsynced_labels_dropped``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from driftline.errors import ConfigError
+from driftline.learners.base import Learner
+from driftline.learners.capabilities import Mergeable
+from driftline.learners.mergeable import FormatError, Params, contribution, decode, encode, rebase
+from driftline.monitoring.metrics import SyncMetrics
+from driftline.settings import SyncSettings
+from driftline.stream.kafka.ranges import PartitionReader, drain
+from driftline.stream.kafka.seam import TopicPartition
+from driftline.stream.kafka.writer import RecordWriter
+from driftline.stream.observers import Observer
+from driftline.stream.records import InboundRecord
+from driftline.stream.sync_rounds import Closed, Rounds, SyncRecord
+
+log = logging.getLogger(__name__)
+
+TYPES = ("hello", "update", "close", "merged", "bye")
+# compacted (a member's latest record, the latest close and merged model are kept); recent history stays whole
+# for an hour, so members that start read the rounds since the newest merged model as they happened
+SYNC_TOPIC = {"cleanup.policy": "compact", "min.compaction.lag.ms": "3600000"}
+JOIN_WINDOW = 256  # records read back from the end at start, growing until a merged record is found
+
+
+def _encode_params(params: Params) -> bytes:
+    return encode({}, params)
+
+
+def _decode_params(blob: bytes) -> Params:
+    _, params = decode(blob)
+    return params or {}
+
+
+class SyncState(Observer):
+    """The sync part of the checkpoint: the merged model this member last adopted (its reference: what it
+    learned since is measured from it), the learner's update count then, and the round an update is sent for
+    right after this save point (0: none)."""
+
+    key: ClassVar[str] = "sync"
+
+    def __init__(self) -> None:
+        self.ref: Params | None = None  # None: not set yet (the model this member starts from)
+        self.ref_round = 0
+        self.ref_updates = 0
+        self.pub_round = 0
+
+    def state_dict(self) -> Any:
+        return {"ref": _encode_params(self.ref) if self.ref is not None else None, "ref_round": self.ref_round,
+                "ref_updates": self.ref_updates, "pub_round": self.pub_round}
+
+    def load_state_dict(self, state: Any) -> None:
+        self.ref = _decode_params(state["ref"]) if state.get("ref") is not None else None
+        self.ref_round = int(state["ref_round"])
+        self.ref_updates = int(state["ref_updates"])
+        self.pub_round = int(state["pub_round"])
+
+
+class Syncer:
+    def __init__(self, cfg: SyncSettings, learner: Learner, model: Mergeable, state: SyncState, *, topic: str,
+                 group: str, member: str, writer: RecordWriter, reader: PartitionReader, metrics: SyncMetrics,
+                 update_writer: RecordWriter | None = None,
+                 audit: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.cfg = cfg
+        self.learner = learner
+        self.model = model
+        self.state = state
+        self.topic = topic
+        self.tp = TopicPartition(topic, 0)
+        self.group = group
+        self.member = member
+        self.writer = writer  # hello, close, merged, bye
+        self.update_writer = update_writer or writer  # updates (kafka.exactly_once: the batch's transaction)
+        self.reader = reader
+        self.metrics = metrics
+        self.audit = audit
+        self.rounds = Rounds()
+        self._sent_round: int | None = None  # the round this member's last update is for, until it closes
+        self._sent_params: Params = {}
+        self._sent_updates = 0
+        self._sent_at = 0.0
+        self._close_sent = False
+        self._last_send = time.monotonic()
+        self._refused_from: set[tuple[str, str]] = set()
+
+    # -- joining ---------------------------------------------------------------------------------------
+    def join(self, timeout_s: float = 30.0) -> None:
+        """Read the sync topic's recent records (back to the newest merged model), adopt the group's model,
+        and say hello. A topic that holds another model kind stops the service (ConfigError)."""
+        if self.state.ref is None:  # a fresh member: the model it starts from is its reference
+            self.state.ref = self.model.sync_params()
+            self.state.ref_updates = self.learner.updates
+        self.rounds = Rounds(round=self.state.ref_round + 1, merged=dict(self.state.ref),
+                             merged_round=self.state.ref_round)
+        low, end = self.reader.bounds([self.tp])[self.tp]
+        records = self._tail(low, end, timeout_s)
+        included: bool | None = None
+        pub = self.state.pub_round
+        for rec in records:
+            closed = self.rounds.apply(rec)
+            if closed is not None and closed.round == pub:
+                included = self.member in closed.members
+            if rec.type == "merged" and rec.round == pub and included is None:
+                included = self.member in rec.members
+        self.reader.start({self.tp: end})
+        if pub and self.rounds.updates.get(self.member) is not None and self.rounds.round == pub:
+            # the update sent before the restart is in the open round: it is merged when the round closes
+            self._sent_round, self._sent_params = pub, self.model.sync_params()
+            self._sent_updates, self._sent_at = self.learner.updates, time.monotonic()
+        elif self.rounds.merged_round > self.state.ref_round:
+            if pub and included is None:
+                dropped = self.learner.updates - self.state.ref_updates
+                self.metrics.unsynced_lost.inc(dropped)
+                log.warning("sync: cannot tell whether the update of round %d (before the restart) was merged: "
+                            "its %d labeled events are dropped rather than counted twice", pub, dropped)
+                included = True
+            self._adopt_latest(included=bool(included))
+        self.state.pub_round = 0
+        self._send(self.writer, "hello", 0)
+        log.info("sync: member %s of %s, %s; group model at round %d", self.member, self.topic,
+                 f"{len(self.rounds.expected)} members known" if self.rounds.expected else "the first member",
+                 self.rounds.merged_round)
+
+    def _tail(self, low: int, end: int, timeout_s: float) -> list[SyncRecord]:
+        """The newest merged record, then the records after the one that closed its round, to ``end`` (every
+        record when there is no merged one)."""
+        window = JOIN_WINDOW
+        while True:
+            start = max(low, end - window)
+            raw = list(drain(self.reader, {self.tp: start}, {self.tp: end}, timeout_s=timeout_s,
+                             what=f"sync topic {self.topic}"))
+            records = [r for r in (self._decode(x, joining=True) for x in raw) if r is not None]
+            merged = [r for r in records if r.type == "merged"]
+            if merged and (merged[-1].closed_at >= start or start == low):
+                last = merged[-1]
+                return [last, *(r for r in records if r.offset > last.closed_at)]
+            if start == low:
+                return records
+            window *= 4
+
+    def _adopt_latest(self, *, included: bool) -> None:
+        now = self.model.sync_params()
+        ref = now if included else (self.state.ref or {})
+        self.model.load_sync_params(rebase(self.rounds.merged, now, ref))
+        if included:
+            self.state.ref_updates = self.learner.updates
+        self.state.ref, self.state.ref_round = self.rounds.merged, self.rounds.merged_round
+        self.learner.set_version(self.rounds.merged_round + 1)
+        self.metrics.round.set(self.rounds.merged_round)
+        self.metrics.staleness.set_to_current_time()
+        log.info("sync: adopted the group model of round %d", self.rounds.merged_round)
+
+    # -- the sync step ---------------------------------------------------------------------------------
+    def labels_since(self) -> int:
+        """Labeled events learned here since the merged model this member last adopted (its update's weight)."""
+        return self.learner.updates - self.state.ref_updates
+
+    def due(self) -> bool:
+        """Whether this member sends an update now: not waiting on its last one, and every_events labeled events
+        or every_seconds since its last."""
+        if self._sent_round is not None and self._sent_round >= self.rounds.round:
+            return False
+        return (self.labels_since() >= self.cfg.every_events
+                or time.monotonic() - self._last_send >= self.cfg.every_seconds)
+
+    def prepare(self) -> None:
+        """Before the save point that precedes an update: the checkpoint records the round it is for."""
+        self.state.pub_round = self.rounds.round
+
+    def send_update(self) -> bool:
+        """This member's update for the open round (after the save point committed its learning): its
+        parameters, the statistics it learned since its reference, its weight. Whether it was sent."""
+        r = self.rounds.round
+        now = self.model.sync_params()
+        weight = self.labels_since()
+        if not self._send(self.update_writer, "update", r, weight=weight,
+                          params=contribution(now, self.state.ref or {})):
+            return False
+        self.metrics.updates.labels("sent").inc()
+        self._sent_round, self._sent_params, self._sent_updates = r, now, self.learner.updates
+        self._sent_at = self._last_send = time.monotonic()
+        self._close_sent = False
+        return True
+
+    def poll(self) -> None:
+        """Read what the sync topic has now; merge and adopt every round that closes; close the open round when
+        this member has waited round_timeout_seconds for the others."""
+        for raw in self.reader.poll(0.0):
+            rec = self._decode(raw, joining=False)
+            if rec is None:
+                continue
+            closed = self.rounds.apply(rec)
+            if closed is not None:
+                self._adopt(closed)
+        if self.rounds.diverged:
+            self.metrics.diverged.inc(self.rounds.diverged)
+            self.rounds.diverged = 0
+        if (self._sent_round == self.rounds.round and not self._close_sent
+                and time.monotonic() - self._sent_at >= self.cfg.round_timeout_seconds):
+            missing = sorted(self.rounds.expected - set(self.rounds.updates))
+            log.warning("sync: round %d waited %.1fs for %s: closing it without them", self.rounds.round,
+                        self.cfg.round_timeout_seconds, ", ".join(missing))
+            self._close_sent = self._send(self.writer, "close", self.rounds.round)
+
+    def _adopt(self, closed: Closed) -> None:
+        t0 = time.perf_counter()
+        mine = self._sent_round == closed.round and self.member in closed.members
+        now = self.model.sync_params()
+        ref = self._sent_params if mine else (self.state.ref or {})
+        self.model.load_sync_params(rebase(closed.merged, now, ref))
+        if mine:
+            self.state.ref_updates = self._sent_updates
+            self.metrics.updates.labels("merged").inc()
+        elif self._sent_round == closed.round:
+            self.metrics.updates.labels("stale").inc()
+            log.info("sync: round %d closed without this member's update: its learning goes into the next",
+                     closed.round)
+        if self._sent_round is not None and self._sent_round <= closed.round:
+            self._sent_round = None
+        self.state.ref, self.state.ref_round = closed.merged, closed.round
+        self.learner.set_version(closed.round + 1)
+        m = self.metrics
+        m.merge_seconds.observe(time.perf_counter() - t0)
+        m.rounds.labels("timed_out" if closed.timed_out else "complete").inc()
+        m.round.set(closed.round)
+        m.members.set(len(closed.members))
+        m.staleness.set_to_current_time()
+        if closed.closer == self.member:
+            self._send(self.writer, "merged", closed.round, params=closed.merged, closed=closed)
+        if self.audit is not None:
+            self.audit({"action": "sync_round", "round": closed.round, "members": list(closed.members),
+                        "weights": list(closed.weights), "digest": closed.digest, "timed_out": closed.timed_out,
+                        "closer": closed.closer, "member": self.member})
+
+    def leave(self) -> None:
+        """A graceful stop: the group expects this member no more (its partitions' next owner sends for them)."""
+        self._send(self.writer, "bye", self.rounds.round)
+
+    def close(self) -> None:
+        self.reader.close()
+        if self.writer is not self.update_writer:  # its own producer (exactly_once)
+            self.writer.close(timeout=10)
+
+    # -- records ---------------------------------------------------------------------------------------
+    def _send(self, writer: RecordWriter, kind: str, round_: int, *, weight: float = 0.0,
+              params: Params | None = None, closed: Closed | None = None) -> bool:
+        header: dict[str, Any] = {"type": kind, "member": self.member, "group": self.group, "round": round_,
+                                  "weight": weight, "model": self.model.sync_kind}
+        if closed is not None:
+            header.update(members=list(closed.members), digest=closed.digest, expected=list(closed.expected),
+                          closed_at=closed.offset)
+        payload = encode(header, params)
+        key = {"close": "close", "merged": "merged"}.get(kind, self.member)
+        writer.send(self.topic, key.encode(), payload, partition=0)
+        if writer is self.writer:  # (the transactional writer's records are committed with the batch)
+            failed = writer.flush(30.0).failed
+            if failed:
+                log.warning("sync: the %s record of round %d was not acknowledged (%s); sent again later", kind,
+                            round_, "; ".join(e for errs in failed.values() for e in errs[:1]))
+                return False
+        self.metrics.bytes.labels("sent").inc(len(payload))
+        return True
+
+    def _decode(self, raw: InboundRecord, *, joining: bool) -> SyncRecord | None:
+        value = raw.value or b""
+        self.metrics.bytes.labels("received").inc(len(value))
+        try:
+            header, params = decode(value)
+            kind = header.get("type")
+            if kind not in TYPES:
+                raise FormatError(f"unknown sync record type {kind!r}")
+            if header.get("model") != self.model.sync_kind:
+                self._refuse(raw, header, joining)
+                return None
+            return SyncRecord(type=kind, member=str(header["member"]), round=int(header["round"]),
+                              weight=float(header.get("weight", 0.0)), params=params,
+                              members=tuple(str(m) for m in header.get("members", ())),
+                              digest=str(header.get("digest", "")),
+                              expected=tuple(str(m) for m in header.get("expected", ())),
+                              closed_at=int(header.get("closed_at", -1)), offset=raw.offset)
+        except (FormatError, KeyError, TypeError, ValueError) as exc:
+            self.metrics.refused.labels("format").inc()
+            log.error("sync: the record at %s-%d@%d is refused: %s", raw.topic, raw.partition, raw.offset, exc)
+            return None
+
+    def _refuse(self, raw: InboundRecord, header: dict[str, Any], joining: bool) -> None:
+        who = str(header.get("member"))
+        theirs = str(header.get("model"))
+        if joining:
+            raise ConfigError(
+                f"sync topic {self.topic!r} holds the model of member {who!r}: {theirs}; this member's is "
+                f"{self.model.sync_kind}. Members of one sync topic need the same model config (model.name, "
+                "task, classes, scale, one_hot): fix the config, or name another sync.topic")
+        self.metrics.refused.labels("model_kind").inc()
+        if (who, theirs) not in self._refused_from:
+            self._refused_from.add((who, theirs))
+            log.error("sync: member %s on %s has another model (%s; this member's is %s): its records are "
+                      "refused", who, self.topic, theirs, self.model.sync_kind)

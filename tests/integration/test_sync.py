@@ -1,0 +1,167 @@
+"""One model for the group (sync.mode average): several service processes in one consumer group merge their
+learning over the sync topic of the real broker, in rounds that every member decides alike."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from kafka import KafkaProducer
+
+from driftline.learners.mergeable import decode
+from driftline.settings import KafkaSettings
+from driftline.stream.kafka.clients import ensure_topics
+from driftline.stream.sources import from_generator
+from tests.helpers import ServiceProcess, committed_offsets, end_offsets, read_topic, wait_for, write_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PARTITIONS = 6
+N_EVENTS = 24_000
+RATE = 1_500.0  # the stream lasts 16 s: ~16 rounds, and the fourth member joins mid-stream
+
+
+def _config(tmp_path: Path, bootstrap: str, prefix: str, name: str, *, model: str = "LogisticRegression",
+            **sync: Any) -> Path:
+    return write_config(tmp_path / f"{name}.yaml", bootstrap, prefix,
+                        model={"name": model, "classes": [False, True]},
+                        topics={"audit": f"{prefix}-audit"}, kafka={"max_poll_records": 200},
+                        checkpoint={"directory": str(tmp_path / name), "every_events": 5000, "every_seconds": 2.0},
+                        sync={"mode": "average", "every_seconds": 1.0, "every_events": 100_000,
+                              "round_timeout_seconds": 3.0, **sync})
+
+
+def _stream(bootstrap: str, topic: str, events: list[dict[str, Any]], rate: float) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    start = time.monotonic()
+    try:
+        for i, e in enumerate(events):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            producer.send(topic, key=e["id"].encode(), value=json.dumps(e).encode())
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def _events(seed: int, n: int = N_EVENTS) -> list[dict[str, Any]]:
+    return list(itertools.islice(from_generator("SEA", seed=seed, id_prefix="s-"), n))
+
+
+def _sync_records(bootstrap: str, topic: str) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    return [decode(r.value) for r in read_topic(bootstrap, topic, timeout=5)]  # type: ignore[misc]
+
+
+def test_members_merge_the_same_model_every_round_and_a_new_member_starts_from_it(
+        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    topic, group = f"{topic_prefix}-in", f"{topic_prefix}-group"
+    ensure_topics(KafkaSettings(bootstrap_servers=kafka_bootstrap), [topic], partitions=PARTITIONS)
+    events = _events(seed=11)
+    members = {n: ServiceProcess(_config(tmp_path, kafka_bootstrap, topic_prefix, n), tmp_path / f"{n}.log")
+               for n in ("a", "b", "c")}
+    producer = threading.Thread(target=_stream, args=(kafka_bootstrap, topic, events, RATE))
+    try:
+        for m in members.values():
+            m.wait_ready()
+        producer.start()
+        wait_for(lambda: sum(m.metric('driftline_events_total{outcome="consumed"}') for m in members.values())
+                 >= N_EVENTS // 4, 90, "the group to consume a quarter of the stream")
+        d = members["d"] = ServiceProcess(_config(tmp_path, kafka_bootstrap, topic_prefix, "d"), tmp_path / "d.log")
+        d.wait_ready()
+        # the group's model is adopted at start, before the first prediction
+        joined_round = d.metric("driftline_sync_round")
+        joined_version = d.metric('driftline_model_version{model="LogisticRegression"}')
+        producer.join(120)
+        wait_for(lambda: committed_offsets(kafka_bootstrap, group, topic) == end_offsets(kafka_bootstrap, topic),
+                 120, "the group to consume and commit everything")
+        time.sleep(3)  # a last round or two
+        stats = {n: m.metrics() for n, m in members.items()}
+    finally:
+        if producer.ident is not None:
+            producer.join(120)
+        for m in members.values():
+            assert m.terminate() == 0, m.log()
+
+    assert joined_round >= 3 and joined_version == joined_round + 1, (joined_round, joined_version)
+    assert stats["d"]['driftline_events_total{outcome="predicted"}'] > 0, "the fourth member never served"
+
+    # every member computed the same merged model for every round it took part in (audit: one per member)
+    audit = [json.loads(r.value) for r in read_topic(kafka_bootstrap, f"{topic_prefix}-audit", timeout=5)]
+    digests: dict[int, set[str]] = collections.defaultdict(set)
+    seen_by: dict[int, set[str]] = collections.defaultdict(set)
+    for rec in audit:
+        if rec.get("action") == "sync_round":
+            digests[rec["round"]].add(rec["digest"])
+            seen_by[rec["round"]].add(rec["member"])
+    assert len(digests) >= 10, f"only {len(digests)} rounds"
+    assert all(len(d) == 1 for d in digests.values()), {r: d for r, d in digests.items() if len(d) > 1}
+    assert max(len(s) for s in seen_by.values()) == 4
+
+    # ... and that model is the weighted mean of the members' updates, recomputed here from the topic
+    records = _sync_records(kafka_bootstrap, f"driftline.{group}.sync")
+    updates = {(h["round"], h["member"]): (h, p) for h, p in records if h["type"] == "update"}
+    checked = 0
+    for h, p in records:
+        if h["type"] != "merged":
+            continue
+        assert p is not None and h["digest"] in digests[h["round"]]
+        ups = [updates[(h["round"], m)] for m in h["members"]]
+        weights = np.array([u[0]["weight"] for u in ups], dtype=float)
+        weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(ups), 1 / len(ups))
+        keys = sorted(set().union(*(u[1]["w"].keys for u in ups if u[1] is not None)))
+        expect = np.zeros(len(keys))
+        for w, (_, up) in zip(weights, ups, strict=True):
+            assert up is not None
+            have = up["w"].as_dict()
+            expect += w * np.array([have.get(k, 0.0) for k in keys])
+        assert p["w"].keys == tuple(keys)
+        np.testing.assert_allclose(p["w"].values, expect, rtol=1e-12, atol=1e-15)
+        checked += 1
+    assert checked >= 10
+
+    # every event predicted, the group learned every one
+    preds = read_topic(kafka_bootstrap, f"{topic_prefix}-pred")
+    assert {json.loads(r.value)["id"] for r in preds} == {e["id"] for e in events}
+    learned = sum(s['driftline_events_total{outcome="learned"}'] for s in stats.values())
+    assert learned >= N_EVENTS
+    acc = 'driftline_prequential_accuracy_ratio{model="LogisticRegression",window="cumulative"}'
+    for n, s in stats.items():
+        complete, timed_out = (s[f'driftline_sync_rounds_total{{closed="{c}"}}'] for c in ("complete", "timed_out"))
+        print(f"{n}: round {s['driftline_sync_round']:.0f}, rounds complete {complete:.0f} timed out "
+              f"{timed_out:.0f}, accuracy {s.get(acc, float('nan')):.4f}")
+        assert s["driftline_sync_diverged_rounds_total"] == 0
+
+
+def test_a_member_with_another_model_is_refused_at_start(kafka_bootstrap: str, topic_prefix: str,
+                                                          tmp_path: Path) -> None:
+    topic = f"{topic_prefix}-in"
+    ensure_topics(KafkaSettings(bootstrap_servers=kafka_bootstrap), [topic], partitions=2)
+    a = ServiceProcess(_config(tmp_path, kafka_bootstrap, topic_prefix, "a"), tmp_path / "a.log")
+    try:
+        a.wait_ready()
+        wait_for(lambda: a.metric('driftline_sync_updates_total{outcome="sent"}') >= 1, 30, "A's first update")
+        other = ServiceProcess(_config(tmp_path, kafka_bootstrap, topic_prefix, "b", model="Perceptron"),
+                               tmp_path / "b.log")
+        assert other.proc.wait(120) == 2
+        log = other.log()
+        assert "holds the model of member" in log and '"name": "LogisticRegression"' in log, log
+        assert '"name": "Perceptron"' in log
+    finally:
+        assert a.terminate() == 0, a.log()
+
+
+def test_a_model_that_cannot_be_averaged_is_refused_with_the_setting(kafka_bootstrap: str, topic_prefix: str,
+                                                                     tmp_path: Path) -> None:
+    ensure_topics(KafkaSettings(bootstrap_servers=kafka_bootstrap), [f"{topic_prefix}-in"], partitions=1)
+    svc = ServiceProcess(_config(tmp_path, kafka_bootstrap, topic_prefix, "t", model="HoeffdingTreeClassifier"),
+                         tmp_path / "t.log")
+    assert svc.proc.wait(120) == 2
+    assert "sync.mode average: model HoeffdingTreeClassifier cannot be averaged" in svc.log(), svc.log()
