@@ -24,6 +24,7 @@ class Panel:
     description: str = ""
     kind: str = "timeseries"  # timeseries | stat
     gpu: bool = False  # has data only where the service runs a model on a GPU
+    sync: bool = False  # has data only where the service syncs its model with the group (sync.mode)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,33 @@ DASHBOARDS = (
         Panel("Retried Kafka errors", (
             (f"sum by (operation, error) (rate(driftline_kafka_retriable_errors_total{{{SEL}}}[5m])) or vector(0)",
              "{{operation}} {{error}}"),), "ops"),
+    ), ()),
+    Dashboard("driftline-group", "driftline / group model (sync)", (
+        Panel("Group model round", ((f"driftline_sync_round{{{SEL}}}", "{{instance}}"),), "short",
+              "The last merged round each member adopted: equal across members when the group is in step.",
+              sync=True),
+        Panel("Rounds", (
+            (f"sum by (closed) (increase(driftline_sync_rounds_total{{{SEL}}}[5m]))", "{{closed}}"),), "short",
+              "Rounds merged per 5 minutes; timed_out: closed without a member that did not send in time.",
+              sync=True),
+        Panel("Members per round", ((f"driftline_sync_round_members{{{SEL}}}", "{{instance}}"),), "short",
+              sync=True),
+        Panel("Updates", (
+            (f"sum by (outcome) (increase(driftline_sync_updates_total{{{SEL}}}[5m]))", "{{outcome}}"),), "short",
+              "Updates sent, merged, or stale (their round closed without them: their learning goes into the next).",
+              sync=True),
+        Panel("Sync traffic", (
+            (f"sum by (direction) (rate(driftline_sync_bytes_total{{{SEL}}}[1m]))", "{{direction}}"),), "Bps",
+              sync=True),
+        Panel("Merge duration", _quantiles("driftline_sync_merge_seconds", SEL, "5m"), "s", sync=True),
+        Panel("Since the last adopted round", (
+            (f"time() - driftline_sync_last_adopted_timestamp_seconds{{{SEL}}}", "{{instance}}"),), "s", sync=True),
+        Panel("Refused records and diverged rounds", (
+            (f"sum by (reason) (increase(driftline_sync_refused_records_total{{{SEL}}}[5m])) or vector(0)",
+             "refused {{reason}}"),
+            (f"increase(driftline_sync_diverged_rounds_total{{{SEL}}}[5m])", "diverged")), "short",
+              "Refused: sync records of another model kind or format. Diverged: a round whose published digest "
+              "differs from this member's (should stay 0).", sync=True),
     ), ()),
     Dashboard("driftline-process", "driftline / process", (
         Panel("CPU", ((f"rate(process_cpu_seconds_total{{{SEL}}}[1m])", "{{instance}}"),), "percentunit",

@@ -259,18 +259,17 @@ class Service:
         syncer.poll()
         if not syncer.due():
             return
-        if syncer.labels_since() == 0:  # nothing learned since the group's model: nothing uncommitted to send
-            syncer.send_update()
-            return
         syncer.prepare()
         if transactional is not None:
             transactional.begin()
             syncer.send_update()
             checkpointer.save("sync", changed=True)  # commits the transaction, update included
             return
-        checkpointer.save("sync", changed=True)
-        if not checkpointer.uncommitted:
-            syncer.send_update()
+        if syncer.labels_since() > 0:  # (nothing learned since the group's model: nothing uncommitted to send)
+            checkpointer.save("sync", changed=True)
+            if checkpointer.uncommitted:
+                return  # sent at the next round, once its learning is committed
+        syncer.send_update()
 
     def _replay(self, records: Sequence[InboundRecord], processor: EventProcessor, sink: OutputSink) -> None:
         sink.muted = True

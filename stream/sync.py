@@ -58,8 +58,8 @@ def _decode_params(blob: bytes) -> Params:
 
 class SyncState(Observer):
     """The sync part of the checkpoint: the merged model this member last adopted (its reference: what it
-    learned since is measured from it), the learner's update count then, and the round an update is sent for
-    right after this save point (0: none)."""
+    learned since is measured from it) with its round and the learner's update count then; and the update this
+    member sends right after this save point, until its round closes (round, parameters, update count)."""
 
     key: ClassVar[str] = "sync"
 
@@ -67,17 +67,25 @@ class SyncState(Observer):
         self.ref: Params | None = None  # None: not set yet (the model this member starts from)
         self.ref_round = 0
         self.ref_updates = 0
-        self.pub_round = 0
+        self.pub_round = 0  # 0: no update outstanding
+        self.pub: Params | None = None
+        self.pub_updates = 0
+
+    def clear_pub(self) -> None:
+        self.pub_round, self.pub, self.pub_updates = 0, None, 0
 
     def state_dict(self) -> Any:
         return {"ref": _encode_params(self.ref) if self.ref is not None else None, "ref_round": self.ref_round,
-                "ref_updates": self.ref_updates, "pub_round": self.pub_round}
+                "ref_updates": self.ref_updates, "pub_round": self.pub_round,
+                "pub": _encode_params(self.pub) if self.pub is not None else None, "pub_updates": self.pub_updates}
 
     def load_state_dict(self, state: Any) -> None:
         self.ref = _decode_params(state["ref"]) if state.get("ref") is not None else None
         self.ref_round = int(state["ref_round"])
         self.ref_updates = int(state["ref_updates"])
         self.pub_round = int(state["pub_round"])
+        self.pub = _decode_params(state["pub"]) if state.get("pub") is not None else None
+        self.pub_updates = int(state["pub_updates"])
 
 
 class Syncer:
@@ -99,9 +107,7 @@ class Syncer:
         self.metrics = metrics
         self.audit = audit
         self.rounds = Rounds()
-        self._sent_round: int | None = None  # the round this member's last update is for, until it closes
-        self._sent_params: Params = {}
-        self._sent_updates = 0
+        self._waiting = False  # this member's update (state.pub_round) is on the topic, its round still open
         self._sent_at = 0.0
         self._close_sent = False
         self._last_send = time.monotonic()
@@ -111,15 +117,15 @@ class Syncer:
     def join(self, timeout_s: float = 30.0) -> None:
         """Read the sync topic's recent records (back to the newest merged model), adopt the group's model,
         and say hello. A topic that holds another model kind stops the service (ConfigError)."""
-        if self.state.ref is None:  # a fresh member: the model it starts from is its reference
-            self.state.ref = self.model.sync_params()
-            self.state.ref_updates = self.learner.updates
-        self.rounds = Rounds(round=self.state.ref_round + 1, merged=dict(self.state.ref),
-                             merged_round=self.state.ref_round)
+        st = self.state
+        if st.ref is None:  # a fresh member: the model it starts from is its reference
+            st.ref = self.model.sync_params()
+            st.ref_updates = self.learner.updates
+        self.rounds = Rounds(round=st.ref_round + 1, merged=dict(st.ref), merged_round=st.ref_round)
         low, end = self.reader.bounds([self.tp])[self.tp]
         records = self._tail(low, end, timeout_s)
-        included: bool | None = None
-        pub = self.state.pub_round
+        pub = st.pub_round
+        included: bool | None = None  # whether the update sent before a restart made its round
         for rec in records:
             closed = self.rounds.apply(rec)
             if closed is not None and closed.round == pub:
@@ -127,19 +133,19 @@ class Syncer:
             if rec.type == "merged" and rec.round == pub and included is None:
                 included = self.member in rec.members
         self.reader.start({self.tp: end})
-        if pub and self.rounds.updates.get(self.member) is not None and self.rounds.round == pub:
-            # the update sent before the restart is in the open round: it is merged when the round closes
-            self._sent_round, self._sent_params = pub, self.model.sync_params()
-            self._sent_updates, self._sent_at = self.learner.updates, time.monotonic()
-        elif self.rounds.merged_round > self.state.ref_round:
-            if pub and included is None:
-                dropped = self.learner.updates - self.state.ref_updates
+        if pub and included is None:
+            if self.rounds.round == pub and self.member in self.rounds.updates:
+                self._waiting, self._sent_at = True, time.monotonic()  # in the open round: merged when it closes
+            elif self.rounds.round <= pub:  # the save point was written, the update never sent
+                st.clear_pub()
+            else:  # its round closed before the records read here: it may be in the group's model already
+                dropped = st.pub_updates - st.ref_updates
                 self.metrics.unsynced_lost.inc(dropped)
                 log.warning("sync: cannot tell whether the update of round %d (before the restart) was merged: "
                             "its %d labeled events are dropped rather than counted twice", pub, dropped)
                 included = True
+        if not self._waiting and self.rounds.merged_round > st.ref_round:
             self._adopt_latest(included=bool(included))
-        self.state.pub_round = 0
         self._send(self.writer, "hello", 0)
         log.info("sync: member %s of %s, %s; group model at round %d", self.member, self.topic,
                  f"{len(self.rounds.expected)} members known" if self.rounds.expected else "the first member",
@@ -163,12 +169,14 @@ class Syncer:
             window *= 4
 
     def _adopt_latest(self, *, included: bool) -> None:
+        st = self.state
         now = self.model.sync_params()
-        ref = now if included else (self.state.ref or {})
+        ref = (st.pub or {}) if included and st.pub is not None else (st.ref or {})
         self.model.load_sync_params(rebase(self.rounds.merged, now, ref))
-        if included:
-            self.state.ref_updates = self.learner.updates
-        self.state.ref, self.state.ref_round = self.rounds.merged, self.rounds.merged_round
+        if included and st.pub is not None:
+            st.ref_updates = st.pub_updates
+        st.clear_pub()
+        st.ref, st.ref_round = self.rounds.merged, self.rounds.merged_round
         self.learner.set_version(self.rounds.merged_round + 1)
         self.metrics.round.set(self.rounds.merged_round)
         self.metrics.staleness.set_to_current_time()
@@ -182,28 +190,31 @@ class Syncer:
     def due(self) -> bool:
         """Whether this member sends an update now: not waiting on its last one, and every_events labeled events
         or every_seconds since its last."""
-        if self._sent_round is not None and self._sent_round >= self.rounds.round:
+        if self._waiting:
             return False
         return (self.labels_since() >= self.cfg.every_events
                 or time.monotonic() - self._last_send >= self.cfg.every_seconds)
 
     def prepare(self) -> None:
-        """Before the save point that precedes an update: the checkpoint records the round it is for."""
-        self.state.pub_round = self.rounds.round
+        """Before the save point that precedes an update: the update is taken now (the model at the save
+        point), and the checkpoint records it with its round."""
+        st = self.state
+        st.pub_round, st.pub, st.pub_updates = self.rounds.round, self.model.sync_params(), self.learner.updates
 
     def send_update(self) -> bool:
-        """This member's update for the open round (after the save point committed its learning): its
-        parameters, the statistics it learned since its reference, its weight. Whether it was sent."""
-        r = self.rounds.round
-        now = self.model.sync_params()
-        weight = self.labels_since()
-        if not self._send(self.update_writer, "update", r, weight=weight,
-                          params=contribution(now, self.state.ref or {})):
+        """The update `prepare` took, for the open round (after the save point committed its learning): the
+        parameters, the statistics learned since the reference, the weight. Whether it was sent."""
+        st = self.state
+        if st.pub is None or st.pub_round != self.rounds.round:
+            self.prepare()  # (a round closed in between: the update is for the open one)
+        assert st.pub is not None
+        self._last_send = time.monotonic()
+        if not self._send(self.update_writer, "update", st.pub_round, weight=st.pub_updates - st.ref_updates,
+                          params=contribution(st.pub, st.ref or {})):
+            st.clear_pub()
             return False
         self.metrics.updates.labels("sent").inc()
-        self._sent_round, self._sent_params, self._sent_updates = r, now, self.learner.updates
-        self._sent_at = self._last_send = time.monotonic()
-        self._close_sent = False
+        self._waiting, self._sent_at, self._close_sent = True, time.monotonic(), False
         return True
 
     def poll(self) -> None:
@@ -219,7 +230,7 @@ class Syncer:
         if self.rounds.diverged:
             self.metrics.diverged.inc(self.rounds.diverged)
             self.rounds.diverged = 0
-        if (self._sent_round == self.rounds.round and not self._close_sent
+        if (self._waiting and not self._close_sent
                 and time.monotonic() - self._sent_at >= self.cfg.round_timeout_seconds):
             missing = sorted(self.rounds.expected - set(self.rounds.updates))
             log.warning("sync: round %d waited %.1fs for %s: closing it without them", self.rounds.round,
@@ -228,20 +239,23 @@ class Syncer:
 
     def _adopt(self, closed: Closed) -> None:
         t0 = time.perf_counter()
-        mine = self._sent_round == closed.round and self.member in closed.members
+        st = self.state
+        outstanding = self._waiting and st.pub_round == closed.round
+        mine = outstanding and self.member in closed.members
         now = self.model.sync_params()
-        ref = self._sent_params if mine else (self.state.ref or {})
+        ref = (st.pub or {}) if mine else (st.ref or {})
         self.model.load_sync_params(rebase(closed.merged, now, ref))
         if mine:
-            self.state.ref_updates = self._sent_updates
+            st.ref_updates = st.pub_updates
             self.metrics.updates.labels("merged").inc()
-        elif self._sent_round == closed.round:
+        elif outstanding:
             self.metrics.updates.labels("stale").inc()
             log.info("sync: round %d closed without this member's update: its learning goes into the next",
                      closed.round)
-        if self._sent_round is not None and self._sent_round <= closed.round:
-            self._sent_round = None
-        self.state.ref, self.state.ref_round = closed.merged, closed.round
+        if outstanding:
+            st.clear_pub()
+            self._waiting = False
+        st.ref, st.ref_round = closed.merged, closed.round
         self.learner.set_version(closed.round + 1)
         m = self.metrics
         m.merge_seconds.observe(time.perf_counter() - t0)

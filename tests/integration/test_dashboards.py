@@ -128,7 +128,7 @@ def test_every_panel_has_data_and_the_drift_alerts_fire(kafka_bootstrap: str, to
         empty = []
         for dash in DASHBOARDS:
             for panel in dash.panels:
-                if panel.gpu and not gpu:
+                if (panel.gpu and not gpu) or panel.sync:  # (sync panels: test_sync_dashboard_row below)
                     continue
                 exprs = [e.replace("$instance", f"127.0.0.1:{svc.port}").replace("$model", MODEL)
                          for e, _ in panel.targets]
@@ -157,3 +157,31 @@ def test_promtool_accepts_the_shipped_config_and_rules() -> None:
     for args in (["check", "config", str(DEPLOY / "prometheus.yml")], ["check", "rules", str(DEPLOY / "alerts.yml")]):
         res = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_group_dashboard_has_data_for_a_member_that_syncs(kafka_bootstrap: str, topic_prefix: str,
+                                                             tmp_path: Path) -> None:
+    """The sync panels (driftline / group model) against a real Prometheus scraping a member with sync on."""
+    cfg = write_config(tmp_path / "c.yaml", kafka_bootstrap, topic_prefix,
+                       model={"name": "LogisticRegression", "classes": [False, True]},
+                       checkpoint={"every_seconds": 1.0}, sync={"mode": "average", "every_seconds": 1.0},
+                       metrics={"lag_interval_s": 0.5})
+    svc = ServiceProcess(cfg, tmp_path / "svc.log")
+    prom = Prometheus(tmp_path, svc.port)
+    start = time.time()
+    try:
+        svc.wait_ready()
+        wait_for(prom.up, 60, "Prometheus scraping the service")
+        for part in range(4):
+            produce_events(kafka_bootstrap, f"{topic_prefix}-in", _events(0, 500, part, f"s{part}-"))
+            time.sleep(4)
+        wait_for(lambda: svc.metric("driftline_sync_round") >= 5, 60, "five rounds")
+        time.sleep(6)
+        group = next(d for d in DASHBOARDS if d.uid == "driftline-group")
+        empty = [p.title for p in group.panels
+                 if not any(prom.series(e.replace("$instance", f"127.0.0.1:{svc.port}"), start) for e, _ in p.targets)]
+        assert empty == [], f"panels without data: {empty}"
+        assert all(p.sync for p in group.panels)
+    finally:
+        prom.stop()
+        assert svc.terminate() == 0, svc.log()

@@ -87,8 +87,8 @@ def test_members_merge_the_same_model_every_round_and_a_new_member_starts_from_i
     finally:
         if producer.ident is not None:
             producer.join(120)
-        for m in members.values():
-            assert m.terminate() == 0, m.log()
+        codes = {n: m.terminate() for n, m in members.items()}
+        assert all(c == 0 for c in codes.values()), "\n".join(m.log() for m in members.values())
 
     assert joined_round >= 3 and joined_version == joined_round + 1, (joined_round, joined_version)
     assert stats["d"]['driftline_events_total{outcome="predicted"}'] > 0, "the fourth member never served"
@@ -138,6 +138,56 @@ def test_members_merge_the_same_model_every_round_and_a_new_member_starts_from_i
         print(f"{n}: round {s['driftline_sync_round']:.0f}, rounds complete {complete:.0f} timed out "
               f"{timed_out:.0f}, accuracy {s.get(acc, float('nan')):.4f}")
         assert s["driftline_sync_diverged_rounds_total"] == 0
+
+
+def _round_digests(bootstrap: str, audit_topic: str) -> dict[int, set[str]]:
+    digests: dict[int, set[str]] = collections.defaultdict(set)
+    for r in read_topic(bootstrap, audit_topic, timeout=5):
+        rec = json.loads(r.value)
+        if rec.get("action") == "sync_round":
+            digests[rec["round"]].add(rec["digest"])
+    return digests
+
+
+def test_a_member_sigkilled_mid_round_and_restarted_costs_a_timeout_and_no_divergence(
+        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    """B dies between rounds' records (SIGKILL) and comes back with its checkpoint: the others close the rounds
+    it misses after round_timeout_seconds, B resumes from its checkpoint and the group's model, and every member
+    still computes the same model every round."""
+    topic, group = f"{topic_prefix}-in", f"{topic_prefix}-group"
+    ensure_topics(KafkaSettings(bootstrap_servers=kafka_bootstrap), [topic], partitions=PARTITIONS)
+    events = _events(seed=12)
+    cfgs = {n: _config(tmp_path, kafka_bootstrap, topic_prefix, n) for n in ("a", "b", "c")}
+    members = {n: ServiceProcess(c, tmp_path / f"{n}0.log") for n, c in cfgs.items()}
+    producer = threading.Thread(target=_stream, args=(kafka_bootstrap, topic, events, RATE))
+    try:
+        for m in members.values():
+            m.wait_ready()
+        producer.start()
+        wait_for(lambda: members["b"].metric('driftline_sync_updates_total{outcome="merged"}') >= 4, 60,
+                 "B's fourth merged update")
+        members["b"].kill()
+        members["b"] = ServiceProcess(cfgs["b"], tmp_path / "b1.log")
+        members["b"].wait_ready()
+        restarted_round = members["b"].metric("driftline_sync_round")
+        producer.join(120)
+        wait_for(lambda: committed_offsets(kafka_bootstrap, group, topic) == end_offsets(kafka_bootstrap, topic),
+                 120, "the group to consume and commit everything")
+        wait_for(lambda: members["b"].metric('driftline_sync_updates_total{outcome="merged"}') >= 2, 30,
+                 "B's updates to be merged again")
+        stats = {n: m.metrics() for n, m in members.items()}
+    finally:
+        if producer.ident is not None:
+            producer.join(120)
+        codes = {n: m.terminate() for n, m in members.items()}
+        assert all(c == 0 for c in codes.values()), "\n".join(m.log() for m in members.values())
+    assert restarted_round >= 4, "B did not start from the group's model"
+    assert stats["a"]['driftline_sync_rounds_total{closed="timed_out"}'] >= 1, "no round waited for the dead B"
+    digests = _round_digests(kafka_bootstrap, f"{topic_prefix}-audit")
+    assert len(digests) >= 10 and all(len(d) == 1 for d in digests.values()), digests
+    assert all(s["driftline_sync_diverged_rounds_total"] == 0 for s in stats.values())
+    preds = read_topic(kafka_bootstrap, f"{topic_prefix}-pred")
+    assert {json.loads(r.value)["id"] for r in preds} == {e["id"] for e in events}
 
 
 def test_a_member_with_another_model_is_refused_at_start(kafka_bootstrap: str, topic_prefix: str,

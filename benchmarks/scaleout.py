@@ -1,0 +1,248 @@
+"""Scaling out: the same stream through one instance, and through three instances of one consumer group with
+sync.mode none (each learns its own model from its partitions) and average (federated averaging every second).
+
+Real broker, 6 partitions, events keyed by id, produced at a fixed rate after every member is ready. Accuracy
+is that of what the group served: each event's published prediction against its label, prequential (predicted
+before learned), final and rolling (windows of a tenth of the stream, in stream order). Sync cost is CPU time:
+the service processes' user+sys seconds (process_cpu_seconds_total, from ready to the last commit) per event,
+average vs none. Prints a table per stream, then one JSON line: worst_gap_vs_single (largest single-instance
+accuracy minus average-mode accuracy), best_gain_over_none (largest average minus none), sync_cpu_cost (CPU
+per event with sync / without, minus 1), and per stream the figures.
+
+    python benchmarks/scaleout.py --events 60000 --rate 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from driftline.settings import KafkaSettings
+from driftline.stream.broker import kafka_cluster
+from driftline.stream.kafka.clients import ensure_topics
+from driftline.stream.sources import from_generator
+
+PARTITIONS = 6
+STREAMS: dict[str, dict[str, Any]] = {
+    "SEA": {"name": "SEA", "params": {"variant": 0}},
+    # an abrupt concept change halfway (classification function 0 -> 2)
+    "Agrawal-drift": {"name": "Agrawal", "params": {"classification_function": 0},
+                      "drift": {"classification_function": 2}},
+    "Hyperplane-50": {"name": "Hyperplane", "params": {"n_features": 50, "n_drift_features": 10,
+                                                       "mag_change": 0.001, "noise_percentage": 0.05}},
+    "Hyperplane-200": {"name": "Hyperplane", "params": {"n_features": 200, "n_drift_features": 0,
+                                                        "mag_change": 0.0, "noise_percentage": 0.05}},
+    "Hyperplane-500": {"name": "Hyperplane", "params": {"n_features": 500, "n_drift_features": 0,
+                                                        "mag_change": 0.0, "noise_percentage": 0.05}},
+    "SEA-drift": {"name": "SEA", "params": {"variant": 0}, "drift": {"variant": 3}},
+}
+
+
+def _events(spec: dict[str, Any], n: int, seed: int) -> list[dict[str, Any]]:
+    drift_at = n // 2 if "drift" in spec else None
+    src = from_generator(spec["name"], params=spec["params"], seed=seed, drift_at=drift_at,
+                         drift_params=spec.get("drift"), id_prefix="e")
+    return list(itertools.islice(src, n))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(port: int) -> dict[str, float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(body):
+        for s in fam.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+class Member:
+    def __init__(self, cfg: dict[str, Any], workdir: Path, name: str) -> None:
+        self.port = int(cfg["metrics"]["port"])
+        path = workdir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        self.log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "driftline.cli", "run", "--config", str(path)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"a member exited with {self.proc.returncode}; see {self.log.name}")
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2).status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        self.log.close()
+
+
+def _wait(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _committed_all(bootstrap: str, group: str, topic: str, ends: dict[int, int]) -> bool:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        got = c.committed([TopicPartition(topic, p) for p in ends], timeout=10)
+        return all(tp.offset == ends[tp.partition] for tp in got)
+    finally:
+        c.close()
+
+
+def _ends(bootstrap: str, topic: str) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ends-{uuid.uuid4().hex[:6]}"})
+    try:
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(PARTITIONS)}
+    finally:
+        c.close()
+
+
+def _read_predictions(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:6]}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic])
+    out: dict[str, Any] = {}
+    deadline = time.monotonic() + 120
+    try:
+        while len(out) < n and time.monotonic() < deadline:
+            for m in c.consume(5000, 1.0):
+                if m.error() is None:
+                    p = json.loads(m.value())
+                    out.setdefault(p["id"], p["prediction"])
+    finally:
+        c.close()
+    return out
+
+
+def _p99(metrics: list[dict[str, float]], name: str) -> float | None:
+    """The 99th percentile's bucket bound of a histogram summed over members."""
+    buckets: dict[float, float] = {}
+    for m in metrics:
+        for k, v in m.items():
+            if k.startswith(f"{name}_bucket{{"):
+                le = k.split('le="')[1].split('"')[0]
+                buckets[float(le)] = buckets.get(float(le), 0.0) + v
+    if not buckets or buckets[max(buckets)] == 0:
+        return None
+    total = buckets[max(buckets)]
+    return next(le for le in sorted(buckets) if buckets[le] >= 0.99 * total)
+
+
+def run(bootstrap: str, events: list[dict[str, Any]], *, members: int, mode: str, rate: float,
+        workdir: Path) -> dict[str, Any]:
+    prefix = f"scale-{mode}-{members}-{uuid.uuid4().hex[:6]}"
+    topic, group = f"{prefix}-in", f"{prefix}-group"
+    ensure_topics(KafkaSettings(bootstrap_servers=bootstrap), [topic], partitions=PARTITIONS)
+    procs = []
+    for i in range(members):
+        cfg = {"kafka": {"bootstrap_servers": bootstrap, "group_id": group, "client_id": f"{prefix}-{i}",
+                         "max_poll_records": 500},
+               "topics": {"input": topic, "predictions": f"{prefix}-pred", "dead_letter": f"{prefix}-dlq"},
+               "metrics": {"port": _free_port()},
+               "model": {"name": "LogisticRegression", "classes": [False, True]},
+               "checkpoint": {"every_events": 100_000, "every_seconds": 1.0},
+               "sync": {"mode": mode, "every_seconds": 1.0, "every_events": 100_000, "round_timeout_seconds": 3.0}}
+        procs.append(Member(cfg, workdir, f"{prefix}-{i}"))
+    try:
+        _wait(lambda: all(p.ready() for p in procs), 180, "the members to be ready")
+        time.sleep(4)  # the group settles (every member has its partitions)
+        cpu0 = sum(_scrape(p.port)["process_cpu_seconds_total"] for p in procs)
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+        t0 = time.monotonic()
+        for i, e in enumerate(events):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            producer.produce(topic, key=e["id"].encode(), value=json.dumps(e).encode())
+            producer.poll(0)
+        producer.flush(60)
+        ends = _ends(bootstrap, topic)
+        _wait(lambda: _committed_all(bootstrap, group, topic, ends), 300, "the group to commit everything")
+        time.sleep(2.5)  # the last round
+        final = [_scrape(p.port) for p in procs]
+    finally:
+        for p in procs:
+            p.stop()
+    cpu = sum(m["process_cpu_seconds_total"] for m in final) - cpu0
+    preds = _read_predictions(bootstrap, f"{prefix}-pred", len(events))
+    hits = [preds.get(e["id"]) == e["label"] for e in events]
+    window = len(events) // 10
+    rolling = [sum(hits[i:i + window]) / window for i in range(0, len(hits) - window + 1, window)]
+    rounds = max(m.get("driftline_sync_round", 0.0) for m in final)
+    sent = sum(m.get('driftline_sync_bytes_total{direction="sent"}', 0.0) for m in final)
+    return {"accuracy": sum(hits) / len(hits), "rolling": rolling, "predicted": len(preds),
+            "cpu_s_per_kevent": 1000 * cpu / len(events), "rounds": rounds,
+            "bytes_per_round": sent / rounds if rounds else 0.0,
+            "merge_p99_s": _p99(final, "driftline_sync_merge_seconds"),
+            "timed_out_rounds": max(m.get('driftline_sync_rounds_total{closed="timed_out"}', 0.0) for m in final)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=60_000)
+    ap.add_argument("--rate", type=float, default=4_000.0, help="events/s produced (default 4000: 15 s, 15 rounds)")
+    ap.add_argument("--streams", default=",".join(STREAMS), help=f"comma-separated, of {', '.join(STREAMS)}")
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    print(f"# {platform.node()} {os.cpu_count()} CPUs, {args.events} events/stream at {args.rate:.0f}/s, "
+          f"{PARTITIONS} partitions")
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    with kafka_cluster() as bootstrap, tempfile.TemporaryDirectory(prefix="driftline-scaleout-") as tmp:
+        for name in args.streams.split(","):
+            events = _events(STREAMS[name], args.events, args.seed)
+            results[name] = {
+                "single": run(bootstrap, events, members=1, mode="none", rate=args.rate, workdir=Path(tmp)),
+                "none": run(bootstrap, events, members=3, mode="none", rate=args.rate, workdir=Path(tmp)),
+                "average": run(bootstrap, events, members=3, mode="average", rate=args.rate, workdir=Path(tmp)),
+            }
+            print(f"\n## {name}")
+            print("| run | accuracy | rolling accuracy (10 windows) | CPU s/1k events | rounds | bytes/round | "
+                  "merge p99 | timed-out rounds |")
+            print("|---|---|---|---|---|---|---|---|")
+            for run_name, r in results[name].items():
+                roll = " ".join(f"{a:.3f}" for a in r["rolling"])
+                p99 = f"{r['merge_p99_s'] * 1000:.1f} ms" if r["merge_p99_s"] is not None else "-"
+                print(f"| {run_name} | {r['accuracy']:.4f} | {roll} | {r['cpu_s_per_kevent']:.3f} | "
+                      f"{r['rounds']:.0f} | {r['bytes_per_round']:.0f} | {p99} | {r['timed_out_rounds']:.0f} |",
+                      flush=True)
+    gaps = {n: r["single"]["accuracy"] - r["average"]["accuracy"] for n, r in results.items()}
+    gains = {n: r["average"]["accuracy"] - r["none"]["accuracy"] for n, r in results.items()}
+    cpu_avg = sum(r["average"]["cpu_s_per_kevent"] for r in results.values())
+    cpu_none = sum(r["none"]["cpu_s_per_kevent"] for r in results.values())
+    print(json.dumps({"worst_gap_vs_single": round(max(gaps.values()), 4),
+                      "best_gain_over_none": round(max(gains.values()), 4),
+                      "sync_cpu_cost": round(cpu_avg / cpu_none - 1, 4),
+                      "streams": {n: {k: round(r[k]["accuracy"], 4) for k in r} for n, r in results.items()}}))
+
+
+if __name__ == "__main__":
+    main()
