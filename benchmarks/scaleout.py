@@ -210,7 +210,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=60_000)
     ap.add_argument("--rate", type=float, default=4_000.0, help="events/s produced (default 4000: 15 s, 15 rounds)")
-    ap.add_argument("--streams", default=",".join(STREAMS), help=f"comma-separated, of {', '.join(STREAMS)}")
+    ap.add_argument("--streams", default="SEA-drift,Hyperplane-50,Hyperplane-200",
+                    help=f"comma-separated, of {', '.join(STREAMS)}")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     print(f"# {platform.node()} {os.cpu_count()} CPUs, {args.events} events/stream at {args.rate:.0f}/s, "

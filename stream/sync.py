@@ -123,9 +123,10 @@ class Syncer:
             st.ref_updates = self.learner.updates
         self.rounds = Rounds(round=st.ref_round + 1, merged=dict(st.ref), merged_round=st.ref_round)
         low, end = self.reader.bounds([self.tp])[self.tp]
-        records = self._tail(low, end, timeout_s)
+        records, merged_by_round = self._tail(low, end, timeout_s)
         pub = st.pub_round
-        included: bool | None = None  # whether the update sent before a restart made its round
+        # whether the update sent before a restart made its round (its round's merged record says, if read)
+        included: bool | None = self.member in merged_by_round[pub] if pub in merged_by_round else None
         for rec in records:
             closed = self.rounds.apply(rec)
             if closed is not None and closed.round == pub:
@@ -151,9 +152,9 @@ class Syncer:
                  f"{len(self.rounds.expected)} members known" if self.rounds.expected else "the first member",
                  self.rounds.merged_round)
 
-    def _tail(self, low: int, end: int, timeout_s: float) -> list[SyncRecord]:
+    def _tail(self, low: int, end: int, timeout_s: float) -> tuple[list[SyncRecord], dict[int, tuple[str, ...]]]:
         """The newest merged record, then the records after the one that closed its round, to ``end`` (every
-        record when there is no merged one)."""
+        record when there is no merged one); and the members of every round whose merged record was read."""
         window = JOIN_WINDOW
         while True:
             start = max(low, end - window)
@@ -161,11 +162,12 @@ class Syncer:
                              what=f"sync topic {self.topic}"))
             records = [r for r in (self._decode(x, joining=True) for x in raw) if r is not None]
             merged = [r for r in records if r.type == "merged"]
+            members = {r.round: r.members for r in merged}
             if merged and (merged[-1].closed_at >= start or start == low):
                 last = merged[-1]
-                return [last, *(r for r in records if r.offset > last.closed_at)]
+                return [last, *(r for r in records if r.offset > last.closed_at)], members
             if start == low:
-                return records
+                return records, members
             window *= 4
 
     def _adopt_latest(self, *, included: bool) -> None:
