@@ -158,7 +158,7 @@ def _p99(metrics: list[dict[str, float]], name: str) -> float | None:
 
 
 def run(bootstrap: str, events: list[dict[str, Any]], *, members: int, mode: str, rate: float,
-        workdir: Path) -> dict[str, Any]:
+        workdir: Path, sync_every: float = 1.0) -> dict[str, Any]:
     prefix = f"scale-{mode}-{members}-{uuid.uuid4().hex[:6]}"
     topic, group = f"{prefix}-in", f"{prefix}-group"
     ensure_topics(KafkaSettings(bootstrap_servers=bootstrap), [topic], partitions=PARTITIONS)
@@ -170,7 +170,8 @@ def run(bootstrap: str, events: list[dict[str, Any]], *, members: int, mode: str
                "metrics": {"port": _free_port()},
                "model": {"name": "LogisticRegression", "classes": [False, True]},
                "checkpoint": {"every_events": 100_000, "every_seconds": 1.0},
-               "sync": {"mode": mode, "every_seconds": 1.0, "every_events": 100_000, "round_timeout_seconds": 3.0}}
+               "sync": {"mode": mode, "every_seconds": sync_every, "every_events": 100_000,
+                        "round_timeout_seconds": 3.0}}
         procs.append(Member(cfg, workdir, f"{prefix}-{i}"))
     try:
         _wait(lambda: all(p.ready() for p in procs), 180, "the members to be ready")
@@ -213,9 +214,10 @@ def main() -> None:
     ap.add_argument("--streams", default="SEA-drift,Hyperplane-50,Hyperplane-200",
                     help=f"comma-separated, of {', '.join(STREAMS)}")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--sync-every", type=float, default=1.0, help="sync.every_seconds of the average runs")
     args = ap.parse_args()
     print(f"# {platform.node()} {os.cpu_count()} CPUs, {args.events} events/stream at {args.rate:.0f}/s, "
-          f"{PARTITIONS} partitions")
+          f"{PARTITIONS} partitions, sync.every_seconds {args.sync_every}")
     results: dict[str, dict[str, dict[str, Any]]] = {}
     with kafka_cluster() as bootstrap, tempfile.TemporaryDirectory(prefix="driftline-scaleout-") as tmp:
         for name in args.streams.split(","):
@@ -223,7 +225,8 @@ def main() -> None:
             results[name] = {
                 "single": run(bootstrap, events, members=1, mode="none", rate=args.rate, workdir=Path(tmp)),
                 "none": run(bootstrap, events, members=3, mode="none", rate=args.rate, workdir=Path(tmp)),
-                "average": run(bootstrap, events, members=3, mode="average", rate=args.rate, workdir=Path(tmp)),
+                "average": run(bootstrap, events, members=3, mode="average", rate=args.rate, workdir=Path(tmp),
+                               sync_every=args.sync_every),
             }
             print(f"\n## {name}")
             print("| run | accuracy | rolling accuracy (10 windows) | CPU s/1k events | rounds | bytes/round | "

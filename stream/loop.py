@@ -247,7 +247,9 @@ class Service:
         self.kafka.topic_partitions(s.sync_topic)  # waits until a topic just created is known
         # with exactly_once, the update is in the save point's transaction; the other records need none
         plain = self.kafka.writer() if transactional is not None else writer
-        audit = AuditPublisher(sink, s.topics.audit)
+        # a round is adopted between batches, outside any transaction: its audit record goes the plain way
+        audit = AuditPublisher(sink if transactional is None else OutputSink(
+            plain, s.topics.predictions, s.topics.dead_letter, self.metrics), s.topics.audit)
         return Syncer(s.sync, self.learner, model, state, topic=s.sync_topic, group=s.kafka.group_id,
                       member=self._identity(), writer=plain, update_writer=writer,
                       reader=partition_reader(s.kafka), metrics=self.metrics.sync,

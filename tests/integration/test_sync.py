@@ -29,10 +29,10 @@ RATE = 1_500.0  # the stream lasts 16 s: ~16 rounds, and the fourth member joins
 
 
 def _config(tmp_path: Path, bootstrap: str, prefix: str, name: str, *, model: str = "LogisticRegression",
-            **sync: Any) -> Path:
+            kafka: dict[str, Any] | None = None, **sync: Any) -> Path:
     return write_config(tmp_path / f"{name}.yaml", bootstrap, prefix,
                         model={"name": model, "classes": [False, True]},
-                        topics={"audit": f"{prefix}-audit"}, kafka={"max_poll_records": 200},
+                        topics={"audit": f"{prefix}-audit"}, kafka={"max_poll_records": 200, **(kafka or {})},
                         checkpoint={"directory": str(tmp_path / name), "every_events": 5000, "every_seconds": 2.0},
                         sync={"mode": "average", "every_seconds": 1.0, "every_events": 100_000,
                               "round_timeout_seconds": 3.0, **sync})
@@ -149,15 +149,18 @@ def _round_digests(bootstrap: str, audit_topic: str) -> dict[int, set[str]]:
     return digests
 
 
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
 def test_a_member_sigkilled_mid_round_and_restarted_costs_a_timeout_and_no_divergence(
-        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, exactly_once: bool) -> None:
     """B dies between rounds' records (SIGKILL) and comes back with its checkpoint: the others close the rounds
     it misses after round_timeout_seconds, B resumes from its checkpoint and the group's model, and every member
-    still computes the same model every round."""
+    still computes the same model every round. With exactly_once, each update is in its save point's
+    transaction (read_committed: an aborted one is never merged)."""
     topic, group = f"{topic_prefix}-in", f"{topic_prefix}-group"
     ensure_topics(KafkaSettings(bootstrap_servers=kafka_bootstrap), [topic], partitions=PARTITIONS)
     events = _events(seed=12)
-    cfgs = {n: _config(tmp_path, kafka_bootstrap, topic_prefix, n) for n in ("a", "b", "c")}
+    cfgs = {n: _config(tmp_path, kafka_bootstrap, topic_prefix, n, kafka={"exactly_once": exactly_once})
+            for n in ("a", "b", "c")}
     members = {n: ServiceProcess(c, tmp_path / f"{n}0.log") for n, c in cfgs.items()}
     producer = threading.Thread(target=_stream, args=(kafka_bootstrap, topic, events, RATE))
     try:
