@@ -226,9 +226,13 @@ class Syncer:
             rec = self._decode(raw, joining=False)
             if rec is None:
                 continue
+            own = self.rounds.merged
             closed = self.rounds.apply(rec)
             if closed is not None:
                 self._adopt(closed)
+            elif self.rounds.corrected is not None:  # the closer's model of the last round, not ours: take it
+                self.model.load_sync_params(rebase(self.rounds.corrected, self.model.sync_params(), own))
+                self.state.ref, self.rounds.corrected = self.rounds.corrected, None
         if self.rounds.diverged:
             self.metrics.diverged.inc(self.rounds.diverged)
             self.rounds.diverged = 0

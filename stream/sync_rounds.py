@@ -67,6 +67,7 @@ class Rounds:
     merged_round: int = 0
     stale: int = 0  # updates that came after their round closed
     diverged: int = 0  # merged records whose digest differs from the one computed here
+    corrected: Params | None = None  # the published model of the last diverged round, until the member adopts it
 
     def apply(self, rec: SyncRecord) -> Closed | None:
         """Apply the next record of the topic; the round it closes, if it closes one."""
@@ -95,10 +96,13 @@ class Rounds:
         if rec.round < self.merged_round:
             return None
         if rec.round == self.merged_round:
-            if rec.digest != digest(self.merged):
+            if rec.digest != digest(self.merged) and rec.params is not None:
+                # (e.g. members that started from different checkpoints when sync was turned on: their first
+                # rounds' statistics differ) the closer's model is the group's: taken, so the members converge
                 self.diverged += 1
-                log.error("sync: round %d merged to %s here, its closer published %s", rec.round,
-                          digest(self.merged)[:12], rec.digest[:12])
+                log.error("sync: round %d merged to %s here, its closer published %s: taking the published one",
+                          rec.round, digest(self.merged)[:12], rec.digest[:12])
+                self.corrected, self.merged = rec.params, rec.params
             return None
         # a round this state never saw close (it started reading after it): take it as published
         assert rec.params is not None

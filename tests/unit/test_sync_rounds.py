@@ -75,10 +75,13 @@ def test_a_member_starting_from_a_merged_record_continues_the_same_rounds() -> N
     assert (last_new.round, last_new.members, last_new.digest) == (last_old.round, last_old.members, last_old.digest)
 
 
-def test_a_merged_record_that_disagrees_is_counted() -> None:
+def test_a_merged_record_that_disagrees_is_counted_and_taken() -> None:
     rounds = Rounds()
     rounds.apply(SyncRecord("hello", "a"))
     closed = rounds.apply(_up("a", 1, 1.0, 1.0))
     assert closed is not None
-    rounds.apply(SyncRecord("merged", "a", 1, params=closed.merged, members=("a",), digest="0" * 64))
+    published = {"w": mean_entry({"x": 7.0})}
+    rounds.apply(SyncRecord("merged", "a", 1, params=published, members=("a",), digest="0" * 64))
     assert rounds.diverged == 1
+    # the closer's model is the group's: taken, so the next round starts from it on every member
+    assert rounds.corrected == published and rounds.merged == published

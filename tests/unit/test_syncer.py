@@ -1,0 +1,172 @@
+"""The member's side of sync (`stream.sync.Syncer`): joining, sending, adopting, restarting, over an in-memory
+log with the sync topic's semantics (one partition, every member reads every record in order). The real
+broker runs the same code in tests/integration/test_sync.py."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from driftline.core import Event
+from driftline.learners.base import Learner
+from driftline.learners.capabilities import mergeable
+from driftline.learners.factory import build_learner
+from driftline.learners.mergeable import digest
+from driftline.monitoring.metrics import SyncMetrics
+from driftline.settings import ModelSettings, SyncSettings
+from driftline.stream.kafka.seam import TopicPartition
+from driftline.stream.kafka.writer import FlushResult
+from driftline.stream.records import InboundRecord
+from driftline.stream.sources import from_generator
+from driftline.stream.sync import Syncer, SyncState
+
+CFG = ModelSettings(name="LogisticRegression", classes=[False, True])
+
+
+class Log:
+    def __init__(self) -> None:
+        self.records: list[InboundRecord] = []
+
+
+class Writer:
+    def __init__(self, log: Log) -> None:
+        self.log = log
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+             headers: Any = None) -> None:
+        self.log.records.append(InboundRecord(topic, 0, len(self.log.records), 0, key, value))
+
+    def flush(self, timeout: float | None = None) -> FlushResult:
+        return FlushResult()
+
+    def partitions_for(self, topic: str) -> int:
+        return 1
+
+    def close(self, timeout: float = 30.0) -> None:
+        return None
+
+
+class Reader:
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.pos = 0
+
+    def partitions(self, topic: str) -> list[int]:
+        return [0]
+
+    def bounds(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
+        return {tp: (0, len(self.log.records)) for tp in tps}
+
+    def offsets_for_time(self, tps: Sequence[TopicPartition], ms: int) -> dict[TopicPartition, int | None]:
+        return {}
+
+    def start(self, offsets: Mapping[TopicPartition, int]) -> None:
+        for off in offsets.values():
+            self.pos = off
+
+    def poll(self, timeout_s: float) -> list[InboundRecord]:
+        out = self.log.records[self.pos:]
+        self.pos = len(self.log.records)
+        return out
+
+    def position(self, tp: TopicPartition) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        return None
+
+
+def _member(log: Log, name: str, learner: Learner | None = None, state: SyncState | None = None) -> Syncer:
+    learner = learner or build_learner(CFG)
+    model = mergeable(learner)
+    assert model is not None
+    return Syncer(SyncSettings(mode="average", every_seconds=1e9, every_events=10**9), learner, model,
+                  state or SyncState(), topic="sync", group="g", member=name, writer=Writer(log), reader=Reader(log),
+                  metrics=SyncMetrics(CollectorRegistry()))
+
+
+def _events(n: int, seed: int) -> list[Event]:
+    return [Event.model_validate(e) for e in itertools.islice(from_generator("SEA", seed=seed, id_prefix="e"), n)]
+
+
+def _learn(s: Syncer, events: Sequence[Event]) -> None:
+    for e in events:
+        assert e.label is not None
+        s.learner.learn_one(e, e.label)
+
+
+def _params_digest(s: Syncer) -> str:
+    return digest(s.model.sync_params())
+
+
+def test_members_in_step_hold_the_same_model_after_every_round_and_a_joiner_starts_from_it() -> None:
+    log = Log()
+    members = [_member(log, n) for n in ("a", "b", "c")]
+    for m in members:
+        m.join()
+    for r in range(1, 4):
+        for i, m in enumerate(members):
+            _learn(m, _events(100 * (i + 1), seed=10 * r + i))
+            m.prepare()
+            assert m.send_update()
+        for m in members:
+            m.poll()
+        assert {m.rounds.merged_round for m in members} == {r}
+        assert len({_params_digest(m) for m in members}) == 1, f"round {r}: members differ"
+        assert all(m.learner.version == r + 1 for m in members)
+    joiner = _member(log, "d")
+    joiner.join()
+    assert _params_digest(joiner) == _params_digest(members[0]) and joiner.learner.version == 4
+
+
+def test_members_that_start_from_different_models_converge_on_the_closer_s() -> None:
+    """Sync turned on for a group whose members have checkpoints: their scalers' statistics differ, so their
+    first merged models differ; the published one (the closer's) is taken, and they agree from then on."""
+    log = Log()
+    a_learner = build_learner(CFG)
+    for e in _events(300, seed=1):
+        assert e.label is not None
+        a_learner.learn_one(e, e.label)
+    a, b = _member(log, "a", a_learner), _member(log, "b")
+    a.join()
+    b.join()
+    for seed, m in enumerate((a, b)):
+        _learn(m, _events(50, seed=seed + 20))
+        m.prepare()
+        m.send_update()
+    a.poll()
+    b.poll()
+    a.poll()  # the merged record
+    b.poll()
+    assert a.rounds.merged_round == b.rounds.merged_round == 1
+    assert _params_digest(a) == _params_digest(b)
+    assert a.metrics.diverged._value.get() + b.metrics.diverged._value.get() == 1
+
+
+def test_a_restart_knows_its_update_made_the_round_and_counts_nothing_twice() -> None:
+    """B dies right after sending (its checkpoint holds the update in flight); the round closes with it; B's
+    restart adopts the merged model as it is (its learning is in it already, not added again)."""
+    log = Log()
+    a, b = _member(log, "a"), _member(log, "b")
+    a.join()
+    b.join()
+    _learn(b, _events(200, seed=3))
+    b.prepare()
+    checkpoint = (b.learner.state_dict(), b.state.state_dict())  # the save point before the send
+    b.send_update()
+    _learn(a, _events(200, seed=4))
+    a.prepare()
+    a.send_update()
+    a.poll()  # round 1 closes with both: a publishes the merged model
+    state = SyncState()
+    state.load_state_dict(checkpoint[1])
+    learner = build_learner(CFG)
+    learner.load_state_dict(checkpoint[0])
+    b2 = _member(log, "b", learner, state)
+    b2.join()
+    assert b2.rounds.merged_round == 1 and _params_digest(b2) == _params_digest(a)
+    assert b2.metrics.unsynced_lost._value.get() == 0
+    assert b2.labels_since() == 0  # the learning it sent is the group's: its next update's weight starts at 0
