@@ -27,6 +27,10 @@ REGRESSORS: dict[str, str] = {
     "ARFRegressor": "river.forest:ARFRegressor",
 }
 
+# River models whose parameters members of a group can average (sync.mode average; driftline.learners.river_sync)
+MERGEABLE_RIVER: frozenset[str] = frozenset({"LogisticRegression", "Perceptron", "LinearRegression",
+                                             "SoftmaxRegression"})
+
 # Torch heads (trained online with a torch optimizer; see driftline.learners.torch_head).
 TORCH_HEADS: dict[str, str] = {
     "TorchLinear": "driftline.learners.torch_head:TorchLinear",

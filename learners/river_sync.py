@@ -20,9 +20,8 @@ from river import multiclass, utils
 from driftline.core import Label
 from driftline.learners.capabilities import Capability
 from driftline.learners.mergeable import Entry, Params, mean_entry, moments_entry
+from driftline.learners.registry import MERGEABLE_RIVER
 from driftline.learners.river_head import STATE_KIND, RiverLearner
-
-LINEAR = frozenset({"LogisticRegression", "Perceptron", "LinearRegression", "SoftmaxRegression"})
 
 
 def _cls(label: Label) -> str:
@@ -106,4 +105,4 @@ def _per_class(params: Params, prefix: str) -> list[tuple[Label, Entry]]:
 
 def mergeable_cls(name: str) -> type[RiverLearner]:
     """The River learner class for model ``name``: mergeable for the linear models."""
-    return MergeableRiverLearner if name in LINEAR else RiverLearner
+    return MergeableRiverLearner if name in MERGEABLE_RIVER else RiverLearner

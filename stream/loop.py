@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from driftline.errors import ConfigError, KafkaSecurityError
 from driftline.learners.base import Learner
 from driftline.learners.capabilities import background_trained, mergeable
-from driftline.learners.river_sync import LINEAR
+from driftline.learners.registry import MERGEABLE_RIVER
 from driftline.monitoring.http import MetricsServer
 from driftline.monitoring.http_security import http_security
 from driftline.monitoring.metrics import ServiceMetrics
@@ -242,7 +242,7 @@ class Service:
         model = mergeable(self.learner)
         if model is None:
             raise ConfigError(f"sync.mode {s.sync.mode}: model {self.learner.name} cannot be averaged (mergeable: "
-                              f"{', '.join(sorted(LINEAR))} without a backbone); set sync.mode none")
+                              f"{', '.join(sorted(MERGEABLE_RIVER))} without a backbone); set sync.mode none")
         self.kafka.ensure_topics([s.sync_topic], partitions=1, configs=SYNC_TOPIC)
         self.kafka.topic_partitions(s.sync_topic)  # waits until a topic just created is known
         # with exactly_once, the update is in the save point's transaction; the other records need none

@@ -61,7 +61,7 @@ def _sync_records(bootstrap: str, topic: str) -> list[tuple[dict[str, Any], dict
 
 
 def test_members_merge_the_same_model_every_round_and_a_new_member_starts_from_it(
-        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, kafka_client: str) -> None:
     topic, group = f"{topic_prefix}-in", f"{topic_prefix}-group"
     ensure_topics(KafkaSettings(bootstrap_servers=kafka_bootstrap), [topic], partitions=PARTITIONS)
     events = _events(seed=11)
