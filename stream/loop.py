@@ -94,6 +94,7 @@ class Service:
         self._lag_at = 0.0
         self._lag_keys: set[tuple[str, str]] = set()
         self._paused = False
+        self._closing = False
         self.http: MetricsServer | None = None
         if serve_http:
             tls, auth = http_security(settings.metrics)
@@ -164,7 +165,7 @@ class Service:
                 syncer.join()
             # on_revoke runs inside poll(): the previous batch is already processed and flushed
             consumer.subscribe(inputs, on_assign=lambda tps: checkpointer.assigned(consumer, tps),
-                               on_revoke=checkpointer.revoked, on_lost=self._lost)
+                               on_revoke=self._revoked, on_lost=self._lost)
             self._running = True
             self.metrics.up.set(1)
             log.info("consuming %s as group %r with model %s (%s)", " + ".join(inputs), s.kafka.group_id,
@@ -420,11 +421,21 @@ class Service:
             self.metrics.lag.remove(*key)
         self._lag_keys = seen
 
+    def _revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        """Partitions leave this member in a rebalance: saved and committed first. Not while the consumer closes
+        (kafka-python revokes then): the shutdown save point stands, and after a fatal error nothing is saved."""
+        if not self._closing:
+            self.checkpointer.revoked(partitions)
+
     def _close(self, consumer: Consumer, writer: RecordWriter) -> None:
+        self._closing = True
         try:
             writer.close(timeout=30)
         finally:
-            consumer.close()
+            try:
+                consumer.close()
+            except Exception as exc:  # (an error of its own must not hide the one that stopped the service)
+                log.warning("kafka: closing the consumer failed: %s: %s", type(exc).__name__, exc)
             if self.http is not None:
                 self.http.stop()
             trained = self.trained
