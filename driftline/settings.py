@@ -115,9 +115,13 @@ class KafkaSettings(Frozen):
     group_id: str = "driftline"
     # Static group membership (KIP-345): an id unique per process and stable across its restarts, e.g. a
     # StatefulSet pod's name (DRIFTLINE_KAFKA__INSTANCE_ID). A restarted member reclaims its partitions without a
-    # rebalance if it is back within session_timeout_ms; a stopped one does not leave the group (its partitions
-    # move after session_timeout_ms). Two processes with one id fence each other: the older one stops (exit 2).
+    # rebalance if it is back within session_timeout_ms (a crash). Two processes with one id fence each other: the
+    # older one stops (exit 2).
     instance_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    # A static member stopped gracefully (SIGTERM: a rolling deploy, scale in) leaves the group after its last save
+    # point, so its partitions move to the others at once; false: they wait for its return, up to
+    # session_timeout_ms (no rebalance if it comes back in time, but nothing of its partitions is served meanwhile).
+    leave_group_on_stop: bool = True
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     # consumer
     max_poll_records: int = Field(1000, ge=1, le=100_000)

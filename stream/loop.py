@@ -95,6 +95,7 @@ class Service:
         self._lag_keys: set[tuple[str, str]] = set()
         self._paused = False
         self._closing = False
+        self._graceful = False  # stopped on request, everything saved: a static member may leave the group
         self.http: MetricsServer | None = None
         if serve_http:
             tls, auth = http_security(settings.metrics)
@@ -225,6 +226,7 @@ class Service:
             if syncer is not None:
                 syncer.leave()
             quarantine.clean_stop()
+            self._graceful = True
         finally:
             self._running = False
             self.metrics.up.set(0)
@@ -421,6 +423,20 @@ class Service:
             self.metrics.lag.remove(*key)
         self._lag_keys = seen
 
+    def _leave_group(self) -> None:
+        """A static member that stopped gracefully leaves the group (kafka.leave_group_on_stop): a static
+        member's close does not, and its partitions would wait session_timeout_ms for its return."""
+        k = self.settings.kafka
+        if not (self._graceful and k.instance_id and k.leave_group_on_stop):
+            return
+        try:
+            self.kafka.leave_group(k.instance_id)
+            log.info("left group %r (static member %s): its partitions move to the others now", k.group_id,
+                     k.instance_id)
+        except Exception as exc:  # its partitions then move after the session timeout
+            log.warning("kafka: leaving group %r failed (%s: %s); its partitions move after "
+                        "kafka.session_timeout_ms", k.group_id, type(exc).__name__, exc)
+
     def _revoked(self, partitions: Sequence[TopicPartition]) -> None:
         """Partitions leave this member in a rebalance: saved and committed first. Not while the consumer closes
         (kafka-python revokes then): the shutdown save point stands, and after a fatal error nothing is saved."""
@@ -436,6 +452,7 @@ class Service:
                 consumer.close()
             except Exception as exc:  # (an error of its own must not hide the one that stopped the service)
                 log.warning("kafka: closing the consumer failed: %s: %s", type(exc).__name__, exc)
+            self._leave_group()
             if self.http is not None:
                 self.http.stop()
             trained = self.trained

@@ -9,7 +9,7 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import NoError, TopicAlreadyExistsError
 
 from driftline.settings import KafkaSettings
 from driftline.stream.kafka.properties import plain, python_name, refuse_owned, unknown
@@ -107,6 +107,21 @@ def ensure_topics(cfg: KafkaSettings, topics: Iterable[str], partitions: int = 1
                 pass
     finally:
         admin.close()
+
+
+def leave_group(cfg: KafkaSettings, instance_id: str) -> None:
+    """LeaveGroup (v3+, KIP-345) for the static member ``instance_id`` of ``cfg.group_id``: the coordinator
+    rebalances the group at once instead of waiting for the member's session to expire."""
+    from kafka.admin import MemberToRemove
+
+    admin = make_admin(cfg)
+    try:
+        result = admin.remove_group_members(cfg.group_id, [MemberToRemove(group_instance_id=instance_id)])
+    finally:
+        admin.close()
+    failed = {m.group_instance_id: e.__name__ for m, e in result.items() if e is not NoError}
+    if failed:
+        raise RuntimeError(f"leaving group {cfg.group_id!r} failed: {failed}")
 
 
 def topic_partitions(cfg: KafkaSettings, topic: str, wait_s: float = 30.0) -> int:

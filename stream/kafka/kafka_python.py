@@ -23,7 +23,7 @@ from kafka.errors import (
 
 from driftline.errors import ConfigError
 from driftline.settings import KafkaSettings
-from driftline.stream.kafka.clients import ensure_topics, make_consumer, topic_partitions
+from driftline.stream.kafka.clients import ensure_topics, leave_group, make_consumer, topic_partitions
 from driftline.stream.kafka.preflight import check_connection
 from driftline.stream.kafka.seam import (
     CommitLostError,
@@ -178,6 +178,10 @@ class KafkaAdmin:
 
     def topic_partitions(self, topic: str) -> int:
         return topic_partitions(self.cfg, topic)
+
+    def leave_group(self, instance_id: str) -> None:
+        with _mapped("leave_group"):
+            leave_group(self.cfg, instance_id)
 
 
 class KafkaPythonBackend(KafkaAdmin):

@@ -262,3 +262,35 @@ def test_a_static_member_killed_and_restarted_reclaims_its_partitions_without_a_
     print(f"static member back {back_after:.1f} s after its SIGKILL (session timeout 30 s)")
     assert after == before, "A was given partitions again: the restart rebalanced the group"
     _learned_by_the_group(tmp_path, truth)
+
+
+def test_a_static_member_stopped_gracefully_leaves_and_its_partitions_move_at_once(
+        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    """kafka.leave_group_on_stop (default): B, a static member with a 30 s session, is stopped with SIGTERM (a
+    rolling deploy); A gets B's partitions within seconds, not after the session timeout."""
+    topic, labels = f"{topic_prefix}-in", f"{topic_prefix}-labels"
+    ensure_topics(KafkaSettings(bootstrap_servers=kafka_bootstrap), [topic, labels], partitions=PARTITIONS)
+    static: dict[str, Any] = {"session_timeout_ms": 30_000}
+    a = ServiceProcess(_config(tmp_path, kafka_bootstrap, topic_prefix, "a", instance_id="a", **static),
+                       tmp_path / "a.log")
+    b = ServiceProcess(_config(tmp_path, kafka_bootstrap, topic_prefix, "b", instance_id="b", **static),
+                       tmp_path / "b.log")
+    assigned = 'driftline_partition_assignments_total{state="%s"}'
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        wait_for(lambda: sum(b.metric(assigned % s) for s in ("checkpoint", "changelog", "none")) >= 2, 60,
+                 "B to hold partitions")
+        time.sleep(3)
+        before = sum(a.metric(assigned % s) for s in ("checkpoint", "changelog", "none"))
+        stopped = time.monotonic()
+        assert b.terminate() == 0, b.log()
+        wait_for(lambda: sum(a.metric(assigned % s) for s in ("checkpoint", "changelog", "none")) > before, 20,
+                 "A to be given B's partitions")
+        moved_after = time.monotonic() - stopped
+    finally:
+        b.kill()
+        assert a.terminate() == 0, a.log()
+    print(f"B's partitions moved to A {moved_after:.1f} s after its SIGTERM (session timeout 30 s)")
+    assert "left group" in b.log_path.read_text()
+    assert moved_after < 15
