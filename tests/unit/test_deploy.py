@@ -28,8 +28,9 @@ def _k8s() -> dict[str, dict[str, Any]]:
 
 def test_k8s_manifests_match_the_service() -> None:
     k = _k8s()
-    assert set(k) == {"ConfigMap", "Deployment", "PersistentVolumeClaim", "Service", "PodMonitor", "Secret"}
-    pod = k["Deployment"]["spec"]["template"]["spec"]
+    assert set(k) == {"ConfigMap", "StatefulSet", "Service", "PodMonitor", "Secret"}
+    sts = k["StatefulSet"]["spec"]
+    pod = sts["template"]["spec"]
     (c,) = pod["containers"]
     port = {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"]
     # the config the pod runs is valid, and serves metrics on the port the manifests use, on the pod IP
@@ -50,15 +51,24 @@ def test_k8s_manifests_match_the_service() -> None:
     # checkpoints on the persistent volume
     assert settings.checkpoint.directory is not None
     assert settings.checkpoint.directory.startswith(mounts["state"] + "/")
-    assert volumes["state"]["persistentVolumeClaim"]["claimName"] == k["PersistentVolumeClaim"]["metadata"]["name"]
+    # one state volume per pod (one writer per checkpoint directory), rolled one pod at a time
+    assert [t["metadata"]["name"] for t in sts["volumeClaimTemplates"]] == ["state"] and "state" not in volumes
+    assert sts["volumeClaimTemplates"][0]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert sts["updateStrategy"]["type"] == "RollingUpdate" and sts["serviceName"] == k["Service"]["metadata"]["name"]
+    assert k["Service"]["spec"]["clusterIP"] == "None"
+    # the pod's stable name is its static membership id
+    env = {e["name"]: e for e in c["env"]}
+    assert env["DRIFTLINE_KAFKA__INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert Settings(**{**yaml.safe_load(cfg_text), "kafka": {**yaml.safe_load(cfg_text)["kafka"],
+                                                             "instance_id": "driftline-0"}}).kafka.leave_group_on_stop
     assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    # SIGTERM drains within the grace period; one instance per checkpoint volume
-    assert pod["terminationGracePeriodSeconds"] >= 30 and k["Deployment"]["spec"]["strategy"]["type"] == "Recreate"
+    # SIGTERM drains within the grace period
+    assert pod["terminationGracePeriodSeconds"] >= 30
     svc_port = k["Service"]["spec"]["ports"][0]
     assert svc_port["port"] == port and svc_port["targetPort"] == "metrics"
     assert k["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
-    labels = k["Deployment"]["spec"]["selector"]["matchLabels"]
+    labels = sts["selector"]["matchLabels"]
     assert k["Service"]["spec"]["selector"] == labels == k["PodMonitor"]["spec"]["selector"]["matchLabels"]
 
 
@@ -105,9 +115,9 @@ def test_compose_wires_kafka_driftline_prometheus_and_grafana_with_the_shipped_f
 
 def test_k8s_secret_mount_serves_the_secured_config() -> None:
     """The commented SASL_SSL lines of the ConfigMap, uncommented, are a valid config whose CA and password
-    files are keys of the shipped Secret, where the Deployment mounts it (readable by the pod's group)."""
+    files are keys of the shipped Secret, where the StatefulSet mounts it (readable by the pod's group)."""
     k = _k8s()
-    pod = k["Deployment"]["spec"]["template"]["spec"]
+    pod = k["StatefulSet"]["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     mount = {m["name"]: m for m in c["volumeMounts"]}["kafka-secrets"]
     volume = {v["name"]: v for v in pod["volumes"]}["kafka-secrets"]["secret"]
