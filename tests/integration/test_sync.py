@@ -38,12 +38,16 @@ def _config(tmp_path: Path, bootstrap: str, prefix: str, name: str, *, model: st
                               "round_timeout_seconds": 3.0, **sync})
 
 
-def _stream(bootstrap: str, topic: str, events: list[dict[str, Any]], rate: float) -> None:
+def _stream(bootstrap: str, topic: str, events: list[dict[str, Any]], rate: float,
+            gate: tuple[int, threading.Event] | None = None) -> None:
+    """Events at ``rate``; past index ``gate[0]`` at 50 events/s until ``gate[1]`` is set (the test's move has
+    happened mid-stream, however long the backend takes to rebalance)."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    start = time.monotonic()
+    due = time.monotonic()
     try:
         for i, e in enumerate(events):
-            delay = start + i / rate - time.monotonic()
+            due += 1 / (50.0 if gate is not None and i >= gate[0] and not gate[1].is_set() else rate)
+            delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             producer.send(topic, key=e["id"].encode(), value=json.dumps(e).encode())
@@ -67,7 +71,9 @@ def test_members_merge_the_same_model_every_round_and_a_new_member_starts_from_i
     events = _events(seed=11)
     members = {n: ServiceProcess(_config(tmp_path, kafka_bootstrap, topic_prefix, n), tmp_path / f"{n}.log")
                for n in ("a", "b", "c")}
-    producer = threading.Thread(target=_stream, args=(kafka_bootstrap, topic, events, RATE))
+    d_serves = threading.Event()
+    producer = threading.Thread(target=_stream, args=(kafka_bootstrap, topic, events, RATE),
+                                kwargs={"gate": (N_EVENTS // 2, d_serves)})
     try:
         for m in members.values():
             m.wait_ready()
@@ -79,12 +85,15 @@ def test_members_merge_the_same_model_every_round_and_a_new_member_starts_from_i
         # the group's model is adopted at start, before the first prediction
         joined_round = d.metric("driftline_sync_round")
         joined_version = d.metric('driftline_model_version{model="LogisticRegression"}')
+        wait_for(lambda: d.metric('driftline_events_total{outcome="predicted"}') > 0, 60, "the fourth member to serve")
+        d_serves.set()
         producer.join(120)
         wait_for(lambda: committed_offsets(kafka_bootstrap, group, topic) == end_offsets(kafka_bootstrap, topic),
                  120, "the group to consume and commit everything")
         time.sleep(3)  # a last round or two
         stats = {n: m.metrics() for n, m in members.items()}
     finally:
+        d_serves.set()
         if producer.ident is not None:
             producer.join(120)
         codes = {n: m.terminate() for n, m in members.items()}
