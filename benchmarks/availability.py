@@ -24,21 +24,17 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from confluent_kafka import Consumer, Producer
+from members import Member
 
 from driftline.settings import KafkaSettings
 from driftline.stream.broker import kafka_cluster
@@ -46,48 +42,6 @@ from driftline.stream.kafka.clients import ensure_topics
 
 PARTITIONS = 4
 SETTLE_S = 10.0  # steady state before and after the change
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Member:
-    """A `driftline run` process; ``started`` -> ``serving`` is its start time."""
-
-    def __init__(self, cfg: dict[str, Any], workdir: Path, name: str) -> None:
-        self.port = _free_port()
-        cfg = {**cfg, "metrics": {"port": self.port}}
-        path = workdir / f"{name}-{uuid.uuid4().hex[:4]}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        self.log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "driftline.cli", "run", "--config", str(path)],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-
-    def serving(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"a member exited with {self.proc.returncode}; see {self.log.name}")
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2).status == 200
-        except OSError:
-            return False
-
-    def wait_serving(self, timeout: float = 120.0) -> float:
-        deadline = time.monotonic() + timeout
-        while not self.serving():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"member not serving after {timeout:.0f}s; see {self.log.name}")
-            time.sleep(0.05)
-        return time.monotonic() - self.started
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(60)
-        self.log.close()
 
 
 class Stream(threading.Thread):
@@ -172,7 +126,7 @@ def scenario(bootstrap: str, workdir: Path, rate: float, name: str,
         consumed = {}
         for i, m in members.items():
             try:
-                consumed[i] = int(_consumed(m.port))
+                consumed[i] = int(m.metrics()['driftline_events_total{outcome="consumed"}'])
             except OSError:
                 consumed[i] = -1
             m.stop()
@@ -184,12 +138,6 @@ def scenario(bootstrap: str, workdir: Path, rate: float, name: str,
     steady = [w for i, w in waits.items() if first + 3 <= stream.sent[i] < t_change - 2]
     return {"max_gap_s": max(around), "steady_p99_s": statistics.quantiles(steady, n=100)[98],
             "steady_max_s": max(steady), "events": len(waits), "starts_s": starts, "consumed": consumed}
-
-
-def _consumed(port: int) -> float:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    line = next(x for x in body.splitlines() if x.startswith('driftline_events_total{outcome="consumed"}'))
-    return float(line.split()[-1])
 
 
 def kill_restart(members: dict[str, Member], start: Callable[[str], Member]) -> None:

@@ -19,20 +19,14 @@ import itertools
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
-import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
+from members import Member
 
 from driftline.settings import KafkaSettings
 from driftline.stream.broker import kafka_cluster
@@ -60,45 +54,6 @@ def _events(spec: dict[str, Any], n: int, seed: int) -> list[dict[str, Any]]:
     src = from_generator(spec["name"], params=spec["params"], seed=seed, drift_at=drift_at,
                          drift_params=spec.get("drift"), id_prefix="e")
     return list(itertools.islice(src, n))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _scrape(port: int) -> dict[str, float]:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(body):
-        for s in fam.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
-
-
-class Member:
-    def __init__(self, cfg: dict[str, Any], workdir: Path, name: str) -> None:
-        self.port = int(cfg["metrics"]["port"])
-        path = workdir / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        self.log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "driftline.cli", "run", "--config", str(path)],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-
-    def ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"a member exited with {self.proc.returncode}; see {self.log.name}")
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2).status == 200
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-        self.log.close()
 
 
 def _wait(cond: Any, timeout: float, what: str) -> None:
@@ -167,16 +122,16 @@ def run(bootstrap: str, events: list[dict[str, Any]], *, members: int, mode: str
         cfg = {"kafka": {"bootstrap_servers": bootstrap, "group_id": group, "client_id": f"{prefix}-{i}",
                          "max_poll_records": 500},
                "topics": {"input": topic, "predictions": f"{prefix}-pred", "dead_letter": f"{prefix}-dlq"},
-               "metrics": {"port": _free_port()},
                "model": {"name": "LogisticRegression", "classes": [False, True]},
                "checkpoint": {"every_events": 100_000, "every_seconds": 1.0},
                "sync": {"mode": mode, "every_seconds": sync_every, "every_events": 100_000,
                         "round_timeout_seconds": 3.0}}
         procs.append(Member(cfg, workdir, f"{prefix}-{i}"))
     try:
-        _wait(lambda: all(p.ready() for p in procs), 180, "the members to be ready")
+        for p in procs:
+            p.wait_serving()
         time.sleep(4)  # the group settles (every member has its partitions)
-        cpu0 = sum(_scrape(p.port)["process_cpu_seconds_total"] for p in procs)
+        cpu0 = sum(p.metrics()["process_cpu_seconds_total"] for p in procs)
         producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
         t0 = time.monotonic()
         for i, e in enumerate(events):
@@ -189,7 +144,7 @@ def run(bootstrap: str, events: list[dict[str, Any]], *, members: int, mode: str
         ends = _ends(bootstrap, topic)
         _wait(lambda: _committed_all(bootstrap, group, topic, ends), 300, "the group to commit everything")
         time.sleep(2.5)  # the last round
-        final = [_scrape(p.port) for p in procs]
+        final = [p.metrics() for p in procs]
     finally:
         for p in procs:
             p.stop()

@@ -317,13 +317,17 @@ class Settings(BaseSettings):
     # the Kafka client's own loggers, librdkafka and kafka (DEBUG: connections, security, the group; redacted)
     kafka_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
+    def _group_topic(self, configured: str | None, suffix: str) -> str:
+        """``configured``, or the group's own topic ``driftline.<group id>.<suffix>`` (a valid topic name)."""
+        if configured is not None:
+            return configured
+        group = re.sub(r"[^A-Za-z0-9._-]", "_", self.kafka.group_id)[:200]
+        return f"driftline.{group}.{suffix}"
+
     @property
     def partition_state_topic(self) -> str:
         """``topics.partition_state``, or the group's own default name."""
-        if self.topics.partition_state is not None:
-            return self.topics.partition_state
-        group = re.sub(r"[^A-Za-z0-9._-]", "_", self.kafka.group_id)[:200]
-        return f"driftline.{group}.partition-state"
+        return self._group_topic(self.topics.partition_state, "partition-state")
 
     @model_validator(mode="after")
     def _sync_decisions(self) -> Settings:
@@ -337,10 +341,7 @@ class Settings(BaseSettings):
     @property
     def sync_topic(self) -> str:
         """``sync.topic``, or the group's own default name."""
-        if self.sync.topic is not None:
-            return self.sync.topic
-        group = re.sub(r"[^A-Za-z0-9._-]", "_", self.kafka.group_id)[:200]
-        return f"driftline.{group}.sync"
+        return self._group_topic(self.sync.topic, "sync")
 
     @classmethod
     def settings_customise_sources(
