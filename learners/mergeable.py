@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -256,7 +256,3 @@ def decode(payload: bytes) -> tuple[dict[str, Any], Params | None]:
     if pos != len(payload):
         raise FormatError(f"sync record has {len(payload) - pos} bytes after its arrays")
     return header, params
-
-
-def total_weight(updates: Iterable[tuple[float, Params]]) -> float:
-    return float(sum(w for w, _ in updates))
