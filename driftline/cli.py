@@ -93,6 +93,8 @@ def _source(args: argparse.Namespace) -> Any:
             args.generator, params=dict(args.param or []), seed=args.seed, drift_at=args.drift_at,
             drift_params=dict(args.drift_param or []), id_prefix=prefix,
         )
+    if args.images:
+        return sources.from_images(args.images, id_prefix=args.id_prefix or "", seed=args.seed)
     return sources.from_file(args.file, label_column=args.label_column, id_column=args.id_column,
                              id_prefix=prefix)
 
@@ -307,6 +309,8 @@ def _source_args(p: argparse.ArgumentParser, *, topic_source: bool) -> None:
     src.add_argument("--dataset", help="a River bundled dataset (e.g. Phishing, Bananas, TrumpApproval)")
     src.add_argument("--generator", help="a River synthetic generator (e.g. Agrawal, SEA, STAGGER, Hyperplane)")
     src.add_argument("--file", help="a .jsonl file of events or a .csv file (columns -> features)")
+    src.add_argument("--images", metavar="DIR", help="a folder of images, one sub-folder per label "
+                                                     "(DIR/<label>/<file>.png|jpg|webp): image events")
     if topic_source:
         src.add_argument("--topic", help="a Kafka topic range (see --from-offset/--to-offset/--from-time/--to-time)")
     p.add_argument("--param", type=_kv, action="append", metavar="KEY=VALUE",
@@ -314,7 +318,7 @@ def _source_args(p: argparse.ArgumentParser, *, topic_source: bool) -> None:
     p.add_argument("--drift-at", type=int, help="switch to the drift parameters after this many events")
     p.add_argument("--drift-param", type=_kv, action="append", metavar="KEY=VALUE",
                    help="generator parameter after the drift point (repeatable)")
-    p.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
+    p.add_argument("--seed", type=int, default=42, help="generator seed, and --images order (default 42)")
     p.add_argument("--id-prefix", help="prefix of generated event ids (default: the current unix time + '-')")
     p.add_argument("--label-column", default="label", help="CSV column holding the label (default 'label')")
     p.add_argument("--id-column", default="id", help="CSV column holding the event id (default 'id')")
@@ -340,7 +344,7 @@ def _events_source(args: argparse.Namespace, settings: Any) -> tuple[Any, str]:
     if args.generator and args.limit is None:
         raise ConfigError(f"{args.command}: --generator streams are endless; pass --limit N")
     name = (f"dataset:{args.dataset}" if args.dataset else f"generator:{args.generator}" if args.generator
-            else f"file:{args.file}")
+            else f"images:{args.images}" if args.images else f"file:{args.file}")
     return _source(args), name
 
 
@@ -366,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--metrics-port", type=int, help="override metrics.port (0: pick a free port)")
     r.set_defaults(func=cmd_run)
 
-    pr = sub.add_parser("produce", help="publish labeled events from a dataset, generator or file",
+    pr = sub.add_parser("produce", help="publish labeled events from a dataset, generator, file or image folder",
                         description="Publish labeled events (JSON, key = event id) to a topic.")
     _source_args(pr, topic_source=False)
     pr.add_argument("--topic", help="target topic (default: topics.input of the config)")

@@ -1,14 +1,17 @@
 """driftline's core types: the event schema, labels, predictions and the errors a learner raises for
-one event. This module imports nothing of driftline's; every other layer may import it.
+one event. This module imports nothing of driftline's but `driftline.media` (the payload types); every
+other layer may import it.
 
 An event is a JSON object::
 
     {"id": "ev-1", "timestamp": "2026-11-21T10:00:00Z", "key": "user-7",
      "features": {"age": 31, "country": "fr"}, "text": null, "label": 1}
 
-``id`` is required; ``features`` maps names to finite numbers or strings; ``label`` is optional
-(absent: the event is predicted only). Unknown top-level fields are rejected so that a typo
-(``"lable"``) is reported instead of silently ignored.
+``id`` is required; ``features`` maps names to finite numbers or strings; ``image`` (base64 of a PNG, JPEG
+or WebP file) and ``tensor`` (shape, dtype, base64 of the raw array) are described in `driftline.media`;
+an event carries at least one of features, text, image or tensor, and not both an image and a tensor.
+``label`` is optional (absent: the event is predicted only). Unknown top-level fields are rejected so that
+a typo (``"lable"``) is reported instead of silently ignored.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from pydantic import (
     model_validator,
 )
 
+from driftline.media import ImageData, TensorData
+
 Label = StrictBool | StrictInt | StrictStr
 FeatureValue = StrictInt | StrictFloat | StrictStr
 Task = Literal["classification", "regression"]
@@ -46,13 +51,23 @@ class Event(BaseModel):
     key: StrictStr | None = None
     features: dict[StrictStr, FeatureValue] = Field(default_factory=dict)
     text: StrictStr | None = None
+    image: ImageData | None = None
+    tensor: TensorData | None = None
     label: Label | StrictFloat | None = None
 
     @model_validator(mode="after")
     def _has_payload(self) -> Event:
-        if not self.features and self.text is None:
-            raise ValueError("event has neither features nor text")
+        if not self.features and self.text is None and self.image is None and self.tensor is None:
+            raise ValueError("event has none of features, text, image or tensor")
+        if self.image is not None and self.tensor is not None:
+            raise ValueError("event has both an image and a tensor (send one of them)")
         return self
+
+    def payloads(self) -> str:
+        """What the event carries, in words (for error messages): e.g. "`features` and `text`"."""
+        names = [f"`{n}`" for n, v in (("features", self.features), ("text", self.text), ("image", self.image),
+                                        ("tensor", self.tensor)) if v]
+        return " and ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 class LabelRecord(BaseModel):

@@ -35,6 +35,7 @@ from driftline.adapters.config import (
 from driftline.config_base import Frozen, one_of
 from driftline.errors import ConfigError
 from driftline.learners.config import DEFAULT_TEXT_MODEL, BackboneSettings, ModelSettings
+from driftline.media import DTYPES, DType, MediaLimits
 from driftline.monitoring.config import HttpAuthSettings, HttpTlsSettings, MetricsSettings
 
 __all__ = [
@@ -252,6 +253,23 @@ class InputLimits(Frozen):
     max_features: int = Field(10_000, ge=1, le=10_000_000)  # feature names in one event
     max_string_chars: int = Field(10_000, ge=1)  # a feature value, key or label string
     max_text_chars: int = Field(1_000_000, ge=1)  # the `text` field
+    # `image` events: the encoded file (after base64), the pixels it declares (more: a decompression bomb),
+    # its longest side, the formats accepted
+    max_image_bytes: int = Field(4_000_000, ge=64)
+    max_image_pixels: int = Field(4_000_000, ge=1)
+    max_image_side: int = Field(8192, ge=1)
+    image_formats: tuple[Literal["PNG", "JPEG", "WEBP"], ...] = ("PNG", "JPEG", "WEBP")
+    # `tensor` events: elements, dimensions, the dtypes accepted
+    max_tensor_elements: int = Field(4_000_000, ge=1)
+    max_tensor_dims: int = Field(8, ge=1, le=64)
+    tensor_dtypes: tuple[DType, ...] = DTYPES
+
+    def media(self) -> MediaLimits:
+        """The bounds `driftline.media` decodes images and tensors within."""
+        return MediaLimits(max_image_bytes=self.max_image_bytes, max_image_pixels=self.max_image_pixels,
+                           max_image_side=self.max_image_side, image_formats=tuple(self.image_formats),
+                           max_tensor_elements=self.max_tensor_elements, max_tensor_dims=self.max_tensor_dims,
+                           tensor_dtypes=tuple(self.tensor_dtypes))
 
 
 class CheckpointSettings(Frozen):

@@ -23,7 +23,39 @@ from driftline.settings import Settings, load_settings
 from driftline.stream.replay import LabelDelay, Summary, simulate
 from driftline.stream.replay import replay as _replay
 
-__all__ = ["Summary", "replay"]
+__all__ = ["Summary", "digit_images", "replay"]
+
+# The packaged MNIST CNN (PyPI digit-recognizer-py, MIT) as a backbone on 8x8 digits: its training images
+# were 28x28 with the digit in a 20x20 box, normalised with MNIST's mean and std.
+DIGITS_CNN_BACKBONE: dict[str, Any] = {
+    "kind": "torch", "class_path": "digit_recognizer.model:CNN",
+    "path": "digit_recognizer:models/handwriting_model.pth",
+    "input": "image", "image": {"mode": "L", "resize": [20, 20], "pad": 4, "mean": [0.1307], "std": [0.3081]},
+    "output": "conv_layers",
+}
+
+
+def digit_images(*, seed: int | None = 0, classes: Iterable[int] | None = None, id_prefix: str = "digit-"
+                 ) -> list[dict[str, Any]]:
+    """scikit-learn's 1,797 8x8 handwritten digits as labeled ``image`` events (grey PNG, ink white on
+    black as in MNIST), in a seeded shuffled order (``seed`` None: the dataset's order), optionally only
+    ``classes``."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from driftline.media import encode_image
+
+    digits = load_digits()
+    keep = set(classes) if classes is not None else None
+    order = [i for i in range(len(digits.target)) if keep is None or int(digits.target[i]) in keep]
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    return [{"id": f"{id_prefix}{i}", "label": int(digits.target[i]),
+             "image": encode_image(Image.fromarray((digits.images[i] * (255 / 16)).round().astype(np.uint8), "L"))}
+            for i in order]
 
 
 def replay(config: Settings | str | Path | Mapping[str, Any] | None, events: Iterable[Event | Mapping[str, Any]], *,

@@ -9,7 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from driftline.learners.backbones import Backbone, IdentityVectorBackbone, TorchModuleBackbone, TorchScriptBackbone
+from driftline.learners.backbones import (
+    Backbone,
+    IdentityVectorBackbone,
+    PixelsBackbone,
+    TorchModuleBackbone,
+    TorchScriptBackbone,
+    TorchvisionBackbone,
+)
 from driftline.learners.config import BackboneSettings
 
 log = logging.getLogger(__name__)
@@ -25,6 +32,8 @@ BACKBONES: dict[str, Callable[[BackboneSettings], Backbone]] = {
     "sentence-transformers": _sentence_transformer,
     "torch": TorchModuleBackbone,
     "torchscript": TorchScriptBackbone,
+    "torchvision": TorchvisionBackbone,
+    "pixels": PixelsBackbone,
 }
 
 

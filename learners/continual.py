@@ -81,9 +81,9 @@ class ContinualLearner(BackboneParts, LearnerBase):
         self.backbone = backbone
         self.fingerprint = dict(backbone.fingerprint)
         self.device = backbone.device
-        if p.unfreeze_top_k and backbone.cfg.kind != "torch":
-            raise ConfigError("model.params.unfreeze_top_k: the Continual learner can unfreeze layers of torch "
-                              f"(state_dict) nn.Sequential backbones only, not {backbone.cfg.kind}: its strategy, "
+        if p.unfreeze_top_k and backbone.cfg.kind not in ("torch", "torchvision"):
+            raise ConfigError("model.params.unfreeze_top_k: the Continual learner can unfreeze layers of torch and "
+                              f"torchvision (state_dict) backbones only, not {backbone.cfg.kind}: its strategy, "
                               "which holds those layers, is checkpointed with pickle, which TorchScript refuses")
         self.top = backbone.split(p.unfreeze_top_k)
         self._batch = PreparedBatch(self.top.prefix, backbone.check)
@@ -121,8 +121,7 @@ class ContinualLearner(BackboneParts, LearnerBase):
             return self.backbone.dim
         import torch
 
-        names = getattr(self.backbone, "features", None) or []
-        probe = Event(id="probe", features={f: 0.0 for f in names})
+        probe = self.backbone.probe_event()
         with torch.no_grad():
             h = self.top.forward(self.top.prefix([probe]))
         return int(h.reshape(1, -1).shape[1])

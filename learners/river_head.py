@@ -92,8 +92,8 @@ class RiverLearner(LearnerBase):
         if not x.features:
             raise InputError(
                 INPUT_KIND_MISMATCH,
-                f"{self.name} learns from `features`, and this event has only `text` "
-                "(text needs a model with a text backbone)",
+                f"{self.name} learns from `features`, and this event has {x.payloads()} (text needs a text "
+                "backbone, images and tensors a vision backbone: model.backbone)",
             )
         return x.features
 

@@ -77,7 +77,10 @@ class SentenceTransformerBackbone(Backbone):
     def check(self, x: Event) -> None:
         if not x.text:
             raise InputError(INPUT_KIND_MISMATCH, "the sentence-transformers backbone reads `text`, and this event "
-                             "has none (send the document in the event's `text` field)")
+                             f"has {x.payloads()} (send the document in the event's `text` field)")
+
+    def probe_event(self) -> Event:
+        return Event(id="probe", text="probe")
 
     def embed(self, events: Sequence[Event]) -> torch.Tensor:
         """As `Backbone.embed`, with the texts ordered by length so each chunk pads little

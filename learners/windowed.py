@@ -80,7 +80,7 @@ class WindowedTreeClassifier(base.Classifier):
 
     def _fit(self) -> None:
         import numpy as np
-        from sklearn.tree import DecisionTreeClassifier  # type: ignore[import-untyped]
+        from sklearn.tree import DecisionTreeClassifier
 
         self._keys = sorted({k for x in self._xs for k in x}, key=str)
         tree = DecisionTreeClassifier(max_depth=self.max_depth, min_samples_leaf=self.min_samples_leaf,

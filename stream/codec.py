@@ -1,5 +1,6 @@
 """JSON codec: Kafka record bytes -> validated `Event`, and prediction records -> bytes.
 
+Images and tensors are decoded here too (`driftline.media`: its reason codes are dead-letter reasons as well).
 Decoding failures raise `DecodeError` with a bounded ``reason`` code (used as a metric label and
 a dead-letter header) and a message naming the offending field and value.
 """
@@ -17,6 +18,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from driftline.core import Event, LabelRecord
+from driftline.media import MediaError
 from driftline.settings import InputLimits
 
 M = TypeVar("M", bound=BaseModel)
@@ -107,7 +109,7 @@ def _decode(model: type[M], value: bytes | None, max_bytes: int, limits: InputLi
         return _decode_precisely(model, value, limits)
     keys = len(item.model_fields_set)
     if isinstance(item, Event):
-        keys += len(item.features)
+        keys += len(item.features) + (3 if item.tensor is not None else 0)
     if _key_count(value) != keys:
         return _decode_precisely(model, value, limits)  # names the duplicate key
     _check_bounds(item, limits)
@@ -169,11 +171,24 @@ def _check_bounds(item: BaseModel, limits: InputLimits) -> None:
             raise _too_long("text", "", item.text, limits.max_text_chars, "max_text_chars")
         if item.key is not None and len(item.key) > longest:
             raise _too_long("key", "", item.key, longest, "max_string_chars")
+        if item.image is not None or item.tensor is not None:
+            _check_media(item, limits)
     label = getattr(item, "label", None)
     if type(label) is int and not -too_big < label < too_big:
         raise _too_many_digits("label", label, limits)
     if type(label) is str and len(label) > longest:
         raise _too_long("label", "a string of ", label, longest, "max_string_chars")
+
+
+def _check_media(event: Event, limits: InputLimits) -> None:
+    """Decode the image (kept with the event: decoded once) or the tensor within the limits."""
+    try:
+        if event.image is not None:
+            event.image.image(limits.media())
+        if event.tensor is not None:
+            event.tensor.array(limits.media())
+    except MediaError as exc:
+        raise DecodeError(exc.reason, str(exc)) from None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

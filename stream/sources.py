@@ -1,5 +1,5 @@
 """Labeled event sources for `driftline produce`: River bundled datasets, River synthetic
-generators (with an optional abrupt drift point), and JSONL/CSV files.
+generators (with an optional abrupt drift point), JSONL/CSV files and folders of images.
 
 Each source yields plain event dicts (``{"id", "features", "label", ...}``) that validate as
 `driftline.core.Event`.
@@ -165,3 +165,30 @@ def _csv(p: Path, label_column: str, id_column: str | None, id_prefix: str) -> I
             if label not in (None, ""):
                 ev["label"] = _parse_cell(label)
             yield ev
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def from_images(directory: str | Path, *, id_prefix: str, seed: int | None = None) -> Iterator[EventDict]:
+    """A folder of images, one sub-folder per class (as torchvision's ImageFolder): ``DIR/<label>/<file>``.
+    Each image (PNG, JPEG, WebP) becomes an ``image`` event carrying the file's bytes as they are, labeled
+    with its sub-folder's name (an integer name gives an integer label); the id is the file's path relative
+    to DIR. Files are read in sorted order, or shuffled with ``seed``. Other files are skipped."""
+    import base64
+    import random
+
+    root = Path(directory)
+    if not root.is_dir():
+        raise ConfigError(f"--images: {str(root)!r} is not a directory")
+    files = sorted(f for f in root.glob("*/*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"--images: {str(root)!r} has no sub-folder holding .png/.jpg/.jpeg/.webp files "
+                          "(expected DIR/<label>/<image file>)")
+    if seed is not None:
+        random.Random(seed).shuffle(files)
+    for f in files:
+        label = f.parent.name
+        yield {"id": f"{id_prefix}{f.relative_to(root).as_posix()}",
+               "image": base64.b64encode(f.read_bytes()).decode("ascii"),
+               "label": int(label) if label.isdecimal() else label}

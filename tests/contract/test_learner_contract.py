@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from driftline.core import INPUT_KIND_MISMATCH, Event, InputError, LabelError, Prediction
-from driftline.learners.backbones import INVALID_FEATURES
 from driftline.learners.base import Learner
 from driftline.learners.capabilities import PROTOCOLS, Capability, background_trained, has_backbone
 from driftline.learners.factory import build_learner
+from driftline.learners.inputs import INVALID_FEATURES
 from driftline.learners.registry import CLASSIFIERS, CONTINUAL, REGRESSORS, TORCH_HEADS
 from driftline.settings import ModelSettings
 from driftline.stream.sources import from_generator

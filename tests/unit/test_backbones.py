@@ -12,8 +12,8 @@ import torch
 from driftline.core import INPUT_KIND_MISMATCH, Event, InputError
 from driftline.errors import ConfigError
 from driftline.learners.backbone_registry import load_backbone
-from driftline.learners.backbones import INVALID_FEATURES
 from driftline.learners.factory import build_learner
+from driftline.learners.inputs import INVALID_FEATURES
 from driftline.learners.torch_head import TorchHeadLearner
 from driftline.settings import BackboneSettings, ModelSettings
 from tests.tiny_models import AGRAWAL_NUMERIC, TinyEncoder, save_encoder, save_script, tiny_stack, torch_backbone

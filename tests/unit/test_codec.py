@@ -41,7 +41,7 @@ def test_label_types_are_kept() -> None:
         (b'{"id": "a", "features": {"x": -Infinity}}', codec.NON_FINITE, "Infinity"),
         (b'{"id": "a", "features": {"x": 1e999}}', codec.NON_FINITE, "features.x"),
         (b'{"id": "a", "features": {"x": 1}, "lable": 1}', codec.INVALID_EVENT, "lable"),
-        (b'{"id": "a"}', codec.INVALID_EVENT, "neither features nor text"),
+        (b'{"id": "a"}', codec.INVALID_EVENT, "none of features, text, image or tensor"),
         (b'{"id": "", "features": {"x": 1}}', codec.INVALID_EVENT, "id"),
         (b"", codec.EMPTY_PAYLOAD, "no value"),
         (None, codec.EMPTY_PAYLOAD, "no value"),
