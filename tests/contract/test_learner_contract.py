@@ -18,10 +18,12 @@ from driftline.learners.inputs import INVALID_FEATURES
 from driftline.learners.registry import CLASSIFIERS, CONTINUAL, REGRESSORS, TORCH_HEADS
 from driftline.settings import ModelSettings
 from driftline.stream.sources import from_generator
+from driftline.testing import DIGITS_CNN_BACKBONE, digit_images
 from tests.tiny_models import AGRAWAL_NUMERIC, save_encoder, save_script, torch_backbone
 
 Case = tuple[str, str, list[Any] | None, str]  # task, head name, classes, backbone
 BACKBONES = ("identity", "torch", "torchscript")
+IMAGE = "cnn"  # the packaged pretrained MNIST CNN on image events (scikit-learn's digits)
 
 CASES: list[Case] = [
     *[("classification", name, None, "identity") for name in CLASSIFIERS],
@@ -36,6 +38,12 @@ CASES: list[Case] = [
       for task, classes in (("classification", None), ("classification", [0, 1]), ("regression", None))],
     # the deep continual learner (Avalanche strategies in windows), trained synchronously here
     *[("classification", "Continual", classes, bb) for bb in BACKBONES for classes in (None, [0, 1])],
+    # image events through a real pretrained CNN: a River head, a torch head with the top conv block unfrozen,
+    # the continual learner
+    ("classification", "SoftmaxRegression", None, IMAGE),
+    ("classification", "GaussianNB", [0, 1], IMAGE),
+    ("classification", "TorchLinear", None, IMAGE),
+    ("classification", "Continual", [0, 1], IMAGE),
 ]
 VECTOR_HEADS = {**TORCH_HEADS, **CONTINUAL}
 
@@ -47,6 +55,8 @@ FRIEDMAN = [str(i) for i in range(10)]
 
 def _backbone(kind: str, head: str, task: str) -> dict[str, Any]:
     names = AGRAWAL_NUMERIC if task == "classification" else FRIEDMAN
+    if kind == IMAGE:
+        return {**DIGITS_CNN_BACKBONE, "output": "fc_layers.1", "device": "cpu"}
     if kind == "identity":
         return {"kind": "identity", "features": names} if head in VECTOR_HEADS else {}
     if kind == "torch":
@@ -63,8 +73,8 @@ def _params(case: Case) -> dict[str, Any]:
     if case[1] in CONTINUAL:  # feature-extraction mode (unfrozen layers: tests/unit/test_continual.py)
         params.update(strategy="Replay", strategy_params={"mem_size": 100}, window_events=40, hidden=32,
                       synchronous=True)
-    elif case[3] == "torchscript":
-        params["unfreeze_top_k"] = 1
+    elif case[3] in ("torchscript", IMAGE):
+        params["unfreeze_top_k"] = 1 if case[3] == "torchscript" else 3
     return params
 
 
@@ -74,7 +84,12 @@ def _ids(case: Case) -> str:
         "-regression" if _task == "regression" and name in TORCH_HEADS else "")
 
 
-def _stream(task: str, n: int, seed: int = 1) -> list[Event]:
+def _stream(case: Case, n: int, seed: int = 1) -> list[Event]:
+    task = case[0]
+    if case[3] == IMAGE:
+        classes = case[2] or range(10)
+        images = digit_images(seed=seed, classes=classes)
+        return [Event.model_validate({**images[i % len(images)], "id": f"e{i}"}) for i in range(n)]
     if task == "classification":
         src = from_generator("Agrawal", params={"classification_function": 2}, seed=seed, id_prefix="e")
     else:
@@ -126,13 +141,13 @@ def test_declares_exactly_the_capabilities_it_implements(case: Case) -> None:
 
 def test_predicts_before_any_learning(case: Case) -> None:
     learner = _make(case)
-    pred = learner.predict_one(_stream(case[0], 1)[0])
+    pred = learner.predict_one(_stream(case, 1)[0])
     assert isinstance(pred, Prediction)  # None value allowed, but no exception
 
 
 def test_learning_keeps_predict_working_and_counts_updates(case: Case) -> None:
     learner = _make(case)
-    events = _stream(case[0], 300)
+    events = _stream(case, 300)
     preds = _train(learner, events)
     assert learner.updates == 300
     last = preds[-1]
@@ -147,14 +162,14 @@ def test_learning_keeps_predict_working_and_counts_updates(case: Case) -> None:
 
 
 def test_deterministic_with_a_seed(case: Case) -> None:
-    events = _stream(case[0], 200)
+    events = _stream(case, 200)
     a = [p.value for p in _train(_make(case), events)]
     b = [p.value for p in _train(_make(case), events)]
     assert a == b
 
 
 def test_state_round_trip_continues_identically(case: Case) -> None:
-    events = _stream(case[0], 300)
+    events = _stream(case, 300)
     a = _make(case)
     _train(a, events[:200])
     state = pickle.loads(pickle.dumps(a.state_dict()))
@@ -166,14 +181,19 @@ def test_state_round_trip_continues_identically(case: Case) -> None:
 
 def test_unseen_features_do_not_break_it(case: Case) -> None:
     learner = _make(case)
-    events = _stream(case[0], 100)
+    events = _stream(case, 100)
     _train(learner, events)
     extra = events[0].model_copy(update={"features": {**events[0].features, "never_seen": 3.0, "cat": "brand-new"}})
     learner.predict_one(extra)
     assert extra.label is not None
     learner.learn_one(extra, extra.label)
     missing = events[1].model_copy(update={"features": {"salary": 1.0, "0": 1.0}})
-    if case[3] == "identity" and case[1] not in VECTOR_HEADS:
+    if case[3] == IMAGE:  # features are not what an image backbone reads: it reads the image, and needs one
+        learner.predict_one(missing)
+        with pytest.raises(InputError) as info:
+            learner.predict_one(Event(id="f", features={"salary": 1.0}))
+        assert info.value.reason == INPUT_KIND_MISMATCH and "reads `image`" in str(info.value)
+    elif case[3] == "identity" and case[1] not in VECTOR_HEADS:
         learner.predict_one(missing)  # River heads take any feature dict
     else:  # a backbone reads a fixed vector: a clear rejection naming what is missing
         with pytest.raises(InputError) as info:
@@ -183,7 +203,7 @@ def test_unseen_features_do_not_break_it(case: Case) -> None:
 
 def test_bad_labels_raise_label_error_without_learning(case: Case) -> None:
     learner = _make(case)
-    ev = _stream(case[0], 1)[0]
+    ev = _stream(case, 1)[0]
     bad: list[Any] = ["not-a-number", True] if case[0] == "regression" else [0.5]
     if case[2] is not None:
         bad.append(7)  # outside the configured class set
@@ -197,7 +217,7 @@ def test_bad_labels_raise_label_error_without_learning(case: Case) -> None:
 def test_batch_preparation_changes_nothing(case: Case) -> None:
     """Predicting a batch prepared at once (batched backbone inference) gives exactly what event-by-event
     preparation gives: test-then-train holds within a batch."""
-    events = _stream(case[0], 120)
+    events = _stream(case, 120)
     a, b = _make(case), _make(case)
     preds_a: list[Any] = []
     for i in range(0, len(events), 40):
@@ -229,7 +249,7 @@ def test_state_of_another_model_is_refused(case: Case) -> None:
 
 def test_text_only_events_are_rejected_by_tabular_learners(case: Case) -> None:
     learner = _make(case)
-    _train(learner, _stream(case[0], 20))
+    _train(learner, _stream(case, 20))
     text_only = Event(id="t1", text="a text with no features", label=1 if case[0] == "classification" else 1.0)
     for call in (lambda: learner.predict_one(text_only), lambda: learner.learn_one(text_only, text_only.label)):
         with pytest.raises(InputError) as info:
@@ -249,7 +269,7 @@ def test_a_mergeable_learner_s_parameters_are_data_that_round_trip(case: Case) -
     m = mergeable(learner)
     if m is None:
         pytest.skip("not mergeable")
-    events = _stream(case[0], 300)
+    events = _stream(case, 300)
     _train(learner, events[:200])
     params = m.sync_params()
     _, wire = decode(encode({"type": "test"}, params))

@@ -202,3 +202,75 @@ def test_hostile_batches_are_predicted_or_dead_lettered_record_by_record(values:
     assert predicted | undecoded == set(range(len(values))) and not predicted & undecoded
     assert b"internal_error" not in dead.values(), "a bound was not checked where it should be"
     assert result.consumed == len(values)
+
+
+def _png_bytes(w: int, h: int, mode: str, seed: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    shape = (h, w) if mode in ("L", "P") else (h, w, len(mode))
+    img = Image.fromarray(rng.integers(0, 255, shape).astype(np.uint8), mode=None if mode != "P" else "L")
+    if mode == "P":
+        img = img.convert("P")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _b64(raw: bytes) -> str:
+    import base64
+
+    return base64.b64encode(raw).decode()
+
+
+def _flip(raw: bytes, at: int, value: int) -> bytes:
+    i = at % len(raw)
+    return raw[:i] + bytes([value]) + raw[i + 1:]
+
+
+images = st.builds(_png_bytes, st.integers(1, 40), st.integers(1, 40), st.sampled_from(["L", "RGB", "RGBA", "P"]),
+                   st.integers(0, 10))
+image_payloads = st.one_of(
+    images.map(_b64),
+    st.builds(_flip, images, st.integers(0, 10_000), st.integers(0, 255)).map(_b64),  # corrupted files
+    st.builds(lambda raw, cut: raw[: cut % max(len(raw), 1)], images, st.integers(0, 10_000)).map(_b64),  # truncated
+    st.binary(max_size=64).map(_b64),
+    st.text(max_size=40),
+    json_values,
+)
+tensor_payloads = st.fixed_dictionaries(
+    {"shape": st.lists(st.integers(-1, 30), max_size=4) | json_values,
+     "dtype": st.sampled_from(["float32", "float64", "uint8", "int64", "complex64", "object", ">f4"]) | json_values,
+     "data": st.binary(max_size=4 * 64).map(_b64) | json_values},
+    optional={"extra": json_values},
+)
+media_events = st.fixed_dictionaries(
+    {"id": st.text(min_size=1, max_size=6)},
+    optional={"image": image_payloads, "tensor": tensor_payloads, "text": st.text(max_size=10),
+              "features": st.fixed_dictionaries({"x": st.floats(0, 1)}), "label": st.sampled_from([0, 1, 2, "z", 0.5])},
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(media_events.map(_encode), min_size=1, max_size=12))
+def test_every_image_or_tensor_record_is_predicted_or_dead_lettered(values: list[bytes]) -> None:
+    """Images (valid, corrupted, truncated, not images at all) and tensors (any shape, dtype, data) sent to an
+    image model: each record is predicted or dead-lettered with its reason; nothing escapes."""
+    writer = MemoryWriter()
+    learner = build_learner(ModelSettings(name="GaussianNB", backbone={
+        "kind": "pixels", "image": {"mode": "L", "resize": [8, 8]}, "device": "cpu"}))
+    metrics = ServiceMetrics(CollectorRegistry(), model=learner.name, task=learner.task)
+    processor = build_processor(learner, OutputSink(writer, "pred", "dlq", metrics), metrics, rolling_window=50,
+                                max_payload_bytes=1_000_000)
+    result = processor.process([InboundRecord("in", 0, i, 0, None, v) for i, v in enumerate(values)])
+    processor.sink.flush()
+    predicted = [r for r in writer.records if r[0] == "pred"]
+    dead = [r for r in writer.records if r[0] == "dlq"]
+    decoded_bad = [d for d in dead if d[3][REASON_HEADER] not in (b"invalid_label", b"unknown_label")]
+    assert result.consumed == len(values)
+    assert len(predicted) + len(decoded_bad) == len(values)
+    for _, _, value, headers in dead:
+        assert headers[REASON_HEADER] and headers["driftline.error"] and value in values
