@@ -3,13 +3,14 @@ service cost per image?
 
 The pretrained network is the MNIST CNN packaged in ``digit-recognizer-py`` (MIT; three conv blocks, then two
 linear layers), the data scikit-learn's 1,797 8x8 digits as PNG ``image`` events, resized to 20x20 and padded to
-28x28 with MNIST's normalisation (`driftline.testing.DIGITS_CNN_BACKBONE`). Nothing is downloaded.
+28x28 with MNIST's normalisation, its penultimate layer (256 units) the embedding
+(`driftline.testing.DIGITS_CNN_BACKBONE`). Nothing is downloaded.
 
 (a) transfer, prequential (every image predicted before its label is learned), all 1,797 images in one seeded
     order, through the service's pipeline (records decoded from bytes, the processor `run` uses, consumed
-    batches of 64). Pretrained: the frozen CNN's convolutional features + a River SoftmaxRegression head, the
-    same + a torch linear head, the torch head with the top conv block fine-tuned. From scratch: the same CNN
-    untrained (random weights, seeded) with all its conv layers trained and a linear head, and River heads
+    batches of 64). Pretrained: the frozen CNN's features + a River SoftmaxRegression head, the same + a torch
+    linear head, the torch head with the last conv block and the dense layer fine-tuned. From scratch: the same
+    CNN untrained (random weights, seeded) with every layer trained and a linear head, and River heads
     (SoftmaxRegression, LogisticRegression one-vs-rest) on the raw pixels. Printed: prequential accuracy over the
     first 100 / 300 / 1000 labels and "labels to 90%": the first event count at which the accuracy over the last
     200 events reaches 0.90 (never: 1,798); the same for 0.95.
@@ -126,12 +127,12 @@ def transfer(seed: int, workdir: Path) -> list[Curve]:
     variants: list[tuple[str, dict[str, Any], bool]] = [
         ("frozen CNN + River SoftmaxRegression", {"name": "SoftmaxRegression", "backbone": CNN}, True),
         ("frozen CNN + torch linear head", {"name": "TorchLinear", "backbone": CNN, "params": {"lr": 1e-3}}, True),
-        ("CNN, top conv block fine-tuned + torch linear", {"name": "TorchLinear", "backbone": CNN,
-                                                          "params": {"lr": 1e-3, "unfreeze_top_k": 3,
+        ("CNN, last conv block + dense layer fine-tuned", {"name": "TorchLinear", "backbone": CNN,
+                                                          "params": {"lr": 1e-3, "unfreeze_top_k": 5,
                                                                      "backbone_lr": 1e-4}}, True),
-        ("untrained CNN, all conv layers trained + linear", {"name": "TorchLinear", "backbone": scratch_cnn,
-                                                            "params": {"lr": 1e-3, "unfreeze_top_k": 9,
-                                                                       "backbone_lr": 1e-3}}, False),
+        ("untrained CNN, every layer trained + linear", {"name": "TorchLinear", "backbone": scratch_cnn,
+                                                        "params": {"lr": 1e-3, "unfreeze_top_k": 11,
+                                                                   "backbone_lr": 1e-3}}, False),
         ("raw pixels + River SoftmaxRegression", {"name": "SoftmaxRegression", "backbone": PIXELS}, False),
         ("raw pixels + River LogisticRegression (OvR)", {"name": "LogisticRegression", "backbone": PIXELS}, False),
     ]

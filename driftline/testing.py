@@ -26,12 +26,14 @@ from driftline.stream.replay import replay as _replay
 __all__ = ["Summary", "digit_images", "replay"]
 
 # The packaged MNIST CNN (PyPI digit-recognizer-py, MIT) as a backbone on 8x8 digits: its training images
-# were 28x28 with the digit in a 20x20 box, normalised with MNIST's mean and std.
+# were 28x28 with the digit in a 20x20 box, normalised with MNIST's mean and std. The embedding is its
+# penultimate layer (256 units after the ReLU; the convolutional output, 1,152 values, transfers slightly
+# worse and makes a River head 4x slower: benchmarks/vision.py).
 DIGITS_CNN_BACKBONE: dict[str, Any] = {
     "kind": "torch", "class_path": "digit_recognizer.model:CNN",
     "path": "digit_recognizer:models/handwriting_model.pth",
     "input": "image", "image": {"mode": "L", "resize": [20, 20], "pad": 4, "mean": [0.1307], "std": [0.3081]},
-    "output": "conv_layers",
+    "output": "fc_layers.1",
 }
 
 

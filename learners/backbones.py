@@ -111,12 +111,22 @@ class Backbone:
 
         chunks = []
         bs = self.cfg.batch_size
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             for i in range(0, len(events), bs):
                 out = self._forward(events[i: i + bs])
                 chunks.append(out.reshape(out.shape[0], -1).float())
             full = torch.cat(chunks) if chunks else torch.empty((0, self.dim), device=self.device)
         return full.clone()
+
+    def autocast(self) -> Any:
+        """The frozen forward's precision context: bf16 autocast on this device, or nothing."""
+        import contextlib
+
+        import torch
+
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     # -- batch-norm statistics (AdaBN) ------------------------------------------------------------
     def norm_layers(self) -> list[Any]:
@@ -396,8 +406,8 @@ class _SequentialTop:
     def prefix(self, events: Sequence[Event]) -> list[Any]:
         import torch
 
-        with torch.inference_mode():
-            h = apply_layers(self.bottom, self.backbone._tensor(events))
+        with torch.inference_mode(), self.backbone.autocast():
+            h = apply_layers(self.bottom, self.backbone._tensor(events)).float()
         return list(h.clone().unbind(0))
 
     def forward(self, items: Sequence[Any]) -> torch.Tensor:

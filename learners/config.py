@@ -70,6 +70,9 @@ class BackboneSettings(Frozen):
     # torch / torchscript (and identity with a torch head): numeric features, in input-vector order.
     features: list[str] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # the frozen forward's arithmetic: bf16 runs it under torch.autocast (on CUDA: tensor cores; embeddings come
+    # back as float32 either way); what trains (heads, unfrozen layers) stays float32
+    precision: Literal["fp32", "bf16"] = "fp32"
     batch_size: int = Field(64, ge=1, le=65_536)  # backbone inference chunk within a consumed batch
     max_seq_length: int | None = Field(None, ge=8, le=8192)  # sentence-transformers: truncate longer text
 

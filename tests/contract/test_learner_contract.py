@@ -56,7 +56,7 @@ FRIEDMAN = [str(i) for i in range(10)]
 def _backbone(kind: str, head: str, task: str) -> dict[str, Any]:
     names = AGRAWAL_NUMERIC if task == "classification" else FRIEDMAN
     if kind == IMAGE:
-        return {**DIGITS_CNN_BACKBONE, "output": "fc_layers.1", "device": "cpu"}
+        return {**DIGITS_CNN_BACKBONE, "device": "cpu"}
     if kind == "identity":
         return {"kind": "identity", "features": names} if head in VECTOR_HEADS else {}
     if kind == "torch":

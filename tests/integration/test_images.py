@@ -18,7 +18,7 @@ from tests.integration.test_cli import _cli
 
 pytestmark = [pytest.mark.integration]
 
-MODEL = {"name": "SoftmaxRegression", "backbone": {**DIGITS_CNN_BACKBONE, "output": "fc_layers.1"}}
+MODEL = {"name": "SoftmaxRegression", "backbone": DIGITS_CNN_BACKBONE}
 
 
 def _folder(root: Path, images: list[dict[str, Any]]) -> Path:

@@ -67,7 +67,7 @@ def test_the_packaged_mnist_cnn_transfers_to_digits_zero_shot(digits: list[Event
 def test_the_output_submodule_is_the_embedding_and_equals_the_network_cut_there(digits: list[Event]) -> None:
     from digit_recognizer.model import CNN
 
-    backbone = load_backbone(_bb(**DIGITS_CNN_BACKBONE))
+    backbone = load_backbone(_bb(**{**DIGITS_CNN_BACKBONE, "output": "conv_layers"}))
     assert backbone is not None and backbone.dim == 128 * 3 * 3 and backbone.n_layers == 9
     net = CNN()
     net.load_state_dict(torch.load(backbone.cfg.path and _packaged_weights(), weights_only=True))
@@ -176,8 +176,9 @@ def test_settings_name_what_an_image_backbone_lacks() -> None:
 
 
 def test_fine_tuning_trains_the_top_conv_block_of_the_cnn_and_nothing_below(digits: list[Event]) -> None:
-    learner = build_learner(ModelSettings(name="TorchLinear", backbone={**DIGITS_CNN_BACKBONE, "device": "cpu"},
-                                          params={"unfreeze_top_k": 3, "lr": 0.01}, seed=3))
+    conv = {**DIGITS_CNN_BACKBONE, "output": "conv_layers", "device": "cpu"}
+    learner = build_learner(ModelSettings(name="TorchLinear", backbone=conv, params={"unfreeze_top_k": 3, "lr": 0.01},
+                                          seed=3))
     backbone = learner.backbone  # type: ignore[attr-defined]
     before = {k: v.clone() for k, v in backbone.module.state_dict().items()}
     stream = digits[:64]
@@ -193,8 +194,8 @@ def test_fine_tuning_trains_the_top_conv_block_of_the_cnn_and_nothing_below(digi
     assert all(torch.equal(frozen_net[k], before[k]) for k in before if not k.startswith("conv_layers.6"))
     assert not torch.equal(trained_top, before["conv_layers.6.weight"])  # the learner trains its own copy
     state = pickle.loads(pickle.dumps(learner.state_dict()))
-    again = build_learner(ModelSettings(name="TorchLinear", backbone={**DIGITS_CNN_BACKBONE, "device": "cpu"},
-                                        params={"unfreeze_top_k": 3, "lr": 0.01}, seed=3))
+    again = build_learner(ModelSettings(name="TorchLinear", backbone=conv, params={"unfreeze_top_k": 3, "lr": 0.01},
+                                        seed=3))
     again.load_state_dict(state)
     probe = digits[100:120]
     assert [learner.predict_one(e).value for e in probe] == [again.predict_one(e).value for e in probe]
@@ -202,7 +203,7 @@ def test_fine_tuning_trains_the_top_conv_block_of_the_cnn_and_nothing_below(digi
 
 def test_continual_learner_on_the_image_backbone_with_its_top_unfrozen(digits: list[Event]) -> None:
     learner = build_learner(ModelSettings(
-        name="Continual", backbone={**DIGITS_CNN_BACKBONE, "device": "cpu"}, seed=5,
+        name="Continual", backbone={**DIGITS_CNN_BACKBONE, "output": "conv_layers", "device": "cpu"}, seed=5,
         params={"strategy": "Replay", "strategy_params": {"mem_size": 50}, "window_events": 50, "unfreeze_top_k": 3,
                 "synchronous": True, "lr": 0.01}))
     stream = digits[:400]
@@ -218,3 +219,13 @@ def test_continual_learner_on_the_image_backbone_with_its_top_unfrozen(digits: l
     assert sum(hits[:50]) < 15 and sum(hits[-100:]) / 100 > 0.7, (sum(hits[:50]), sum(hits[-100:]))
     state = pickle.loads(pickle.dumps(learner.state_dict()))
     assert state["unfreeze_top_k"] == 3
+
+
+def test_bf16_autocast_gives_float32_embeddings_close_to_fp32(digits: list[Event]) -> None:
+    fp32 = load_backbone(_bb(**{**DIGITS_CNN_BACKBONE, "output": None}))
+    bf16 = load_backbone(_bb(**{**DIGITS_CNN_BACKBONE, "output": None, "precision": "bf16"}))
+    assert fp32 is not None and bf16 is not None
+    a, b = fp32.embed(digits[:200]), bf16.embed(digits[:200])
+    assert b.dtype == torch.float32 and not torch.equal(a, b)  # it did run in bf16
+    assert float((a - b).norm() / a.norm()) < 0.03
+    assert float((a.argmax(1) == b.argmax(1)).float().mean()) > 0.98
