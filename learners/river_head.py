@@ -8,54 +8,24 @@ wrapped in one-vs-rest so any labels work. A configured class set is enforced: o
 
 from __future__ import annotations
 
-import inspect
 import pickle
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from driftline.core import INPUT_KIND_MISMATCH, Event, InputError, Label, LabelError, Prediction, Task
-from driftline.errors import ConfigError
 from driftline.learners.base import LearnerBase, check_fingerprint, check_label_type, check_state_header
 from driftline.learners.config import ModelSettings
 from driftline.learners.preprocessing import FeaturePrep
-from driftline.learners.registry import CLASSIFIERS, REGRESSORS, resolve
+from driftline.learners.river_models import build_estimator
+
+if TYPE_CHECKING:
+    from driftline.learners.text_features import TextFeaturizer
 
 STATE_KIND = "driftline.river/2"
 
 
 def _build_estimator(cfg: ModelSettings) -> Any:
-    registry = CLASSIFIERS if cfg.task == "classification" else REGRESSORS
-    cls = resolve(registry[cfg.name])
-    accepted = inspect.signature(cls).parameters
-    params: dict[str, Any] = {}
-    for key, value in cfg.params.items():
-        if key not in accepted:
-            raise ConfigError(
-                f"model.params.{key}: {cfg.name} has no parameter {key!r}; accepted: {', '.join(accepted)}"
-            )
-        if key == "optimizer" and isinstance(value, Mapping):
-            params[key] = _build_optimizer(dict(value))
-        else:
-            params[key] = value
-    if "seed" in accepted and "seed" not in params:
-        params["seed"] = cfg.seed
-    try:
-        return cls(**params)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model.params: {cfg.name}({params!r}) failed: {exc}") from exc
-
-
-def _build_optimizer(spec: dict[str, Any]) -> Any:
-    from river import optim
-
-    name = spec.pop("name", "SGD")
-    cls = getattr(optim, str(name), None)
-    if cls is None or not isinstance(cls, type):
-        raise ConfigError(f"model.params.optimizer.name: unknown River optimizer {name!r}")
-    try:
-        return cls(**spec)
-    except TypeError as exc:
-        raise ConfigError(f"model.params.optimizer: {name}({spec!r}) failed: {exc}") from exc
+    return build_estimator(cfg.name, cfg.params, task=cfg.task, seed=cfg.seed)
 
 
 class RiverLearner(LearnerBase):
@@ -76,6 +46,12 @@ class RiverLearner(LearnerBase):
 
                 estimator = multiclass.OneVsRestClassifier(estimator)
         self._prep = FeaturePrep(scale=cfg.scale, one_hot=cfg.one_hot, max_features=cfg.max_features)
+        self._votes_only = False  # the model has no predict_proba_one
+        self._text: TextFeaturizer | None = None
+        if cfg.text_features is not None:
+            from driftline.learners.text_features import TextFeaturizer
+
+            self._text = TextFeaturizer(cfg.text_features, cfg.max_features)
         self._max_features = cfg.max_features
         self._model = estimator
         self._version = 1
@@ -97,13 +73,35 @@ class RiverLearner(LearnerBase):
             )
         return x.features
 
+    def _input(self, x: Event, *, learning: bool) -> dict[str, Any]:
+        """The model's input for ``x``: its features preprocessed, and with `text_features` its text's terms
+        (feature names win over terms of the same name)."""
+        text = self._text
+        if text is None:
+            features = self._features(x)
+            return self._prep.learn_transform_one(features) if learning else self._prep.transform_one(features)
+        if not x.features and x.text is None:
+            raise InputError(INPUT_KIND_MISMATCH, f"{self.name} learns from `text` (model.text_features) and "
+                                                  f"`features`, and this event has {x.payloads()}")
+        out = (text.learn_transform(x.text) if learning else text.transform(x.text)) if x.text else {}
+        if x.features:
+            out.update(self._prep.learn_transform_one(x.features) if learning else self._prep.transform_one(x.features))
+        return out
+
     def predict_one(self, x: Event) -> Prediction:
-        features = self._features(x)
         if self.task == "regression":
+            features = self._input(x, learning=False)
             if not self._trained():
                 return Prediction(None)
-            return Prediction(float(self._model.predict_one(self._prep.transform_one(features))))
-        proba = self._model.predict_proba_one(self._prep.transform_one(features))
+            return Prediction(float(self._model.predict_one(features)))
+        features = self._input(x, learning=False)
+        if self._votes_only:
+            return self._vote(features)
+        try:
+            proba = self._model.predict_proba_one(features)
+        except NotImplementedError:  # a classifier that only votes (e.g. multiclass.OneVsOneClassifier)
+            self._votes_only = True
+            return self._vote(features)
         if not proba:
             return Prediction(None, {})
         if self._binary_map is not None:
@@ -113,18 +111,27 @@ class RiverLearner(LearnerBase):
         best = max(proba.items(), key=lambda kv: kv[1])[0]
         return Prediction(best, proba)
 
+    def _vote(self, features: dict[str, Any]) -> Prediction:
+        """A classifier without probabilities: its vote, with probability 1."""
+        value = self._model.predict_one(features)
+        if value is None:
+            return Prediction(None, {})
+        if self._binary_map is not None:
+            assert self._classes is not None
+            value = self._classes[1] if value else self._classes[0]
+        return Prediction(value, {value: 1.0})
+
     @property
     def features_dropped(self) -> int:
-        return self._prep.dropped
+        return self._prep.dropped + (self._text.dropped if self._text is not None else 0)
 
     def _trained(self) -> bool:
         """Whether the model has learned anything (an untrained regressor predicts nothing, not 0)."""
         return self._updates > 0
 
     def learn_one(self, x: Event, y: Label | float) -> None:
-        features = self._features(x)
         target = self._check_label(y)
-        self._model.learn_one(self._prep.learn_transform_one(features), target)
+        self._model.learn_one(self._input(x, learning=True), target)
         self._updates += 1
 
 
@@ -149,7 +156,7 @@ class RiverLearner(LearnerBase):
             "classes": self._classes,
             "version": self._version,
             "updates": self._updates,
-            "model": pickle.dumps((self._prep, self._model), protocol=pickle.HIGHEST_PROTOCOL),
+            "model": pickle.dumps((self._prep, self._model, self._text), protocol=pickle.HIGHEST_PROTOCOL),
             "backbone": self.fingerprint,
             "norm": self._norm_state(),
         }
@@ -159,8 +166,15 @@ class RiverLearner(LearnerBase):
         if state["classes"] != self._classes:
             raise ValueError(f"state has classes {state['classes']!r}, config has {self._classes!r}")
         check_fingerprint(state.get("backbone"), self.fingerprint)
-        self._prep, self._model = pickle.loads(state["model"])
+        parts = pickle.loads(state["model"])
+        text = parts[2] if len(parts) > 2 else None  # states from before text_features hold two parts
+        if (text is None) != (self._text is None):
+            raise ValueError(f"state was learned {'with' if text is not None else 'without'} text_features, the "
+                             f"config has {'them' if self._text is not None else 'none'}")
+        self._prep, self._model, self._text = parts[0], parts[1], text
         self._prep.bound(self._max_features)  # the configured bound wins over the saved one
+        if self._text is not None:
+            self._text.bound(self._max_features)
         self._load_norm_state(state)
         self._version = int(state["version"])
         self._updates = int(state["updates"])
