@@ -13,12 +13,40 @@ from driftline.learners.registry import CONTINUAL, TORCH_HEADS, resolve
 log = logging.getLogger(__name__)
 
 
+DEEP_EXTRA = "pip install 'driftline[deep]'"
+
+
+def missing_deep(cfg: ModelSettings) -> tuple[str, list[str]] | None:
+    """(the setting that needs the deep extra, the modules of it this install lacks), or None."""
+    import importlib.util
+
+    if cfg.name in TORCH_HEADS or cfg.name in CONTINUAL:
+        what = f"model.name {cfg.name}"
+    elif cfg.backbone.kind != "identity":
+        what = f"model.backbone.kind {cfg.backbone.kind}"
+    else:
+        return None
+    needed = ["torch"]
+    if cfg.name in CONTINUAL:
+        needed += ["torchvision", "avalanche"]
+    if cfg.backbone.kind == "torchvision":
+        needed.append("torchvision")
+    if cfg.backbone.kind == "sentence-transformers":
+        needed.append("sentence_transformers")
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    return (what, missing) if missing else None
+
+
 def build_learner(cfg: ModelSettings) -> Learner:
     """The learner for ``cfg`` (its starting state from ``cfg.start_from`` when set).
 
     Raises ConfigError, naming the setting, the file and what was expected, for anything that
-    would stop it from predicting: bad parameters, missing or mismatched model files.
+    would stop it from predicting: bad parameters, missing or mismatched model files, a deep model on an
+    install without the deep extra.
     """
+    lacking = missing_deep(cfg)
+    if lacking is not None:
+        raise ConfigError(f"{lacking[0]} needs {', '.join(lacking[1])}, which this install lacks: {DEEP_EXTRA}")
     learner: Learner
     if cfg.name in TORCH_HEADS or cfg.name in CONTINUAL:
         backbone = load_backbone(cfg.backbone, vector=True)

