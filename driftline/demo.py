@@ -1,4 +1,5 @@
-"""`driftline demo`: a local broker, a drifting synthetic stream and the service, wired together."""
+"""`driftline demo`: a local broker, a drifting synthetic stream and the service, wired together, with drift
+detection and the adaptation ladder on, a live page and a one-line summary every few seconds."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 from types import FrameType
 
 from driftline.learners.factory import build_learner
-from driftline.settings import KafkaSettings, MetricsSettings, ModelSettings, Settings, TopicSettings
+from driftline.settings import DriftSettings, KafkaSettings, MetricsSettings, ModelSettings, Settings, TopicSettings
 from driftline.stream.broker import LocalKafkaBroker
 from driftline.stream.kafka.clients import ensure_topics
 from driftline.stream.kafka.publisher import publish
@@ -27,7 +28,11 @@ def run_demo(*, events: int | None, rate: float, drift_at: int, metrics_port: in
             topics=TopicSettings(input="demo.events", predictions="demo.predictions",
                                  dead_letter="demo.dead-letter"),
             model=ModelSettings(name=model, classes=[0, 1]),
-            metrics=MetricsSettings(port=metrics_port),
+            metrics=MetricsSettings(port=metrics_port, rolling_window=500),
+            # the product's point, visible: the error stream watched, a drift acted on, the accuracy recovering
+            drift=DriftSettings.model_validate({
+                "detectors": [{"name": "ADWIN", "params": {"delta": 0.002}}],
+                "policies": [{"name": "reset"}, {"name": "replay_burst"}], "cooldown": 1000}),
         )
         ensure_topics(settings.kafka, [settings.topics.input], partitions=3)
         service = Service(settings, build_learner(settings.model))
@@ -58,6 +63,9 @@ def run_demo(*, events: int | None, rate: float, drift_at: int, metrics_port: in
             timer.daemon = True
             timer.start()
         port = service.http.port if service.http else metrics_port
+        if service.live is not None:
+            reporter = threading.Thread(target=_report, args=(service, stop), name="demo-summary", daemon=True)
+            reporter.start()
         print(
             "\n".join([
                 "driftline demo",
@@ -67,7 +75,9 @@ def run_demo(*, events: int | None, rate: float, drift_at: int, metrics_port: in
                 f"  predictions       {settings.topics.predictions}",
                 f"  dead letters      {settings.topics.dead_letter}",
                 f"  model             {model}",
+                f"  live page         http://127.0.0.1:{port}/  (rolling accuracy, drift detections, adaptations)",
                 f"  metrics           http://127.0.0.1:{port}/metrics  (health: /healthz, /readyz)",
+                "  drift             ADWIN on the error stream; adaptation ladder: reset, replay_burst",
                 "  Ctrl-C stops everything.",
             ]),
             flush=True,
@@ -80,3 +90,14 @@ def run_demo(*, events: int | None, rate: float, drift_at: int, metrics_port: in
         print(f"demo done: {totals.predicted} predicted, {totals.learned} learned, "
               f"{totals.dead_lettered} dead-lettered; prequential accuracy {accuracy:.3f}", flush=True)
     return 0
+
+
+def _report(service: Service, stop: threading.Event, every_s: float = 5.0) -> None:
+    """One line every few seconds: events/s, rolling accuracy, detections, adaptations."""
+    assert service.live is not None
+    while not stop.wait(every_s):
+        snap = service.live.snapshot()
+        acc = "-" if snap["rolling"] is None else f"{snap['rolling']:.3f}"
+        drifts = sum(1 for d in snap["detections"] if d[2] == "drift")
+        print(f"[demo] {snap['events_per_s']:,.0f} events/s | {snap['learned']:,} labeled | rolling accuracy {acc} | "
+              f"{drifts} drift detections | {len(snap['adaptations'])} adaptations", flush=True)

@@ -1,4 +1,5 @@
-"""HTTP endpoints: /metrics (Prometheus text format), /healthz (liveness), /readyz (readiness).
+"""HTTP endpoints: /metrics (Prometheus text format), /healthz (liveness), /readyz (readiness), and with a
+`LiveSampler` the live page at / and its data at /live.json.
 
 Optionally HTTPS and basic/bearer authentication (see `http_security`); the probes stay open unless
 configured otherwise.
@@ -16,6 +17,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from driftline.monitoring.http_security import Authenticator
+from driftline.monitoring.live import PAGE, LiveSampler
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class MetricsServer:
         *,
         tls: ssl.SSLContext | None = None,
         auth: Authenticator | None = None,
+        live: LiveSampler | None = None,
     ) -> None:
         self.registry = registry
         self.tls = tls
@@ -64,11 +67,15 @@ class MetricsServer:
                     self._send(401, b"unauthorized\n", "text/plain", {"WWW-Authenticate": auth.challenge})
                 elif path == "/metrics":
                     self._send(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
+                elif live is not None and path in ("/", "/index.html"):
+                    self._send(200, PAGE.encode(), "text/html; charset=utf-8")
+                elif live is not None and path == "/live.json":
+                    self._send(200, live.json(), "application/json")
                 elif path in ("/healthz", "/readyz"):
                     ok, detail = (healthy if path == "/healthz" else ready)()
                     self._send(200 if ok else 503, (detail + "\n").encode(), "text/plain; charset=utf-8")
                 else:
-                    self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain")
+                    self._send(404, b"not found: try /, /metrics, /healthz or /readyz\n", "text/plain")
 
             def _send(self, code: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
                 self.send_response(code)

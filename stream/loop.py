@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
@@ -26,6 +27,7 @@ from driftline.learners.capabilities import background_trained, mergeable
 from driftline.learners.registry import MERGEABLE_RIVER
 from driftline.monitoring.http import MetricsServer
 from driftline.monitoring.http_security import http_security
+from driftline.monitoring.live import LiveSampler, LiveStatus
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import Settings
 from driftline.stream.audit import AuditPublisher
@@ -43,7 +45,7 @@ from driftline.stream.kafka.seam import (
     TransactionalWriter,
 )
 from driftline.stream.kafka.writer import RecordWriter
-from driftline.stream.observers import BatchResult
+from driftline.stream.observers import Adaptation, BatchResult, DetectionLog, Ledger, Quality
 from driftline.stream.partition_state import COMPACTED, Changelog
 from driftline.stream.pipeline import partitioned, processor_from_settings
 from driftline.stream.processor import EventProcessor
@@ -73,6 +75,16 @@ class RunTotals(BatchResult):
         self.dead_lettered += r.dead_lettered
 
 
+def _copy(items: Any) -> list[Any]:
+    """A list of a deque or list another thread may be appending to."""
+    for _ in range(5):
+        try:
+            return list(items)
+        except RuntimeError:  # mutated during iteration
+            continue
+    return []
+
+
 class Service:
     """The long-running consumer. `run()` blocks until `stop()` (or a signal handler calling it)."""
 
@@ -97,10 +109,13 @@ class Service:
         self._closing = False
         self._graceful = False  # stopped on request, everything saved: a static member may leave the group
         self.http: MetricsServer | None = None
+        self.live: LiveSampler | None = None
+        self._pipeline: EventProcessor | None = None  # the running pipeline, for the live page
         if serve_http:
             tls, auth = http_security(settings.metrics)
+            self.live = LiveSampler(self._live_status)
             self.http = MetricsServer(self.registry, settings.metrics.host, settings.metrics.port,
-                                      healthy=self._healthy, ready=self._ready, tls=tls, auth=auth)
+                                      healthy=self._healthy, ready=self._ready, tls=tls, auth=auth, live=self.live)
 
     # -- probes -----------------------------------------------------------------------------
     def _healthy(self) -> tuple[bool, str]:
@@ -117,6 +132,22 @@ class Service:
         if not self._assigned:
             return False, "no partitions assigned yet"
         return True, "ok"
+
+    def _live_status(self) -> LiveStatus:
+        """The live page's view (read from another thread: counters and copies of bounded logs)."""
+        processor = self._pipeline
+        lag = sum(m.value for f in self.metrics.lag.collect() for m in f.samples) if processor else None
+        if processor is None:
+            return LiveStatus(0, None, "accuracy", 0, lag, self.learner.name)
+        tracker = processor.require(Quality).tracker
+        detections = processor.require(DetectionLog).latest
+        adaptation = processor.find(Adaptation)
+        actions = adaptation.adapter.actions if adaptation is not None else []
+        return LiveStatus(
+            learned=processor.require(Ledger).learned, rolling=float(tracker.rolling) if tracker.n else None,
+            metric=tracker.metric, consumed=self.totals.consumed, lag=lag, model=self.learner.name,
+            detections=[(d.labeled, d.detector, d.level) for d in _copy(detections) if d.source == "error"],
+            adaptations=[(a.labeled, a.action) for a in _copy(actions)])
 
     # -- lifecycle --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -137,7 +168,9 @@ class Service:
         inputs = [s.topics.input, *([s.topics.labels] if s.topics.labels else [])]
         if self.http is not None:
             self.http.start()
-            log.info("metrics on %s/metrics", self.http.url)
+            log.info("metrics on %s/metrics; live page on %s/", self.http.url, self.http.url)
+        if self.live is not None:
+            self.live.start()
         transactional = kafka.transactional_writer(self._transactional_id()) if s.kafka.exactly_once else None
         writer: RecordWriter = transactional if transactional is not None else kafka.writer()
         consumer = kafka.consumer()
@@ -148,6 +181,7 @@ class Service:
                                             expired_topic=s.topics.expired, audit_topic=s.topics.audit,
                                             extra=[sync_state] if sync_state is not None else [])
         self.processor = processor
+        self._pipeline = processor
         parts = partitioned(processor)
         changelog = self._changelog(writer, input_partitions) if parts else None
         commit: Commit = (functools.partial(self._commit_transaction, transactional, consumer)
@@ -453,6 +487,8 @@ class Service:
             except Exception as exc:  # (an error of its own must not hide the one that stopped the service)
                 log.warning("kafka: closing the consumer failed: %s: %s", type(exc).__name__, exc)
             self._leave_group()
+            if self.live is not None:
+                self.live.stop()
             if self.http is not None:
                 self.http.stop()
             trained = self.trained

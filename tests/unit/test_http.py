@@ -45,3 +45,43 @@ def test_two_metric_sets_do_not_collide() -> None:
     # metrics live on the registry passed in, never on the global one
     ServiceMetrics(CollectorRegistry(), model="a", task="classification")
     ServiceMetrics(CollectorRegistry(), model="b", task="regression")
+
+
+def test_the_live_page_and_its_data_are_served_with_a_sampler() -> None:
+    import json
+    import time
+
+    from driftline.monitoring.live import LiveSampler, LiveStatus
+
+    state = {"consumed": 0, "learned": 0}
+
+    def status() -> LiveStatus:
+        return LiveStatus(learned=state["learned"], rolling=0.5 + state["learned"] / 1000, metric="accuracy",
+                          consumed=state["consumed"], lag=12.0, model="GaussianNB",
+                          detections=[(150, "ADWIN", "drift")], adaptations=[(150, "reset")])
+
+    live = LiveSampler(status)
+    for step in range(3):
+        state["consumed"], state["learned"] = 100 * step, 100 * step
+        live.sample()
+        time.sleep(0.05)
+    srv = MetricsServer(CollectorRegistry(), "127.0.0.1", 0, healthy=lambda: (True, "ok"),
+                        ready=lambda: (True, "ok"), live=live)
+    srv.start()
+    try:
+        code, page = _get(srv.port, "/")
+        assert code == 200 and "<svg" in page and "live.json" in page and "http://" not in page.replace(
+            'xmlns="http://www.w3.org/2000/svg"', "").replace('"http://www.w3.org/2000/svg"', "")
+        code, body = _get(srv.port, "/live.json")
+        data = json.loads(body)
+        assert code == 200 and data["series"] == [[0, 0.5], [100, 0.6], [200, 0.7]]
+        assert data["detections"] == [[150, "ADWIN", "drift"]] and data["adaptations"] == [[150, "reset"]]
+        assert data["lag"] == 12.0 and data["events_per_s"] > 100  # 100 events in about 50 ms
+    finally:
+        srv.stop()
+    bare = MetricsServer(CollectorRegistry(), "127.0.0.1", 0, healthy=lambda: (True, "ok"), ready=lambda: (True, "ok"))
+    bare.start()
+    try:
+        assert _get(bare.port, "/")[0] == 404  # no sampler: no page
+    finally:
+        bare.stop()
