@@ -55,7 +55,7 @@ class Checkpointer:
                  store: CheckpointStore | None = None, *, parts: Sequence[Partitioned] = (),
                  changelog: Changelog | None = None,
                  flush: Callable[[], None] = _nothing, commit: Commit | None = None,
-                 begin: Callable[[], None] | None = None, member: str = "driftline") -> None:
+                 begin: Callable[[], None] | None = None, member: str = "driftline", owner: str = "") -> None:
         self.cfg = cfg
         self.processor = processor
         self.metrics = metrics
@@ -69,6 +69,7 @@ class Checkpointer:
         # it, ``commit`` commits it with the offsets), save points every interval inside one
         self.begin = begin
         self.member = member
+        self.owner = owner  # this instance's stable name (the same across its restarts); "": unknown
         self.catch_up: dict[TopicPartition, int] = {}  # replay below these offsets without outputs (exactly_once)
         self._saved: set[TopicPartition] = set()  # partitions the last save point had an offset for
         self._uncommitted = False  # the last save point's commit failed: retried
@@ -226,7 +227,7 @@ class Checkpointer:
             return
         written = 0
         for p in sorted(dirty):
-            written += changelog.write(snapshot(p, self.offsets, self.parts, member=self.member))
+            written += changelog.write(snapshot(p, self.offsets, self.parts, member=self.member, owner=self.owner))
         self.flush()  # acknowledged before the commit that relies on them
         self.metrics.partition_state_bytes.inc(written)
 
@@ -277,6 +278,20 @@ class Checkpointer:
         self._held = set()
         self._forget_unowned()
 
+    def _newer_elsewhere(self, local: Mapping[TopicPartition, int], committed: Mapping[TopicPartition, int | None],
+                         snaps: Sequence[Snapshot]) -> Snapshot | None:
+        """exactly_once: a snapshot another instance wrote for this partition, not ahead of the committed offsets and
+        newer than this instance's checkpoint. Replaying from the checkpoint would learn again what that instance
+        learned after taking the partition over."""
+        if not self.owner:
+            return None
+        for s in snaps:
+            pos = s.positions()
+            if (s.owner and s.owner != self.owner and behind(pos, committed)
+                    and all(pos.get(tp, -1) >= o for tp, o in local.items()) and pos != dict(local)):
+                return s
+        return None
+
     def _take(self, p: int, committed: Mapping[TopicPartition, int | None], snaps: Sequence[Snapshot]) -> None:
         """Partition ``p`` resumes at the committed offsets with the state that reflects them exactly. With
         exactly_once (a transaction per batch, a save point per interval) the newest state not ahead of them is
@@ -298,7 +313,14 @@ class Checkpointer:
         local = {tp: o for tp, o in self.offsets.items() if tp.partition == p} if p in self._restored else None
         fits = behind if self.begin is not None else reflects
         state: dict[TopicPartition, int] | None = None
-        if local is not None and fits(local, committed):
+        elsewhere = self._newer_elsewhere(local, committed, snaps) if local is not None and self.begin else None
+        if elsewhere is not None and self._load(p, elsewhere):
+            # another instance committed for p beyond this instance's checkpoint: its model learned those records
+            # (the ones this instance lost with its process among them), so they are not learned again here
+            source, state = "changelog", elsewhere.positions()
+            log.info("partition %d resumes with the newer state %s saved (%s): it owned the partition after this "
+                     "instance's checkpoint", p, elsewhere.writer, where or "nothing committed")
+        elif local is not None and fits(local, committed):
             source, state = "checkpoint", local
             self._dirty.add(p)  # the changelog may not have it
             log.info("partition %d resumes with this instance's checkpoint (%s)", p, where or "nothing committed")

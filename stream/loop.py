@@ -189,7 +189,8 @@ class Service:
         checkpointer = Checkpointer(s.checkpoint, processor, self.metrics, parts=parts, changelog=changelog,
                                     flush=sink.flush, commit=commit,
                                     begin=transactional.begin if transactional is not None else None,
-                                    member=f"{s.kafka.client_id}@{socket.gethostname()}:{os.getpid()}")
+                                    member=f"{s.kafka.client_id}@{socket.gethostname()}:{os.getpid()}",
+                                    owner=self._identity())
         self.checkpointer = checkpointer
         syncer = (self._syncer(sync_state, writer, transactional, sink) if sync_state is not None else None)
         quarantine = Quarantine(s.checkpoint.directory)

@@ -73,6 +73,7 @@ class Snapshot(_Frozen):
     parts: dict[str, Any]  # Partitioned.key -> its data
     written_at_ms: int
     writer: str  # which member wrote it (for the log)
+    owner: str = ""  # the writing instance's stable name (kafka.instance_id, or its host and checkpoint directory)
 
     def positions(self) -> dict[TopicPartition, int]:
         return {TopicPartition(t, self.partition): o for t, o in self.offsets.items()}
@@ -211,9 +212,9 @@ def _reason(exc: Exception) -> str:
 
 
 def snapshot(partition: int, offsets: Mapping[TopicPartition, int], parts: Sequence[Partitioned], *,
-             member: str) -> Snapshot:
+             member: str, owner: str = "") -> Snapshot:
     """``partition``'s state now, from each part, with the offsets it reflects."""
     mine = {tp.topic: o for tp, o in offsets.items() if tp.partition == partition}
     return Snapshot(partition=partition, offsets=mine,
                     parts={part.key: part.export_partition(partition) for part in parts},
-                    written_at_ms=int(time.time() * 1000), writer=member)
+                    written_at_ms=int(time.time() * 1000), writer=member, owner=owner)

@@ -111,7 +111,7 @@ class Member:
     """One instance: its pipeline (label join + dedup window), checkpointer and consumer."""
 
     def __init__(self, kafka: Topics, group: Group, directory: Path | None = None, *, chunk_bytes: int = 500_000,
-                 every_events: int = 1000, exactly_once: bool = False) -> None:
+                 every_events: int = 1000, exactly_once: bool = False, owner: str = "") -> None:
         self.kafka, self.registry = kafka, CollectorRegistry()
         learner = build_learner(ModelSettings(name="GaussianNB"))
         self.metrics = ServiceMetrics(self.registry, model=learner.name, task=learner.task)
@@ -127,7 +127,7 @@ class Member:
         self.ck = Checkpointer(CheckpointSettings(directory=str(directory) if directory else None,
                                                   every_events=every_events),
                                self.proc, self.metrics, parts=partitioned(self.proc), changelog=changelog,
-                               flush=sink.flush, commit=self._commit, member="m",
+                               flush=sink.flush, commit=self._commit, member="m", owner=owner,
                                begin=(lambda: self.transactions.append("begin")) if exactly_once else None)
 
     def _commit(self, offsets: Mapping[TopicPartition, int]) -> bool:
@@ -352,3 +352,37 @@ def test_exactly_once_commits_every_batch_and_a_next_owner_replays_the_gap_witho
     assert b.ck.catch_up == {}
     assert b.learned() == 3  # e3, e2 (its label), e4: what A learned since its save point, and the new one
     assert len(kafka.logs[TopicPartition("pred", 0)]) == predictions + 1  # only e4 is published
+
+
+def test_exactly_once_an_instance_back_after_another_owned_its_partition_does_not_learn_that_owner_s_records(
+        tmp_path: Path) -> None:
+    """A is killed; B takes partition 0 over (replaying A's lost gap) and learns on; A comes back and gets the
+    partition again: it takes B's newer state instead of replaying from its own checkpoint, so every labeled event
+    is learned by the group once (A's checkpoint + B's learning), not B's records twice."""
+    kafka, group = Topics(), Group()
+    a = Member(kafka, group, tmp_path / "a", every_events=3, exactly_once=True, owner="a")
+    a.assign(0)
+    a.process([event(0, 0, "e0", 1), event(0, 1, "e1", 0), event(0, 2, "e2", 1)])
+    a.ck.end_batch()  # save point: state and checkpoint at 3, committed 3
+    a.process([event(0, 3, "e3", 0)])
+    a.ck.end_batch()  # the transaction commits 4; the state stays at 3: A is killed here
+
+    b = Member(kafka, group, tmp_path / "b", every_events=3, exactly_once=True, owner="b")
+    b.assign(0)
+    again, live = b.ck.replaying([event(0, 3, "e3", 0), event(0, 4, "e4", 1), event(0, 5, "e5", 0)])
+    b.sink.muted = True
+    b.process(list(again))  # e3: A's lost record, learned again here
+    b.sink.muted = False
+    b.process(list(live))  # e4, e5
+    b.ck.end_batch()
+    b.ck.revoked([TopicPartition(IN, 0), TopicPartition(LABELS, 0)])  # A is back: B saves, commits, lets go
+    assert group.committed_offsets[TopicPartition(IN, 0)] == 6 and b.learned() == 3
+
+    back = Member(kafka, group, tmp_path / "a", every_events=3, exactly_once=True, owner="a")
+    assert back.ck.restore() is not None and back.learned() == 3  # A's checkpoint: e0..e2
+    back.assign(0)
+    assert back.source("changelog") == 1
+    assert back.ck.catch_up == {}  # nothing to replay: B's state is where the group committed
+    assert back.ck.offsets[TopicPartition(IN, 0)] == 6
+    back.process([event(0, 6, "e6", 1)])
+    assert back.learned() + b.learned() == 7  # e0..e6, each once
