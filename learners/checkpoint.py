@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from driftline.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 FORMAT = "driftline.checkpoint/1"
@@ -128,7 +130,14 @@ class DirectoryStore:
             raise ValueError("keep must be >= 1")
         self.directory = Path(directory)
         self.keep = keep
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only filesystem, a volume owned by another user, ...
+            raise ConfigError(f"checkpoint.directory: cannot create {str(self.directory)!r}: {exc.strerror} (mount a "
+                              "writable volume there, or point checkpoint.directory at one)") from None
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise ConfigError(f"checkpoint.directory: {str(self.directory)!r} is not writable by this user "
+                              f"(uid {os.getuid()})")
         self.corrupt_skipped = 0  # how many unreadable checkpoints load() passed over
 
     def _files(self) -> list[tuple[int, Path]]:

@@ -46,8 +46,13 @@ def image() -> Iterator[str]:
                           timeout=900, env=ENV)
     assert base.returncode == 0, base.stderr[-4000:]
     t0 = time.monotonic()
-    _podman("build", "--network", "host", "--build-arg", f"BASE={base.stdout.strip()}", "--build-arg", "EXTRAS=",
-            "-f", str(ROOT / "deploy" / "Dockerfile"), "-t", IMAGE, str(ROOT), timeout=1200)
+    # the host's CAs and pip's certificate setting go into the build (a TLS-intercepting proxy's CA among them)
+    bundle = os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt"
+    certs = ["-v", f"{bundle}:/host-ca.crt:ro", "--build-arg", "PIP_CERT=/host-ca.crt"] if Path(bundle).is_file() \
+        else []
+    _podman("build", "--network", "host", *certs, "--build-arg", f"BASE={base.stdout.strip().splitlines()[-1]}",
+            "--build-arg", "EXTRAS=", "-f", str(ROOT / "deploy" / "Dockerfile"), "-t", IMAGE, str(ROOT),
+            timeout=1200)
     print(f"image built in {time.monotonic() - t0:.0f}s")
     yield IMAGE
 
@@ -66,11 +71,12 @@ def test_the_image_serves_as_non_root_on_a_read_only_root_and_drains_on_sigterm(
     name = f"driftline-{uuid.uuid4().hex[:8]}"
     events = list(itertools.islice(from_generator("SEA", params={"variant": 0}, seed=3, id_prefix="c-"), 500))
     produce_events(kafka_bootstrap, f"{topic_prefix}-in", events)
-    _podman("run", "-d", "--name", name, "--network", "host", "--read-only",
-            "--mount", "type=tmpfs,destination=/var/lib/driftline,tmpfs-mode=1777",
+    # the root filesystem read-only; the checkpoints on a volume (initialised from the image: owned by its user)
+    _podman("run", "-d", "--name", name, "--network", "host", "--read-only", "-v", f"{name}:/var/lib/driftline",
             "-e", f"DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS={kafka_bootstrap}",
             "-e", f"DRIFTLINE_KAFKA__GROUP_ID={topic_prefix}-group",
-            "-e", f"DRIFTLINE_TOPICS__INPUT={topic_prefix}-in", "-e", f"DRIFTLINE_TOPICS__PREDICTIONS={topic_prefix}-pred",
+            "-e", f"DRIFTLINE_TOPICS__INPUT={topic_prefix}-in",
+            "-e", f"DRIFTLINE_TOPICS__PREDICTIONS={topic_prefix}-pred",
             "-e", f"DRIFTLINE_TOPICS__DEAD_LETTER={topic_prefix}-dlq", "-e", f"DRIFTLINE_METRICS__PORT={port}",
             "-e", "DRIFTLINE_CHECKPOINT__EVERY_SECONDS=1", image)
     try:
@@ -92,3 +98,4 @@ def test_the_image_serves_as_non_root_on_a_read_only_root_and_drains_on_sigterm(
         assert "Traceback" not in logs.stdout + logs.stderr
     finally:
         _podman("rm", "-f", name, check=False)
+        _podman("volume", "rm", "-f", name, check=False)

@@ -67,3 +67,19 @@ def test_rollback_makes_a_version_newest(tmp_path: Path) -> None:
         "ckpt-000000000003.bin.rolled-back", "ckpt-000000000004.bin.rolled-back"]
     with pytest.raises(CheckpointError, match="no checkpoint version 42"):
         store.rollback(42)
+
+
+def test_a_checkpoint_directory_that_cannot_be_written_is_a_config_error(tmp_path: Path) -> None:
+    import os
+
+    from driftline.errors import ConfigError
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.getuid() == 0:  # root writes anywhere: a path under a file cannot be created by anyone
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(ConfigError, match=r"checkpoint.directory: cannot create .*file/ckpt"):
+            DirectoryStore(tmp_path / "file" / "ckpt")
+    else:
+        with pytest.raises(ConfigError, match=r"cannot create|is not writable"):
+            DirectoryStore(locked / "ckpt")
