@@ -120,14 +120,10 @@ def inprocess(kafka: KafkaSettings, topic: str, n: int) -> float:
     return len(events) / (time.perf_counter() - t0)
 
 
-def service(kafka: KafkaSettings, topic: str, n: int) -> tuple[float, float]:
-    """(events/s, prequential accuracy) of one run of the service on ``kafka.client``'s backend."""
-    settings = Settings(
-        kafka=kafka.model_copy(update={"group_id": f"bench-svc-{uuid.uuid4().hex[:6]}"}),
-        topics=TopicSettings(input=topic, predictions=f"{topic}-predictions", dead_letter=f"{topic}-dlq"),
-        model=MODEL, metrics=MetricsSettings(port=0),
-    )
-    svc = Service(settings, build_learner(MODEL), CollectorRegistry(), serve_http=False)
+def run_until_consumed(settings: Settings, n: int) -> tuple[float, Service]:
+    """Run the service (its loop on a thread, no HTTP) until it consumed ``n`` records; (records/s from the first
+    consumed batch to the last commit, the stopped service)."""
+    svc = Service(settings, build_learner(settings.model), CollectorRegistry(), serve_http=False)
     runner = threading.Thread(target=svc.run, daemon=True)
     runner.start()
     while svc.totals.consumed < n:  # coarse polling: do not steal the GIL from the loop being measured
@@ -138,9 +134,18 @@ def service(kafka: KafkaSettings, topic: str, n: int) -> tuple[float, float]:
     runner.join(60)
     t = svc.totals
     assert t.first_batch_at is not None and t.last_commit_at is not None
-    dt = t.last_commit_at - t.first_batch_at
-    acc = svc.processor.require(Quality).tracker.cumulative
-    return svc.totals.consumed / dt, acc
+    return t.consumed / (t.last_commit_at - t.first_batch_at), svc
+
+
+def service(kafka: KafkaSettings, topic: str, n: int) -> tuple[float, float]:
+    """(events/s, prequential accuracy) of one run of the service on ``kafka.client``'s backend."""
+    settings = Settings(
+        kafka=kafka.model_copy(update={"group_id": f"bench-svc-{uuid.uuid4().hex[:6]}"}),
+        topics=TopicSettings(input=topic, predictions=f"{topic}-predictions", dead_letter=f"{topic}-dlq"),
+        model=MODEL, metrics=MetricsSettings(port=0),
+    )
+    eps, svc = run_until_consumed(settings, n)
+    return eps, svc.processor.require(Quality).tracker.cumulative
 
 
 def main() -> None:

@@ -37,7 +37,6 @@ import json
 import logging
 import random
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -217,7 +216,7 @@ def continual(seed: int) -> dict[str, tuple[float, float]]:
 
 # -- (c) service vs in-process ---------------------------------------------------------------------------------
 def service_vs_inprocess(n: int, seed: int) -> tuple[float, float]:
-    from driftline.stream.loop import Service
+    from throughput import run_until_consumed
 
     base = digit_images(seed=seed)
     images = [{**base[i % len(base)], "id": f"img-{i}"} for i in range(n)]
@@ -231,22 +230,11 @@ def service_vs_inprocess(n: int, seed: int) -> tuple[float, float]:
                             topics=TopicSettings(input=topic, predictions=f"{topic}-predictions",
                                                  dead_letter=f"{topic}-dlq"),
                             model=model, metrics=MetricsSettings(port=0))
-        svc = Service(settings, build_learner(model), CollectorRegistry(), serve_http=False)
-        runner = threading.Thread(target=svc.run, daemon=True)
-        runner.start()
-        while svc.totals.consumed < n:
-            time.sleep(0.25)
-            if not runner.is_alive():
-                raise RuntimeError("service stopped early")
-        svc.stop()
-        runner.join(60)
-        t = svc.totals
-        assert t.first_batch_at is not None and t.last_commit_at is not None
-        service_ips = t.consumed / (t.last_commit_at - t.first_batch_at)
+        service_ips, _ = run_until_consumed(settings, n)
     events = [Event.model_validate(e) for e in images]
     for e in events:
         assert e.image is not None
-        e.image.image()  # decoded beforehand, as the records were by nothing in the service's measurement
+        e.image.image()  # decoded beforehand: the in-process side measures the network and the head
     learner = build_learner(model)
     t0 = time.perf_counter()
     for i in range(0, len(events), BATCH):
