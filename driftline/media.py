@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, StrictInt, StrictStr
 from pydantic_core import PydanticCustomError, core_schema
 
 if TYPE_CHECKING:
@@ -156,6 +156,12 @@ class ImageData:
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
         return core_schema.no_info_plain_validator_function(
             cls._coerce, serialization=core_schema.plain_serializer_function_ser_schema(lambda v: v.b64))
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+                                     ) -> dict[str, Any]:
+        return {"type": "string", "contentEncoding": "base64", "minLength": 1,
+                "description": "base64 of a PNG, JPEG or WebP file"}
 
     @classmethod
     def _coerce(cls, value: Any) -> ImageData:

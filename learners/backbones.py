@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from driftline.core import Event, InputError
 from driftline.errors import ConfigError
-from driftline.learners.inputs import InputReader, make_input
+from driftline.learners.inputs import FeatureInput, InputReader, make_input
 
 if TYPE_CHECKING:
     import torch
@@ -250,7 +250,7 @@ class _NetworkBackbone(Backbone):
     @property
     def features(self) -> list[str]:
         """The feature names a features input reads (empty for images and tensors)."""
-        return list(getattr(self.input, "names", []))
+        return list(self.input.names) if isinstance(self.input, FeatureInput) else []
 
     def check(self, x: Event) -> None:
         self.input.check(x)
