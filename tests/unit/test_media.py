@@ -133,6 +133,6 @@ def test_an_event_needs_some_payload_and_names_what_it_carries() -> None:
 
 def test_the_event_schema_documents_images_and_tensors() -> None:
     schema = Event.model_json_schema()
-    assert schema["properties"]["image"]["anyOf"][0] == {
-        "type": "string", "contentEncoding": "base64", "minLength": 1, "description": "base64 of a PNG, JPEG or WebP file"}
+    assert schema["properties"]["image"]["anyOf"][0] == {"type": "string", "contentEncoding": "base64", "minLength": 1,
+                                                         "description": "base64 of a PNG, JPEG or WebP file"}
     assert set(schema["$defs"]["TensorData"]["properties"]) == {"shape", "dtype", "data"}
