@@ -184,7 +184,15 @@ class TensorData(BaseModel):
     data: StrictStr
 
     def array(self, limits: MediaLimits = DEFAULT_MEDIA_LIMITS) -> np.ndarray:
-        """The array (read-only, native byte order); raises MediaError naming what is wrong."""
+        """The array (read-only), decoded on the first call within ``limits`` and kept (the codec checks it, a
+        backbone reads it); raises MediaError naming what is wrong."""
+        decoded: np.ndarray | None = self.__dict__.get("_decoded")  # not a field: equality and dumps ignore it
+        if decoded is None:
+            decoded = self._decode(limits)
+            self.__dict__["_decoded"] = decoded
+        return decoded
+
+    def _decode(self, limits: MediaLimits) -> np.ndarray:
         if len(self.shape) > limits.max_tensor_dims:
             raise MediaError(TENSOR_TOO_LARGE, f"tensor: {len(self.shape)} dimensions, over the limit of "
                                                f"{limits.max_tensor_dims} (limits.max_tensor_dims)")

@@ -89,12 +89,11 @@ class RiverLearner(LearnerBase):
         return out
 
     def predict_one(self, x: Event) -> Prediction:
+        features = self._input(x, learning=False)
         if self.task == "regression":
-            features = self._input(x, learning=False)
             if not self._trained():
                 return Prediction(None)
             return Prediction(float(self._model.predict_one(features)))
-        features = self._input(x, learning=False)
         if self._votes_only:
             return self._vote(features)
         try:

@@ -182,11 +182,12 @@ def _check_bounds(item: BaseModel, limits: InputLimits) -> None:
 
 def _check_media(event: Event, limits: InputLimits) -> None:
     """Decode the image (kept with the event: decoded once) or the tensor within the limits."""
+    media = limits.media()
     try:
         if event.image is not None:
-            event.image.image(limits.media())
+            event.image.image(media)
         if event.tensor is not None:
-            event.tensor.array(limits.media())
+            event.tensor.array(media)
     except MediaError as exc:
         raise DecodeError(exc.reason, str(exc)) from None
 
