@@ -91,28 +91,14 @@ class ImageInput:
         channels = 1 if prep.mode == "L" else 3
         self._mean = np.asarray(prep.mean if prep.mean is not None else [0.0], dtype=np.float32).reshape(-1, 1, 1)
         self._std = np.asarray(prep.std if prep.std is not None else [1.0], dtype=np.float32).reshape(-1, 1, 1)
-        self._probe_size = self._natural_size()
-        self.shape: tuple[int, ...] = (channels, *self._out_size(self._probe_size))
-
-    def _natural_size(self) -> tuple[int, int]:
-        """The size (height, width) the crop or the resize fixes (settings require one of them)."""
-        p = self.prep
+        # every image becomes one size: the crop's or the resize's (settings require one of them), then the pad
+        p = prep
         fixed = p.center_crop if p.center_crop is not None else p.resize
         assert fixed is not None and not (p.center_crop is None and isinstance(p.resize, int))
-        return _size(fixed)
-
-    def _out_size(self, hw: tuple[int, int]) -> tuple[int, int]:
-        """(height, width) after the steps for an input of ``hw``."""
-        h, w = hw
-        p = self.prep
-        if p.resize is not None:
-            h, w = self._resized(h, w)
-        if p.center_crop is not None:
-            h, w = _size(p.center_crop)
-        if p.pad is not None:
-            left, top, right, bottom = (p.pad,) * 4 if isinstance(p.pad, int) else p.pad
-            h, w = h + top + bottom, w + left + right
-        return h, w
+        self._probe_size = _size(fixed)
+        left, top, right, bottom = (0,) * 4 if p.pad is None else (p.pad,) * 4 if isinstance(p.pad, int) else p.pad
+        h, w = self._probe_size
+        self.shape: tuple[int, ...] = (channels, h + top + bottom, w + left + right)
 
     def _resized(self, h: int, w: int) -> tuple[int, int]:
         r = self.prep.resize
@@ -131,12 +117,7 @@ class ImageInput:
             raise InputError(exc.reason, str(exc)) from None
 
     def check(self, x: Event) -> None:
-        img = self._decoded(x)
-        h, w = self._out_size((img.height, img.width))
-        if (h, w) != self.shape[1:]:
-            raise InputError(TENSOR_SHAPE, f"image: {img.width}x{img.height} (width x height) becomes {w}x{h} after "
-                             f"the configured preprocessing, and the backbone takes {self.shape[2]}x{self.shape[1]} "
-                             "(model.backbone.image: resize to [height, width] or center_crop fixes the size)")
+        self._decoded(x)  # any image then becomes the network's input size
 
     def array(self, img: Image.Image) -> np.ndarray:
         from PIL import Image, ImageOps
