@@ -23,7 +23,7 @@ from driftline.settings import Settings, load_settings
 from driftline.stream.replay import LabelDelay, Summary, simulate
 from driftline.stream.replay import replay as _replay
 
-__all__ = ["Summary", "digit_images", "newsgroups", "replay"]
+__all__ = ["Summary", "digit_images", "newsgroups", "replay", "scrape"]
 
 # The packaged MNIST CNN (PyPI digit-recognizer-py, MIT) as a backbone on 8x8 digits: its training images
 # were 28x28 with the digit in a 20x20 box, normalised with MNIST's mean and std. The embedding is its
@@ -116,3 +116,18 @@ def newsgroups(*, categories: Iterable[str] | None = None, seed: int = 0, id_pre
                 rows.append((text, label))
     random.Random(seed).shuffle(rows)
     return [{"id": f"{id_prefix}{i}", "text": text, "label": label} for i, (text, label) in enumerate(rows)]
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """A running service's /metrics as ``name{label="v",...}`` -> value (labels sorted)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(body):
+        for sample in fam.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 
 from driftline.stream.broker import free_port
+from driftline.testing import scrape
 
 
 def produce_raw(bootstrap: str, topic: str, values: Iterable[bytes | None], keys: Iterable[bytes | None] | None = None
@@ -93,17 +93,6 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, interval: floa
             return
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Metric samples as ``name{label="v",...}`` -> value (labels sorted)."""
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(body):
-        for s in fam.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
 
 
 def write_config(path: Path, bootstrap: str, prefix: str, **sections: dict[str, Any]) -> Path:
