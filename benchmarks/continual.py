@@ -35,7 +35,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,10 +134,16 @@ def run_learner(exps: list[Split], strategy: str, params: dict[str, Any], args: 
     if train_fn is not None and holder is not None:
         holder["learner"] = learner
         learner.worker.train_fn = train_fn
+    return run_experiences(learner, [(_events(e.train, f"e{i}-"), _events(e.test, f"t{i}-"))
+                                     for i, e in enumerate(exps)])
+
+
+def run_experiences(learner: ContinualLearner, exps: Sequence[tuple[list[Event], list[Event]]]) -> Result:
+    """Each experience's (training, test) events in order: the training stream test-then-train in consumed
+    batches (the last, partial window trained at the end), then every experience so far scored on its test set.
+    Closes the learner."""
     res = Result(best=[0.0] * len(exps))
-    tests = [_events(e.test, f"t{i}-") for i, e in enumerate(exps)]
-    for i, exp in enumerate(exps):
-        stream = _events(exp.train, f"e{i}-")
+    for i, (stream, _) in enumerate(exps):
         t0 = time.perf_counter()
         for j in range(0, len(stream), BATCH):
             chunk = stream[j:j + BATCH]
@@ -150,8 +156,8 @@ def run_learner(exps: list[Split], strategy: str, params: dict[str, Any], args: 
         res.seconds += time.perf_counter() - t0
         res.events += len(stream)
         for k in range(i + 1):
-            res.best[k] = max(res.best[k], _accuracy(learner, tests[k]))
-    res.final = [_accuracy(learner, t) for t in tests]
+            res.best[k] = max(res.best[k], _accuracy(learner, exps[k][1]))
+    res.final = [_accuracy(learner, test) for _, test in exps]
     learner.close()
     return res
 

@@ -169,13 +169,9 @@ def _experiences(seed: int) -> list[tuple[list[dict[str, Any]], list[dict[str, A
     return exps
 
 
-def _accuracy(learner: ContinualLearner, events: list[Event]) -> float:
-    learner.prepare_batch(events)
-    preds = learner.predict_many(events)
-    return sum(p.value == e.label for p, e in zip(preds, events, strict=True)) / len(events)
-
-
 def continual(seed: int) -> dict[str, tuple[float, float]]:
+    from continual import run_experiences  # benchmarks/continual.py: the same loop on raw pixels
+
     exps = _experiences(seed)
     as_events = [([Event.model_validate(e) for e in tr], [Event.model_validate(e) for e in te]) for tr, te in exps]
     print(f"\n(b) class-incremental digits: {len(exps)} experiences of two classes, "
@@ -189,28 +185,10 @@ def continual(seed: int) -> dict[str, tuple[float, float]]:
             params={"strategy": strategy, "strategy_params": params, "hidden": 128, "lr": 1e-3, "window_events": 128,
                     "train_epochs": 5, "train_mb_size": 32, "synchronous": True, "max_classes": 10}))
         assert isinstance(learner, ContinualLearner)
-        best = [0.0] * len(as_events)
-        seconds, n = 0.0, 0
-        for i, (stream, _) in enumerate(as_events):
-            t0 = time.perf_counter()
-            for j in range(0, len(stream), BATCH):
-                chunk = stream[j:j + BATCH]
-                learner.prepare_batch(chunk)
-                learner.predict_many(chunk)
-                for e in chunk:
-                    learner.learn_one(e, e.label)  # type: ignore[arg-type]
-            if i == len(as_events) - 1:
-                learner.drain()
-            seconds += time.perf_counter() - t0
-            n += len(stream)
-            for k in range(i + 1):
-                best[k] = max(best[k], _accuracy(learner, as_events[k][1]))
-        final = [_accuracy(learner, te) for _, te in as_events]
-        learner.close()
-        acc = float(np.mean(final))
-        forgetting = float(np.mean([b - f for b, f in zip(best[:-1], final[:-1], strict=True)]))
+        res = run_experiences(learner, as_events)
+        acc, forgetting = res.acc, res.forgetting
         out[strategy] = (acc, forgetting)
-        print(f"  {strategy:<10} {acc:>9.3f} {forgetting:>10.3f} {n / seconds:>7.0f}", flush=True)
+        print(f"  {strategy:<10} {acc:>9.3f} {forgetting:>10.3f} {res.events / res.seconds:>7.0f}", flush=True)
     return out
 
 
