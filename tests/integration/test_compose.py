@@ -55,6 +55,7 @@ def stack() -> Iterator[None]:
         yield
     finally:
         subprocess.run([*cmd, "down", "-v"], capture_output=True, text=True, timeout=300, env=env)
+        _podman("network", "rm", f"{PROJECT}_default", check=False)  # podman-compose 1.0.3 leaves it
 
 
 def _prometheus(path: str) -> dict:  # type: ignore[type-arg]
