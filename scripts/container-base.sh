@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Podman with runc, and a Debian bookworm base image made with debootstrap from Debian's archive: containers
+# Podman (with runc and podman-compose), and a Debian bookworm base image made with debootstrap from Debian's archive: containers
 # without a Docker engine and without a registry (measured recipe: ../shared/containers.md). Idempotent.
 # Installs podman, runc and debootstrap when missing (root or passwordless sudo, apt). Prints the base image.
 set -euo pipefail
@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/deploy/podman/containers.conf}"
 BASE="${DRIFTLINE_BASE_IMAGE:-localhost/debian:bookworm}"
 missing=()
-for c in podman runc debootstrap; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
+for c in podman runc debootstrap podman-compose; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
 if [ ${#missing[@]} -gt 0 ]; then
   command -v apt-get >/dev/null 2>&1 || { echo "container-base: please install: ${missing[*]}" >&2; exit 1; }
   SUDO=""
