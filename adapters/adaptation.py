@@ -75,12 +75,13 @@ class Adapter:
     """Owns the ladder, the recent windows, the replay buffer, the background learner and the guard."""
 
     def __init__(self, learner: Learner, cfg: DriftSettings, *, seed: int, metrics: ServiceMetrics,
-                 emit: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 emit: Callable[[dict[str, Any]], None] | None = None, model: str | None = None) -> None:
         self.learner = learner
         self.cfg = cfg
         self.seed = seed
         self.metrics = metrics
         self.emit = emit
+        self.model = model or learner.name  # the name audit records give (with challengers: the configured one)
         self.policies: list[tuple[Policy, str]] = []
         adapts_itself = self_adapting(learner)
         if adapts_itself is not None and cfg.policies:
@@ -226,7 +227,7 @@ class Adapter:
 
     def _record(self, record: dict[str, Any], *, count: bool = True) -> None:
         action, detector = record["action"], record["detector"]
-        record = {"type": "adaptation", **record, "model": self.learner.name, "labeled": self.labeled}
+        record = {"type": "adaptation", **record, "model": self.model, "labeled": self.labeled}
         if count:
             self.metrics.adaptations.labels(detector, action).inc()
             self.ladder.actions.append(Action(self.labeled, action, detector))

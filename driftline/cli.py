@@ -63,9 +63,9 @@ def _install_stop_handlers(stop: Any) -> None:
 
 # -- run ------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from driftline.learners.factory import build_learner
     from driftline.settings import load_settings
     from driftline.stream.loop import Service
+    from driftline.stream.pipeline import learners_from_settings
 
     overrides: dict[str, Any] = {}
     if args.bootstrap_servers:
@@ -74,8 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["metrics"] = {"port": args.metrics_port}
     settings = load_settings(args.config, **overrides)  # command-line values are validated too
     _setup_logging(settings.log_level, settings)
-    learner = build_learner(settings.model)
-    service = Service(settings, learner)
+    service = Service(settings, learners_from_settings(settings))
     _install_stop_handlers(service.stop)
     service.run()
     return 0
@@ -144,8 +143,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from driftline.learners.factory import build_learner
     from driftline.settings import load_settings
+    from driftline.stream.pipeline import learners_from_settings
     from driftline.stream.records import InboundRecord
     from driftline.stream.replay import LabelDelay, replay, simulate, write_summary
 
@@ -171,7 +170,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     delays: list[float] = []
     events = itertools.islice(items(), args.limit) if args.limit is not None else items()
     records = simulate(events, delay, args.seed, interval_ms=args.interval_ms, delays_out=delays)
-    summary = replay(settings, build_learner(settings.model), records, label_delay=delay, seed=args.seed,
+    summary = replay(settings, learners_from_settings(settings), records, label_delay=delay, seed=args.seed,
                      speed=args.speed, total=args.limit, progress=False if args.no_progress else None,
                      label_delays=delays)
     if args.report:

@@ -32,6 +32,7 @@ from driftline.adapters.config import (
     InputDriftSettings,
     PolicySettings,
 )
+from driftline.adapters.promotion import PromotionSettings
 from driftline.config_base import Frozen, one_of
 from driftline.errors import ConfigError
 from driftline.learners.config import DEFAULT_TEXT_MODEL, BackboneSettings, ModelSettings
@@ -41,7 +42,8 @@ from driftline.monitoring.config import HttpAuthSettings, HttpTlsSettings, Metri
 __all__ = [
     "DEFAULT_TEXT_MODEL", "BackboneSettings", "CheckpointSettings", "DetectorSettings", "DriftSettings",
     "GuardSettings", "HttpAuthSettings", "HttpTlsSettings", "InputDriftSettings", "InputLimits", "KafkaSaslSettings",
-    "KafkaSettings", "KafkaTlsSettings", "LabelSettings", "MetricsSettings", "ModelSettings", "PolicySettings",
+    "KafkaSettings", "KafkaTlsSettings", "LabelSettings", "MetricsSettings", "ModelEntry", "ModelSettings",
+    "PolicySettings", "PromotionSettings",
     "Settings", "TopicSettings", "format_validation_error", "load_settings",
 ]
 
@@ -218,8 +220,11 @@ class TopicSettings(Frozen):
     labels: str | None = None
     # Where predictions that expired unlabeled are written (None: only counted).
     expired: str | None = None
-    # Audit records of drift detections (and adaptation actions); None: only logged and counted.
+    # Audit records of drift detections, adaptation actions and promotions; None: only logged and counted.
     audit: str | None = None
+    # With challengers (models: ...): every challenger's prediction, in the predictions topic's format with the
+    # challenger's name in `model`; None: challengers' predictions are only scored.
+    shadow: str | None = None
     # The largest record the dead-letter topic takes (its max.message.bytes, and the producer's limit); a dead
     # letter above it, with its headers, is cut to fit and says so (driftline.truncated, original_bytes).
     dead_letter_max_bytes: int = Field(1_000_000, ge=4096)
@@ -228,7 +233,7 @@ class TopicSettings(Frozen):
     # Used only when there is such state (topics.labels or dedup_window set).
     partition_state: str | None = None
 
-    @field_validator("input", "predictions", "dead_letter", "labels", "expired", "audit", "partition_state")
+    @field_validator("input", "predictions", "dead_letter", "labels", "expired", "audit", "partition_state", "shadow")
     @classmethod
     def _valid_topic(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", v):
@@ -307,6 +312,22 @@ class SyncSettings(Frozen):
         return v
 
 
+MAX_MODELS = 16
+MODEL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class ModelEntry(ModelSettings):
+    """One of several models (champion and challengers): a full model config, its own drift detection and
+    adaptation ladder (None: the top-level ``drift`` section), and whether it is the champion at start."""
+
+    drift: DriftSettings | None = None
+    serving: bool = False
+
+    def model(self) -> ModelSettings:
+        """The model config alone (what builds its learner)."""
+        return ModelSettings.model_validate(self.model_dump(exclude={"drift", "serving"}))
+
+
 class Settings(BaseSettings):
     """The whole service configuration."""
 
@@ -321,6 +342,11 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    # Champion and challengers: several named models (instead of `model`) that all predict and learn every
+    # event; the champion's predictions are served, and a challenger replaces it by `promotion`'s test. The
+    # names are the `model` label of the metrics and the `model` field of predictions.
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
+    promotion: PromotionSettings = Field(default_factory=PromotionSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     labels: LabelSettings = Field(default_factory=LabelSettings)
@@ -359,6 +385,42 @@ class Settings(BaseSettings):
             raise ValueError("sync.mode average with model.text_features TFIDF: each member's document frequencies "
                              "would weigh the same terms differently, and they are not merged; use BagOfWords")
         return self
+
+    @model_validator(mode="after")
+    def _models(self) -> Settings:
+        models = self.models
+        if not models:
+            return self
+        if "model" in self.model_fields_set:
+            raise ValueError("set model (one model) or models (champion and challengers), not both")
+        if len(models) < 2 or len(models) > MAX_MODELS:
+            raise ValueError(f"models: {len(models)} given; champion and challengers are 2 to {MAX_MODELS} models "
+                             "(one model: use model)")
+        if bad := [n for n in models if not MODEL_NAME.fullmatch(n) or n == "served"]:
+            raise ValueError(f"models: invalid name(s) {bad} (letters, digits, '.', '_', '-'; at most 64; they "
+                             "are metric labels, and 'served' labels what was served)")
+        tasks = {e.task for e in models.values()}
+        if len(tasks) > 1:
+            raise ValueError(f"models: all models must have one task, got {sorted(tasks)}")
+        serving = [n for n, e in models.items() if e.serving]
+        if len(serving) > 1:
+            raise ValueError(f"models: one model serves at start, got serving: true on {serving}")
+        if self.sync.mode != "none":
+            raise ValueError("sync.mode average with models: the group does not yet decide promotions together "
+                             "(each member would pick its own champion); use one model with sync, or sync.mode none")
+        if self.promotion.schedule == "sequential" and tasks != {"classification"}:
+            raise ValueError("promotion.schedule sequential is for classification (regression: window, a paired "
+                             "t-test on the absolute errors)")
+        # `model` is the serving model's config: what reads one model config (pretrain, the demo) reads it
+        object.__setattr__(self, "model", models[self.serving_model].model())
+        return self
+
+    @property
+    def serving_model(self) -> str:
+        """The name of the model that serves at start (with ``models``; else the one model's name)."""
+        if not self.models:
+            return self.model.name
+        return next((n for n, e in self.models.items() if e.serving), next(iter(self.models)))
 
     @property
     def sync_topic(self) -> str:

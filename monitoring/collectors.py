@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -31,17 +31,16 @@ class ModelCollector(Collector):
     """Reads the model's status from ``source`` (set once the pipeline exists) at every scrape."""
 
     def __init__(self) -> None:
-        self.source: Callable[[], ModelStatus] | None = None
+        self.source: Callable[[], Sequence[ModelStatus]] | None = None  # one status per model
 
     def describe(self) -> Iterator[Metric]:
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        status = self.source() if self.source is not None else None
-        yield from self._families(status)
+        yield from self._families(self.source() if self.source is not None else ())
 
     @staticmethod
-    def _families(status: ModelStatus | None = None) -> Iterator[Metric]:
+    def _families(statuses: Sequence[ModelStatus] = ()) -> Iterator[Metric]:
         version = GaugeMetricFamily("driftline_model_version", "Model generation in use.", labels=["model"])
         updates = GaugeMetricFamily("driftline_model_updates", "Labels the model in use has learned.",
                                     labels=["model"])
@@ -50,7 +49,7 @@ class ModelCollector(Collector):
         dropped = CounterMetricFamily("driftline_features_dropped",
                                       "Feature occurrences left out of events because the model keeps at most "
                                       "model.max_features names.", labels=["model"])
-        if status is not None:
+        for status in statuses:
             version.add_metric([status.name], status.version)
             updates.add_metric([status.name], status.updates)
             dropped.add_metric([status.name], status.features_dropped)

@@ -66,6 +66,14 @@ class ServiceMetrics:
                                    "Adaptation actions (a policy of the ladder, rollback, or none when no rung "
                                    "could act), by the detector that triggered them.", ["detector", "action"],
                                    registry=registry)
+        # champion and challengers (models: ...): who serves, each change, and what a challenger failed at
+        self.serving = Gauge("driftline_model_serving", "1 for the model whose predictions are served (the "
+                             "champion), 0 for each challenger.", ["model"], registry=registry)
+        self.promotions = Counter("driftline_promotions", "Changes of champion, by the model promoted and why "
+                                  "(test: the paired test; manual).", ["model", "reason"], registry=registry)
+        self.challenger_errors = Counter("driftline_challenger_errors", "Events a challenger failed to predict or "
+                                         "learn (the served prediction is unaffected), by model and stage.",
+                                         ["model", "stage"], registry=registry)
         self.labels_expired = Counter("driftline_labels_expired",
                                       "Predictions that never got a label, by reason (ttl, capacity).", ["reason"],
                                       registry=registry)

@@ -9,7 +9,7 @@ label whose event never came (ttl or capacity). Predictions that expire unlabele
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -59,7 +59,7 @@ class LabelStage(Observer):
         waiting = join.take(lab.id)
         if waiting is not None:
             return Labeled(waiting.event, lab.label, waiting.prediction, rec,
-                           max(rec.timestamp_ms - waiting.timestamp_ms, 0) / 1000.0)
+                           max(rec.timestamp_ms - waiting.timestamp_ms, 0) / 1000.0, waiting.shadow)
         outcome = join.known_outcome(lab.id)
         if outcome is not None:
             detail = ("its event was already learned with a label" if outcome == LABEL_ALREADY_LEARNED else
@@ -73,13 +73,14 @@ class LabelStage(Observer):
                              f"a later label for event id {lab.id!r} replaced this one before the event arrived")
         return None
 
-    def on_unlabeled(self, p: Predicted) -> Labeled | None:
-        """A predicted event without a label: learn it now if its label came first, else it waits."""
+    def on_unlabeled(self, p: Predicted, shadow: Mapping[str, Any] | None = None) -> Labeled | None:
+        """A predicted event without a label: learn it now if its label came first, else it waits (with every
+        model's prediction, ``shadow``, when there are challengers)."""
         early = self.join.add_prediction(PendingPrediction(p.event, p.prediction.value, p.record.timestamp_ms,
-                                                           p.predicted_at_ms, p.record.partition))
+                                                           p.predicted_at_ms, p.record.partition, shadow))
         if early is None:
             return None
-        return Labeled(p.event, early.label.label, p.prediction.value, early.record, 0.0)  # its label waited
+        return Labeled(p.event, early.label.label, p.prediction.value, early.record, 0.0, shadow)  # its label waited
 
     # -- observer --------------------------------------------------------------------------------
     def on_learned(self, item: Labeled) -> Sequence[Detection]:

@@ -39,6 +39,7 @@ class PendingPrediction:
     timestamp_ms: int  # the event record's Kafka timestamp
     predicted_at_ms: int
     partition: int = UNATTRIBUTED  # the event record's partition
+    shadow: Mapping[str, Any] | None = None  # with challengers: every model's predicted value, by name
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,8 @@ class LabelJoin:
         """What belongs to ``partition``, as data only (JSON: no objects), oldest first."""
         return {
             "pending": [{"event": p.event.model_dump(mode="json", exclude_none=True), "prediction": p.prediction,
-                         "timestamp_ms": p.timestamp_ms, "predicted_at_ms": p.predicted_at_ms}
+                         "timestamp_ms": p.timestamp_ms, "predicted_at_ms": p.predicted_at_ms,
+                         **({"shadow": dict(p.shadow)} if p.shadow is not None else {})}
                         for p in self.pending.values() if p.partition == partition],
             "early": [{"label": e.label.model_dump(mode="json", exclude_none=True), "record": record_data(e.record)}
                       for e in self.early.values() if e.record.partition == partition],
@@ -155,8 +157,10 @@ class LabelJoin:
         """Take in what `export_partition` gave (validated again: it was read back from Kafka)."""
         for p in data["pending"]:
             event = Event.model_validate(p["event"])
+            shadow = p.get("shadow")
             self.pending[event.id] = PendingPrediction(event, p["prediction"], int(p["timestamp_ms"]),
-                                                       int(p["predicted_at_ms"]), partition)
+                                                       int(p["predicted_at_ms"]), partition,
+                                                       dict(shadow) if isinstance(shadow, dict) else None)
         for e in data["early"]:
             label = LabelRecord.model_validate(e["label"])
             self.early[label.id] = EarlyLabel(label, record_from_data(e["record"]))
@@ -166,14 +170,18 @@ class LabelJoin:
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"format": 2, "pending": list(self.pending.values()), "early": list(self.early.values()),
+        return {"format": 3, "pending": list(self.pending.values()), "early": list(self.early.values()),
                 "resolved": self.resolved.state_dict(), "expired_ids": self.expired_ids.state_dict(),
                 "watermark_ms": self.watermark_ms}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         pending = state["pending"]
-        if state.get("format", 1) < 2:  # before 0.3: entries did not know their partition
+        fmt = state.get("format", 1)
+        if fmt < 2:  # before 0.3: entries did not know their partition
             pending = [PendingPrediction(p.event, p.prediction, p.timestamp_ms, p.predicted_at_ms) for p in pending]
+        elif fmt < 3:  # before challengers: no shadow predictions (unpickled entries lack the field)
+            pending = [PendingPrediction(p.event, p.prediction, p.timestamp_ms, p.predicted_at_ms, p.partition)
+                       for p in pending]
         self.pending = OrderedDict((p.event.id, p) for p in pending)
         self.early = OrderedDict((e.label.id, e) for e in state["early"])
         self.resolved.load_state_dict(state["resolved"])

@@ -88,14 +88,22 @@ def _copy(items: Any) -> list[Any]:
 class Service:
     """The long-running consumer. `run()` blocks until `stop()` (or a signal handler calling it)."""
 
-    def __init__(self, settings: Settings, learner: Learner, registry: CollectorRegistry | None = None,
-                 *, serve_http: bool = True, kafka: KafkaBackend | None = None) -> None:
+    def __init__(self, settings: Settings, learner: Learner | Mapping[str, Learner],
+                 registry: CollectorRegistry | None = None, *, serve_http: bool = True,
+                 kafka: KafkaBackend | None = None) -> None:
         self.settings = settings
-        self.trained = background_trained(learner)  # declared by the learner's class: fixed for the run
+        # one model, or with `models` each model's learner by name (champion and challengers)
+        self.learners = learner
+        first = learner[settings.serving_model] if isinstance(learner, Mapping) else learner
+        if isinstance(learner, Mapping) and any(background_trained(m) is not None for m in learner.values()):
+            raise ConfigError("models: a model that trains in the background (Continual) cannot race challengers "
+                              "yet; use it as the one model")
+        self.trained = background_trained(first)  # declared by the learner's class: fixed for the run
         self.kafka = kafka if kafka is not None else open_backend(settings.kafka)
-        self.learner = learner
+        self._first = first
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = ServiceMetrics(self.registry, model=learner.name, task=learner.task)
+        self.metrics = ServiceMetrics(self.registry, model=settings.serving_model if settings.models else first.name,
+                                      task=first.task)
         # process_cpu_seconds_total, process_resident_memory_bytes, ... (the process dashboard)
         ProcessCollector(registry=self.registry)
         self.totals = RunTotals()
@@ -116,6 +124,16 @@ class Service:
             self.live = LiveSampler(self._live_status)
             self.http = MetricsServer(self.registry, settings.metrics.host, settings.metrics.port,
                                       healthy=self._healthy, ready=self._ready, tls=tls, auth=auth, live=self.live)
+
+    @property
+    def learner(self) -> Learner:
+        """The serving model (with challengers: the champion now)."""
+        return self._pipeline.learner if self._pipeline is not None else self._first
+
+    @property
+    def serving(self) -> str:
+        """The serving model's name (the metric label and the predictions' `model`)."""
+        return self._pipeline.champion.name if self._pipeline is not None else self.settings.serving_model
 
     # -- probes -----------------------------------------------------------------------------
     def _healthy(self) -> tuple[bool, str]:
@@ -138,14 +156,14 @@ class Service:
         processor = self._pipeline
         lag = sum(m.value for f in self.metrics.lag.collect() for m in f.samples) if processor else None
         if processor is None:
-            return LiveStatus(0, None, "accuracy", 0, lag, self.learner.name)
+            return LiveStatus(0, None, "accuracy", 0, lag, self.serving)
         tracker = processor.require(Quality).tracker
         detections = processor.require(DetectionLog).latest
         adaptation = processor.find(Adaptation)
         actions = adaptation.adapter.actions if adaptation is not None else []
         return LiveStatus(
             learned=processor.require(Ledger).learned, rolling=float(tracker.rolling) if tracker.n else None,
-            metric=tracker.metric, consumed=self.totals.consumed, lag=lag, model=self.learner.name,
+            metric=tracker.metric, consumed=self.totals.consumed, lag=lag, model=self.serving,
             detections=[(d.labeled, d.detector, d.level) for d in _copy(detections) if d.source == "error"],
             adaptations=[(a.labeled, a.action) for a in _copy(actions)])
 
@@ -162,7 +180,8 @@ class Service:
         # predictions mirror the input's partitioning (see sink.py); dead letters need no order. Labels are
         # keyed by event id with the input's partition count, so an event and its label meet in one instance.
         outputs = [s.topics.predictions, s.topics.dead_letter,
-                   *(t for t in (s.topics.labels, s.topics.expired, s.topics.audit) if t)]
+                   *(t for t in (s.topics.labels, s.topics.expired, s.topics.audit) if t),
+                   *([s.topics.shadow] if s.topics.shadow and s.models else [])]
         input_partitions = kafka.topic_partitions(s.topics.input)
         kafka.ensure_topics(outputs, partitions=input_partitions)
         inputs = [s.topics.input, *([s.topics.labels] if s.topics.labels else [])]
@@ -177,7 +196,7 @@ class Service:
         sink = OutputSink(writer, s.topics.predictions, s.topics.dead_letter, self.metrics,
                           dead_letter_max_bytes=s.topics.dead_letter_max_bytes)
         sync_state = SyncState() if s.sync.mode != "none" else None
-        processor = processor_from_settings(s, self.learner, sink, self.metrics, labels_topic=s.topics.labels,
+        processor = processor_from_settings(s, self.learners, sink, self.metrics, labels_topic=s.topics.labels,
                                             expired_topic=s.topics.expired, audit_topic=s.topics.audit,
                                             extra=[sync_state] if sync_state is not None else [])
         self.processor = processor

@@ -48,14 +48,15 @@ class Predicted(NamedTuple):  # a NamedTuple: immutable and about 4x cheaper to 
 
 class Labeled(NamedTuple):
     """A labeled event to learn: the label, the prediction made before it was known, the record that
-    brought the label (the event's own, or the labels topic's), and how long the label took (joined
-    labels; None when it came on the event)."""
+    brought the label (the event's own, or the labels topic's), how long the label took (joined
+    labels; None when it came on the event) and, with challengers, every model's predicted value by name."""
 
     event: Event
     label: Label | float
     predicted: Any
     record: InboundRecord
     delay_s: float | None = None
+    shadow: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -64,6 +65,10 @@ class BatchResult:
     predicted: int = 0
     learned: int = 0
     dead_lettered: int = 0
+
+    def outcomes(self) -> dict[str, int]:
+        """The per-outcome event counts (``driftline_events_total``), consumed aside."""
+        return {"predicted": self.predicted, "learned": self.learned, "dead_lettered": self.dead_lettered}
 
 
 class Observer:
@@ -127,6 +132,19 @@ class Quality(Observer):
         self.tracker.load_state_dict(state)
 
 
+SERVED = "served"
+
+
+class Served(Quality):
+    """With challengers: the prequential quality of what was served (each event scored with the prediction
+    published for it, whichever model was champion then), under the model label ``served``."""
+
+    key = "served"
+
+    def __init__(self, tracker: Tracker, metrics: ServiceMetrics) -> None:
+        super().__init__(tracker, metrics, SERVED)
+
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -175,8 +193,10 @@ class Ledger(Observer):
 class DetectionLog(Observer):
     """Every drift detection: logged, counted, published as an audit record; the latest kept for reports."""
 
-    def __init__(self, learner: Learner, metrics: ServiceMetrics, audit: AuditPublisher) -> None:
+    def __init__(self, learner: Learner, metrics: ServiceMetrics, audit: AuditPublisher,
+                 model: str | None = None) -> None:
         self.learner = learner
+        self.model = model or learner.name  # the configured name (challengers) or the learner's
         self.metrics = metrics
         self.audit = audit
         self.latest: deque[Detection] = deque(maxlen=10_000)
@@ -187,18 +207,18 @@ class DetectionLog(Observer):
         self.metrics.drift_detections.labels(d.detector, d.level).inc()
         if d.source == "input":
             log.warning("input drift signalled by %s after %d events (%s; event %r; model %s v%d)", d.detector,
-                        d.labeled, d.statistic, event.id, learner.name, learner.version)
+                        d.labeled, d.statistic, event.id, self.model, learner.version)
         else:
             log.log(logging.INFO if d.level == IMPROVEMENT else logging.WARNING,
                     "%s signalled by %s after %d labeled events (error rate since its last signal %.4f, latest "
                     "%s; event %r; model %s v%d)", d.level, d.detector, d.labeled, d.error_mean,
-                    "?" if d.recent_error is None else f"{d.recent_error:.4f}", event.id, learner.name,
+                    "?" if d.recent_error is None else f"{d.recent_error:.4f}", event.id, self.model,
                     learner.version)
         statistic = dict(d.statistic) if d.statistic is not None else {
             "error_mean": d.error_mean, "recent_error": d.recent_error, "since_change": d.since_change}
         self.audit.publish({"type": "detection", "detector": d.detector, "level": d.level, "source": d.source,
                             "labeled": d.labeled, "statistic": statistic, "event_id": event.id,
-                            "model": learner.name, "model_version": learner.version,
+                            "model": self.model, "model_version": learner.version,
                             "model_updates": learner.updates})
 
 

@@ -10,6 +10,7 @@ labels take the same join the live service uses.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import heapq
 import itertools
@@ -17,7 +18,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,7 +34,16 @@ from driftline.progress import progress_bar
 from driftline.settings import Settings
 from driftline.stream.kafka.writer import FlushResult
 from driftline.stream.label_stage import LabelStage
-from driftline.stream.observers import NO_DETECTIONS, Adaptation, DetectionLog, Ledger, Observer, Predicted, Quality
+from driftline.stream.observers import (
+    NO_DETECTIONS,
+    Adaptation,
+    DetectionLog,
+    Ledger,
+    Observer,
+    Predicted,
+    Quality,
+    Served,
+)
 from driftline.stream.pipeline import processor_from_settings
 from driftline.stream.processor import EventProcessor
 from driftline.stream.records import InboundRecord
@@ -148,6 +158,12 @@ class Summary:
     # adaptation actions of the ladder: (labeled events when it acted, action, detector that triggered it)
     adaptations: list[tuple[int, str, str]] = field(default_factory=list)
     label_delays_s: list[float] = field(default_factory=list, repr=False)
+    # champion and challengers: each model's own prequential metric (cumulative, final rolling), its rolling
+    # series, and each change of champion (labeled events then, from, to, reason); `cumulative` and `rolling`
+    # above are then those of what was served
+    models: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    model_rolling: dict[str, list[tuple[int, float]]] = field(default_factory=dict, repr=False)
+    promotions: list[tuple[int, str, str, str]] = field(default_factory=list)
 
     def deterministic(self) -> dict[str, Any]:
         d = asdict(self)
@@ -157,7 +173,7 @@ class Summary:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("rolling", "predict_ms", "label_delays_s"):
+        for k in ("rolling", "predict_ms", "label_delays_s", "model_rolling"):
             d.pop(k)
         return d
 
@@ -212,7 +228,8 @@ def simulate(events: Iterable[Event | dict[str, Any]], delay: LabelDelay, seed: 
         yield heapq.heappop(heap)[2]
 
 
-def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord], *, label_delay: LabelDelay,
+def replay(settings: Settings, learner: Learner | Mapping[str, Learner], records: Iterable[InboundRecord], *,
+           label_delay: LabelDelay,
            seed: int, batch_size: int = 100, speed: float | None = None, total: int | None = None,
            progress: bool | None = None, label_delays: Sequence[float] = ()) -> Summary:
     """Run the pipeline over ``records`` (as `simulate` yields them, or a topic range).
@@ -220,17 +237,22 @@ def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord
     ``label_delays``: the delays `simulate` drew (its ``delays_out``); read once the records are consumed.
     """
     writer = CollectingWriter()
-    metrics = ServiceMetrics(CollectorRegistry(), model=learner.name, task=learner.task)
+    first = learner[settings.serving_model] if isinstance(learner, Mapping) else learner
+    metrics = ServiceMetrics(CollectorRegistry(), model=settings.serving_model if settings.models else first.name,
+                             task=first.task)
     sink = OutputSink(writer, PREDICTIONS_TOPIC, DEAD_LETTER_TOPIC, metrics)
     log = PredictionLog()
     processor = processor_from_settings(settings, learner, sink, metrics, labels_topic=LABELS_TOPIC, extra=[log])
-    quality, ledger = processor.require(Quality), processor.require(Ledger)
-    summary = Summary(model=learner.name, label_delay=_describe(label_delay), seed=seed)
+    quality, ledger = processor.find(Served) or processor.require(Quality), processor.require(Ledger)
+    lanes = [(lane.name, lane.find(Quality)) for lane in processor.lanes] if len(processor.lanes) > 1 else []
+    summary = Summary(model=processor.champion.name, label_delay=_describe(label_delay), seed=seed)
     bar = progress_bar(total, desc="replay", unit="rec", show=progress)
     t0 = time.perf_counter()
     first_ts: int | None = None
     it = iter(records)
-    with offline(learner):
+    with contextlib.ExitStack() as stack:
+        for lane in processor.lanes:
+            stack.enter_context(offline(lane.learner))
         while batch := list(itertools.islice(it, batch_size)):
             if speed:
                 first_ts = batch[0].timestamp_ms if first_ts is None else first_ts
@@ -242,6 +264,9 @@ def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord
             summary.events += sum(1 for r in batch if r.topic != LABELS_TOPIC)
             if quality.tracker.n:
                 summary.rolling.append((ledger.learned, float(quality.tracker.rolling)))
+            for name, q in lanes:
+                if q is not None and q.tracker.n:
+                    summary.model_rolling.setdefault(name, []).append((ledger.learned, float(q.tracker.rolling)))
             bar.update(len(batch))
         bar.close()
     summary.wall_s = time.perf_counter() - t0
@@ -252,7 +277,17 @@ def replay(settings: Settings, learner: Learner, records: Iterable[InboundRecord
 
 
 def _finish(summary: Summary, processor: EventProcessor, writer: CollectingWriter, log: PredictionLog) -> None:
-    t, ledger = processor.require(Quality).tracker, processor.require(Ledger)
+    t, ledger = (processor.find(Served) or processor.require(Quality)).tracker, processor.require(Ledger)
+    if len(processor.lanes) > 1:
+        for lane in processor.lanes:
+            q = lane.find(Quality)
+            if q is not None:
+                mt = q.tracker
+                summary.models[lane.name] = {"cumulative": mt.cumulative if mt.n else None,
+                                             "final_rolling": mt.rolling if mt.n else None}
+        promotions = processor.contest.promotions if processor.contest is not None else ()
+        summary.promotions = [(p.labeled, p.previous, p.champion, p.reason) for p in promotions]
+        summary.model = processor.champion.name
     summary.metric = t.metric
     summary.cumulative = t.cumulative if t.n else None
     summary.final_rolling = t.rolling if t.n else None

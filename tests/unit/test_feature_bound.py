@@ -62,6 +62,6 @@ def test_under_the_bound_nothing_changes_and_the_count_reaches_the_metrics() -> 
         tight.learn_one(e, e.label)  # type: ignore[arg-type]
     registry = CollectorRegistry()
     metrics = ServiceMetrics(registry, model=tight.name, task=tight.task)
-    metrics.model_status.source = lambda: model_status(tight)
+    metrics.model_status.source = lambda: [model_status(tight)]
     assert registry.get_sample_value("driftline_features_dropped_total", {"model": "GaussianNB"}) == \
         tight.features_dropped > 0
