@@ -122,8 +122,7 @@ class EventProcessor:
         return self.labels.on_label(rec, lab)
 
     def _predict(self, rec: InboundRecord, event: Event, res: BatchResult) -> Labeled | None:
-        """Predict ``event``, publish the prediction (then the challengers predict it too); what to learn now
-        (its own label, or one that waited)."""
+        """Predict and publish (then challengers predict); what to learn now (its own label, or one that waited)."""
         champion = self.champion
         learner = champion.learner
         t0 = time.perf_counter()
@@ -152,12 +151,13 @@ class EventProcessor:
         res.predicted += 1
         predicted = Predicted(event, pred, rec, dt, now_ms)
         shadow = self.contest.predict(predicted) if self.contest is not None else None
-        for hook in [*champion.on_predicted, *self._on_predicted]:
-            if detections := hook(predicted):
-                champion.detected(detections, event)
-        if event.label is None and self.labels is not None:
-            return self.labels.on_unlabeled(predicted, shadow)
-        return Labeled(event, event.label, pred.value, rec, shadow=shadow) if event.label is not None else None
+        for hooks in (champion.on_predicted, self._on_predicted):
+            for hook in hooks:
+                if detections := hook(predicted):
+                    champion.detected(detections, event)
+        if event.label is None:
+            return self.labels.on_unlabeled(predicted, shadow) if self.labels is not None else None
+        return Labeled(event, event.label, pred.value, rec, None, shadow)
 
     def _learn(self, item: Labeled, res: BatchResult) -> None:
         """Learn ``item``, then the challengers do; a failure of the serving model dead-letters the record that
