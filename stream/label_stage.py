@@ -40,6 +40,7 @@ class LabelStage(Observer):
         self.sink = sink
         self.metrics = metrics
         self.expired = 0  # predictions that expired unlabeled since start (not checkpointed)
+        self.redelivered = 0  # unlabeled events seen again after their label was learned (not checkpointed)
 
     # -- routing (the processor's first pass) ----------------------------------------------------
     def observe(self, rec: InboundRecord) -> bool:
@@ -76,6 +77,11 @@ class LabelStage(Observer):
     def on_unlabeled(self, p: Predicted, shadow: Mapping[str, Any] | None = None) -> Labeled | None:
         """A predicted event without a label: learn it now if its label came first, else it waits (with every
         model's prediction, ``shadow``, when there are challengers)."""
+        if self.join.known_outcome(p.event.id) == LABEL_ALREADY_LEARNED:
+            # a redelivered event (at-least-once: a member died after saving state newer than its committed
+            # offsets) whose label was learned already: predicted again, but nothing will label it again
+            self.redelivered += 1
+            return None
         early = self.join.add_prediction(PendingPrediction(p.event, p.prediction.value, p.record.timestamp_ms,
                                                            p.predicted_at_ms, p.record.partition, shadow))
         if early is None:

@@ -141,3 +141,16 @@ def test_a_waiting_label_is_dead_lettered_when_its_event_brings_its_own() -> Non
     res = h.proc.process([h.event("a", 1.0, 2, label=1)])
     assert res.learned == 1 and h.dead() == [(b"label_already_learned", b"labels")]
     assert not h.proc.require(LabelStage).join.early
+
+
+def test_an_event_redelivered_after_its_label_was_learned_does_not_wait_for_a_label_again() -> None:
+    """At-least-once: a member that saved its state and died before committing the offsets gets the event again
+    on restart (or its partition's next owner does); its label was learned and will not come again, so the
+    event must not wait (it would sit in the pending gauge until its ttl)."""
+    h = Harness()
+    h.proc.process([h.event("a", 1.0, 10), h.label("a", 1, 11)])
+    stage = h.proc.require(LabelStage)
+    assert not stage.join.pending
+    res = h.proc.process([h.event("a", 1.0, 10)])  # redelivered
+    assert res.predicted == 1 and res.learned == 0 and not res.dead_lettered
+    assert not stage.join.pending and stage.redelivered == 1
