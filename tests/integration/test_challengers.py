@@ -44,7 +44,7 @@ def test_a_better_challenger_is_promoted_on_a_real_broker_and_a_restart_keeps_it
     cfg = write_config(
         tmp_path / "c.yaml", kafka_bootstrap, p,
         models={"prior": {"name": "dummy.PriorClassifier", "serving": True}, "logreg": {"name": "LogisticRegression"}},
-        promotion={"window": 200, "min_events": 200, "cooldown": 200},
+        promotion={"schedule": "window", "window": 200, "min_events": 200, "cooldown": 200},
         topics={"audit": f"{p}-audit", "shadow": f"{p}-shadow"},
         checkpoint={"directory": str(tmp_path / "ckpt"), "every_seconds": 1})
     produce_events(kafka_bootstrap, f"{p}-in", _events(1200, 0, seed=1))

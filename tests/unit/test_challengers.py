@@ -27,7 +27,7 @@ from tests.unit.test_property_bad_input import MemoryWriter
 
 WEAK_STRONG: dict[str, Any] = {
     "models": {"weak": {"name": "dummy.PriorClassifier"}, "strong": {"name": "LogisticRegression"}},
-    "promotion": {"window": 200, "min_events": 200, "cooldown": 200, "alpha": 0.01},
+    "promotion": {"schedule": "window", "window": 200, "min_events": 200, "cooldown": 200, "alpha": 0.01},
     "topics": {"audit": "audit", "shadow": "shadow"},
 }
 
@@ -135,7 +135,8 @@ def test_a_model_added_to_the_config_starts_fresh_beside_the_restored_ones() -> 
 
 
 def test_delayed_labels_score_each_model_with_its_own_prediction_and_survive_a_partition_move() -> None:
-    settings = _settings(topics={"labels": "labels", "audit": "audit"}, promotion={"window": 100, "min_events": 0})
+    settings = _settings(topics={"labels": "labels", "audit": "audit"},
+                         promotion={"schedule": "window", "window": 100, "min_events": 0})
     proc, _, _ = _pipeline(settings, labels_topic="labels")
     events = _records(400, seed=4, labeled=False)
     labels = []
@@ -213,7 +214,7 @@ def test_a_failing_challenger_is_counted_and_the_served_stream_loses_nothing() -
 
 
 def test_manual_promotion_is_audited_and_counted() -> None:
-    proc, writer, reg = _pipeline(_settings(promotion={"min_events": 100_000}))
+    proc, writer, reg = _pipeline(_settings(promotion={"schedule": "window", "min_events": 100_000}))
     proc.process(_records(50, seed=3))
     done = proc.promote("strong", by="http")
     assert (done.previous, done.champion, done.reason) == ("weak", "strong", "manual")

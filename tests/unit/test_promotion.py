@@ -13,7 +13,7 @@ from driftline.adapters.promotion import MANUAL, MCNEMAR, PAIRED_T, Promotion, P
 
 
 def _settings(**kw: Any) -> PromotionSettings:
-    return PromotionSettings(**{"min_events": 0, "cooldown": 0, **kw})
+    return PromotionSettings(**{"schedule": "window", "min_events": 0, "cooldown": 0, **kw})
 
 
 def _bernoulli_race(race: Race, accuracy: dict[str, float], n: int, rng: np.random.Generator) -> list[Promotion]:
@@ -128,6 +128,12 @@ def test_a_model_without_a_prediction_is_left_out_of_the_pairs() -> None:
     for _ in range(20):
         race.update({"a": None, "b": 0.0})
     assert race.labeled == 20  # without the champion's prediction there is nothing to compare
+
+
+def test_auto_is_sequential_for_classification_and_window_for_regression() -> None:
+    auto = PromotionSettings()
+    assert Race(["a", "b"], "classification", auto, "a").schedule == "sequential"
+    assert Race(["a", "b"], "regression", auto, "a").schedule == "window"
 
 
 def test_invalid_races_are_refused() -> None:
