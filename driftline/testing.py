@@ -118,13 +118,16 @@ def newsgroups(*, categories: Iterable[str] | None = None, seed: int = 0, id_pre
     return [{"id": f"{id_prefix}{i}", "text": text, "label": label} for i, (text, label) in enumerate(rows)]
 
 
-def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
-    """A running service's /metrics as ``name{label="v",...}`` -> value (labels sorted)."""
+def scrape(port: int, host: str = "127.0.0.1", authorization: str | None = None) -> dict[str, float]:
+    """A running service's /metrics as ``name{label="v",...}`` -> value (labels sorted); ``authorization``: the
+    Authorization header a service with metrics.auth needs."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    body = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode()
+    request = urllib.request.Request(f"http://{host}:{port}/metrics",
+                                     headers={"Authorization": authorization} if authorization else {})
+    body = urllib.request.urlopen(request, timeout=5).read().decode()
     out: dict[str, float] = {}
     for fam in text_string_to_metric_families(body):
         for sample in fam.samples:

@@ -7,6 +7,7 @@ configured otherwise.
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import threading
@@ -47,7 +48,11 @@ class MetricsServer:
         tls: ssl.SSLContext | None = None,
         auth: Authenticator | None = None,
         live: LiveSampler | None = None,
+        promote: Callable[[str], tuple[int, str]] | None = None,
     ) -> None:
+        """``promote``: with authentication only, ``POST /promote`` with ``{"model": NAME}`` calls it (the status
+        and message it returns are the answer)."""
+        promote = promote if auth is not None else None  # never an unauthenticated control endpoint
         self.registry = registry
         self.tls = tls
         outer = self
@@ -76,6 +81,15 @@ class MetricsServer:
                     self._send(200 if ok else 503, (detail + "\n").encode(), "text/plain; charset=utf-8")
                 else:
                     self._send(404, b"not found: try /, /metrics, /healthz or /readyz\n", "text/plain")
+
+            def do_POST(self) -> None:
+                if promote is None or auth is None or self.path.split("?", 1)[0] != "/promote":
+                    self._send(404, b"not found\n", "text/plain")
+                elif not auth.check(self.headers.get("Authorization")):  # always, whatever the probes' exemption
+                    self._send(401, b"unauthorized\n", "text/plain", {"WWW-Authenticate": auth.challenge})
+                else:
+                    code, message = promote_request(self.headers.get("Content-Length"), self.rfile, promote)
+                    self._send(code, (message + "\n").encode(), "text/plain; charset=utf-8")
 
             def _send(self, code: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
                 self.send_response(code)
@@ -116,3 +130,23 @@ class MetricsServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+MAX_CONTROL_BODY = 4096
+
+
+def promote_request(length: str | None, body: Any, promote: Callable[[str], tuple[int, str]]) -> tuple[int, str]:
+    """Read ``{"model": NAME}`` (at most 4 KiB) and hand NAME to ``promote``; 400 naming what was wrong."""
+    try:
+        n = int(length or "0")
+    except ValueError:
+        return 400, "Content-Length is not a number"
+    if not 0 < n <= MAX_CONTROL_BODY:
+        return 400, f'send a JSON body {{"model": NAME}} of at most {MAX_CONTROL_BODY} bytes'
+    try:
+        data = json.loads(body.read(n))
+    except ValueError as exc:
+        return 400, f"the body is not JSON: {exc}"
+    if not isinstance(data, dict) or not isinstance(data.get("model"), str) or set(data) != {"model"}:
+        return 400, f'expected {{"model": NAME}}, got {str(data)[:200]}'
+    return promote(data["model"])

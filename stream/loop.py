@@ -12,6 +12,7 @@ import functools
 import hashlib
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -119,11 +120,13 @@ class Service:
         self.http: MetricsServer | None = None
         self.live: LiveSampler | None = None
         self._pipeline: EventProcessor | None = None  # the running pipeline, for the live page
+        self._promotions: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()  # (model, by), from other threads
         if serve_http:
             tls, auth = http_security(settings.metrics)
             self.live = LiveSampler(self._live_status)
             self.http = MetricsServer(self.registry, settings.metrics.host, settings.metrics.port,
-                                      healthy=self._healthy, ready=self._ready, tls=tls, auth=auth, live=self.live)
+                                      healthy=self._healthy, ready=self._ready, tls=tls, auth=auth, live=self.live,
+                                      promote=self.request_promotion if settings.models else None)
 
     @property
     def learner(self) -> Learner:
@@ -134,6 +137,19 @@ class Service:
     def serving(self) -> str:
         """The serving model's name (the metric label and the predictions' `model`)."""
         return self._pipeline.champion.name if self._pipeline is not None else self.settings.serving_model
+
+    def request_promotion(self, model: str, by: str = "http") -> tuple[int, str]:
+        """Ask for ``model`` to serve from the next batch on (any thread: the run loop applies it, audited and
+        counted); (HTTP status, message)."""
+        if model not in self.settings.models:
+            return 404, f"no model named {model!r}; the models are {', '.join(self.settings.models)}"
+        self._promotions.put((model, by))
+        return 202, f"promotion of {model} accepted: it serves from the next batch on"
+
+    def _apply_promotions(self, processor: EventProcessor) -> None:
+        while not self._promotions.empty():
+            model, by = self._promotions.get_nowait()
+            processor.promote(model, by=by)
 
     # -- probes -----------------------------------------------------------------------------
     def _healthy(self) -> tuple[bool, str]:
@@ -246,6 +262,7 @@ class Service:
                         if again:  # outputs committed before the state was saved: learned again, not republished
                             self._replay(again, processor, sink)
                             checkpointer.advance(again)
+                        self._apply_promotions(processor)  # inside the batch (and its transaction): audited
                         if quarantine.careful(live):
                             self._one_at_a_time(live, processor, quarantine)
                         else:

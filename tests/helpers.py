@@ -113,6 +113,8 @@ class ServiceProcess:
     def __init__(self, config: Path, log_path: Path) -> None:
         cfg = yaml.safe_load(config.read_text())
         self.port = int(cfg["metrics"]["port"])
+        auth = cfg["metrics"].get("auth") or {}
+        self.authorization = f"Bearer {auth['token']}" if auth.get("kind") == "bearer" else None
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -120,7 +122,7 @@ class ServiceProcess:
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def metrics(self) -> dict[str, float]:
-        return scrape(self.port)
+        return scrape(self.port, authorization=self.authorization)
 
     def metric(self, name: str, default: float = 0.0) -> float:
         try:

@@ -1,12 +1,15 @@
 """Champion and challengers on a real broker: `driftline run` with two models, the weaker one serving first. The
 better challenger is promoted by the race; the audit topic names the event that completed the evidence, and
 served predictions switch model name right after it in its partition; challengers' predictions go to the
-shadow topic; a restarted service keeps the champion it had."""
+shadow topic; a restarted service keeps the champion it had; an authenticated POST /promote changes it by hand."""
 
 from __future__ import annotations
 
 import json
 import random
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,8 @@ import pytest
 from tests.helpers import ServiceProcess, produce_events, read_topic, wait_for, write_config
 
 pytestmark = [pytest.mark.integration]
+
+TOKEN = "challengers-test-token"
 
 
 def _events(n: int, start: int, seed: int) -> list[dict[str, Any]]:
@@ -26,16 +31,29 @@ def _events(n: int, start: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
-def _run(cfg: Path, log: Path, consumed: int) -> dict[str, float]:
+def _run(cfg: Path, log: Path, consumed: int, between: Callable[[ServiceProcess], None] | None = None
+         ) -> dict[str, float]:
     svc = ServiceProcess(cfg, log)
     try:
         svc.wait_ready()
+        if between is not None:
+            between(svc)
         wait_for(lambda: svc.metric('driftline_events_total{outcome="consumed"}') >= consumed, 180,
                  f"{consumed} consumed")
         metrics = svc.metrics()
     finally:
         assert svc.terminate() == 0, svc.log()
     return metrics
+
+
+def _post(port: int, body: dict[str, Any], token: str | None) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/promote", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 def test_a_better_challenger_is_promoted_on_a_real_broker_and_a_restart_keeps_it(
@@ -46,7 +64,8 @@ def test_a_better_challenger_is_promoted_on_a_real_broker_and_a_restart_keeps_it
         models={"prior": {"name": "dummy.PriorClassifier", "serving": True}, "logreg": {"name": "LogisticRegression"}},
         promotion={"schedule": "window", "window": 200, "min_events": 200, "cooldown": 200},
         topics={"audit": f"{p}-audit", "shadow": f"{p}-shadow"},
-        checkpoint={"directory": str(tmp_path / "ckpt"), "every_seconds": 1})
+        checkpoint={"directory": str(tmp_path / "ckpt"), "every_seconds": 1},
+        metrics={"auth": {"kind": "bearer", "token": TOKEN}})
     produce_events(kafka_bootstrap, f"{p}-in", _events(1200, 0, seed=1))
     first = _run(cfg, tmp_path / "a.log", 1200)
     assert first['driftline_model_serving{model="logreg"}'] == 1
@@ -77,3 +96,20 @@ def test_a_better_challenger_is_promoted_on_a_real_broker_and_a_restart_keeps_it
     new = [later[f"e{i}"] for i in range(1200, 1500)]
     assert {s["model"] for s in new} == {"logreg"}
     assert min(s["model_updates"] for s in new) >= 1200  # the restored challenger-turned-champion, not a fresh one
+
+    # a manual promotion over HTTP (with the metrics server's authentication only): the prior serves again
+    def promote(svc: ServiceProcess) -> None:
+        assert _post(svc.port, {"model": "prior"}, None)[0] == 401
+        code, message = _post(svc.port, {"model": "nope"}, TOKEN)
+        assert code == 404 and "no model named 'nope'; the models are logreg, prior" in message
+        assert _post(svc.port, {"model": "prior"}, TOKEN)[0] == 202
+        produce_events(kafka_bootstrap, f"{p}-in", _events(100, 1500, seed=3))
+
+    third = _run(cfg, tmp_path / "c.log", 100, between=promote)
+    assert third['driftline_promotions_total{model="prior",reason="manual"}'] == 1
+    assert third['driftline_model_serving{model="prior"}'] == 1
+    final = {json.loads(r.value)["id"]: json.loads(r.value) for r in read_topic(kafka_bootstrap, f"{p}-pred")}
+    assert {final[f"e{i}"]["model"] for i in range(1500, 1600)} == {"prior"}
+    manual = [json.loads(r.value) for r in read_topic(kafka_bootstrap, f"{p}-audit")]
+    manual = [a for a in manual if a["type"] == "promotion" and a["reason"] == "manual"]
+    assert [(a["from"], a["to"], a["by"]) for a in manual] == [("logreg", "prior", "http")]

@@ -85,3 +85,45 @@ def test_the_live_page_and_its_data_are_served_with_a_sampler() -> None:
         assert _get(bare.port, "/")[0] == 404  # no sampler: no page
     finally:
         bare.stop()
+
+
+def test_promote_exists_only_with_authentication_and_checks_it_and_the_body() -> None:
+    from driftline.monitoring.config import HttpAuthSettings
+    from driftline.monitoring.http_security import authenticator
+
+    asked: list[str] = []
+
+    def promote(model: str) -> tuple[int, str]:
+        asked.append(model)
+        return (202, "accepted") if model == "b" else (404, f"no model named {model!r}")
+
+    def post(port: int, body: bytes, token: str | None = "s3cret") -> tuple[int, str]:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/promote", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    ok = lambda: (True, "ok")  # noqa: E731
+    open_server = MetricsServer(CollectorRegistry(), "127.0.0.1", 0, ok, ok, promote=promote).start()
+    try:
+        assert post(open_server.port, b'{"model": "b"}')[0] == 404  # no auth configured: no control endpoint
+    finally:
+        open_server.stop()
+    auth = authenticator(HttpAuthSettings(kind="bearer", token="s3cret"))
+    server = MetricsServer(CollectorRegistry(), "127.0.0.1", 0, ok, ok, auth=auth, promote=promote).start()
+    try:
+        assert post(server.port, b'{"model": "b"}', token=None)[0] == 401
+        assert post(server.port, b'{"model": "b"}', token="wrong")[0] == 401
+        assert post(server.port, b'{"model": "b"}') == (202, "accepted\n")
+        assert post(server.port, b'{"model": "zz"}') == (404, "no model named 'zz'\n")
+        code, message = post(server.port, b"not json")
+        assert code == 400 and "not JSON" in message
+        code, message = post(server.port, b'{"name": "b"}')
+        assert code == 400 and 'expected {"model": NAME}' in message
+        assert post(server.port, b"x" * 5000)[0] == 400
+        assert asked == ["b", "zz"]
+    finally:
+        server.stop()
