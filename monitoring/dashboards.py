@@ -25,6 +25,7 @@ class Panel:
     kind: str = "timeseries"  # timeseries | stat
     gpu: bool = False  # has data only where the service runs a model on a GPU
     sync: bool = False  # has data only where the service syncs its model with the group (sync.mode)
+    race: bool = False  # has data only where the service runs several models (models: champion and challengers)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,28 @@ DASHBOARDS = (
               "Refused: sync records of another model kind or format. Diverged: a round whose published digest "
               "differs from this member's (should stay 0).", sync=True),
     ), ()),
+    Dashboard("driftline-race", "driftline / champion and challengers", (
+        Panel("Prequential quality per model", (
+            (f'driftline_prequential_accuracy_ratio{{{SEL},window="rolling"}}', "accuracy {{model}}"),
+            (f'driftline_prequential_mae{{{SEL},window="rolling"}}', "MAE {{model}}")), "short",
+              "Each model's own rolling accuracy (or MAE), and 'served': what the predictions topic got.", race=True),
+        Panel("Serving model", ((f"driftline_model_serving{{{SEL}}} == 1", "{{model}}"),), "short",
+              "The champion: the model whose predictions are served.", race=True),
+        Panel("Promotions", (
+            (f"sum by (model, reason) (increase(driftline_promotions_total{{{SEL}}}[5m])) or vector(0)",
+             "{{model}} ({{reason}})"),), "short",
+              "Changes of champion: by the paired test (test) or by hand (manual).", race=True),
+        Panel("Labeled events per model", (
+            (f"sum by (model) (rate(driftline_labeled_events_total{{{SEL}}}[1m]))", "{{model}}"),), "ops",
+              race=True),
+        Panel("Predict latency per model (p99)", (
+            (f"histogram_quantile(0.99, sum by (le, model) (rate(driftline_predict_latency_seconds_bucket{{{SEL}}}"
+             f"[1m])))", "{{model}}"),), "s", "What each challenger costs per event.", race=True),
+        Panel("Challenger errors", (
+            (f"sum by (model, stage) (rate(driftline_challenger_errors_total{{{SEL}}}[5m])) or vector(0)",
+             "{{model}} {{stage}}"),), "ops",
+              "Events a challenger failed to predict or learn (the served stream is unaffected).", race=True),
+    ), (("promotions", f"changes(driftline_promotions_total{{{SEL}}}[1m]) > 0", "purple"),)),
     Dashboard("driftline-process", "driftline / process", (
         Panel("CPU", ((f"rate(process_cpu_seconds_total{{{SEL}}}[1m])", "{{instance}}"),), "percentunit",
               "CPU seconds per second (1.0 = one core)."),
@@ -165,7 +188,8 @@ def build(d: Dashboard) -> dict[str, Any]:
                     "type": "dashboard"}]
     for name, expr, colour in d.annotations:
         annotations.append({"name": name, "datasource": ds, "enable": True, "iconColor": colour, "expr": expr,
-                            "step": "15s", "titleFormat": name, "textFormat": "{{detector}} {{level}}{{action}}",
+                            "step": "15s", "titleFormat": name,
+                            "textFormat": "{{detector}} {{level}}{{action}}{{model}} {{reason}}",
                             "useValueForTime": False})
     return {
         "uid": d.uid, "title": d.title, "tags": ["driftline"], "timezone": "browser", "schemaVersion": 39,

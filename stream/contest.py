@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from driftline.adapters.promotion import MANUAL, Promotion, Race
+from driftline.adapters.promotion import MANUAL, TEST, Promotion, Race
 from driftline.core import Event
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.stream.audit import AuditPublisher
@@ -43,6 +43,9 @@ class Contest:
         self._champion = self._index[race.champion]
         self._task = self.lanes[0].learner.task
         self.promotions: deque[Promotion] = deque(maxlen=10_000)  # the latest changes of champion, for reports
+        for lane in self.lanes:  # every series from the start at 0: a first promotion is a change Prometheus sees
+            for reason in (TEST, MANUAL):
+                metrics.promotions.labels(lane.name, reason)
         self.publish_serving()
 
     @property
