@@ -184,6 +184,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(f"replayed {name}: {summary.events} events, {summary.predicted} predicted, {summary.learned} learned, "
           f"dead letters {summary.dead_lettered or 'none'}, {summary.labels_expired} labels expired; prequential "
           f"{summary.metric} {value}; {summary.events_per_s:,.0f} events/s", file=sys.stderr)
+    if summary.models:  # champion and challengers: the served figure above, each model alone here
+        alone = ", ".join(f"{name} {'n/a' if m['cumulative'] is None else format(m['cumulative'], '.4f')}"
+                          for name, m in summary.models.items())
+        moves = ", ".join(f"{frm} -> {to} at {n}" for n, frm, to, _ in summary.promotions) or "none"
+        print(f"models alone: {alone}; promotions: {moves}; serving at the end: {summary.model}", file=sys.stderr)
     return 0
 
 

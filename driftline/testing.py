@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from driftline.core import Event
-from driftline.learners.factory import build_learner
 from driftline.settings import Settings, load_settings
+from driftline.stream.pipeline import learners_from_settings
 from driftline.stream.replay import LabelDelay, Summary, simulate
 from driftline.stream.replay import replay as _replay
 
@@ -80,7 +80,7 @@ def replay(config: Settings | str | Path | Mapping[str, Any] | None, events: Ite
     delays: list[float] = []
     records = list(simulate((e if isinstance(e, Event) else dict(e) for e in events), delay, seed,
                             interval_ms=interval_ms, delays_out=delays))
-    summary = _replay(settings, build_learner(settings.model), records, label_delay=delay, seed=seed,
+    summary = _replay(settings, learners_from_settings(settings), records, label_delay=delay, seed=seed,
                       progress=False, label_delays=delays)
     if report_dir is not None:
         from driftline.stream.report import write_report

@@ -29,7 +29,19 @@ def _rolling(summary: Summary, path: Path) -> None:
     plt, fig, ax = _figure()
     if summary.rolling:
         xs, ys = zip(*summary.rolling, strict=True)
-        ax.plot(xs, ys, color="#1f77b4", linewidth=1.6, label=f"rolling {summary.metric}")
+        served = "served (the champion's)" if summary.model_rolling else summary.metric
+        ax.plot(xs, ys, color="#1f77b4", linewidth=1.6 if not summary.model_rolling else 2.4,
+                label=f"rolling {served}")
+        for name, series in summary.model_rolling.items():  # champion and challengers: one curve per model
+            if series:
+                mx, my = zip(*series, strict=True)
+                ax.plot(mx, my, linewidth=1.0, alpha=0.8, label=name)
+        for i, (n, _, to, reason) in enumerate(summary.promotions):
+            ax.axvline(n, linestyle="-.", color="#9467bd", linewidth=1.0,
+                       label=f"promotion ({len(summary.promotions)})" if i == 0 else None)
+            ax.annotate(f"{to}{' (manual)' if reason == 'manual' else ''}", (n, 1.0),
+                        xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right", fontsize=7,
+                        color="#9467bd")
         for level, style, color in (("drift", "--", "#d62728"), ("warning", ":", "#ff7f0e")):
             marks = sorted({n for n, _, lv in summary.detections if lv == level})
             for i, n in enumerate(marks):
@@ -86,11 +98,12 @@ def write_report(summary: Summary, directory: str | Path) -> Path:
     rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in data.items())
     figures = "\n".join(f'<figure><img src="{p}" alt="{p[:-4]}"></figure>' for p in PLOTS)
     timeline = sorted([(n, "detection", f"{det} {level}") for n, det, level in summary.detections] +
-                      [(n, "adaptation", f"{action} (after {det or '-'})") for n, action, det in summary.adaptations])
+                      [(n, "adaptation", f"{action} (after {det or '-'})") for n, action, det in summary.adaptations] +
+                      [(n, "promotion", f"{frm} -> {to} ({reason})") for n, frm, to, reason in summary.promotions])
     events = "\n".join(f"<tr><td>{n}</td><td>{kind}</td><td>{html.escape(what)}</td></tr>"
                         for n, kind, what in timeline[:500])
-    timeline_html = (f"<h2>Drift and adaptation</h2>\n<table><tr><th>labeled events</th><th>kind</th><th>what</th></tr>"
-                     f"\n{events}\n</table>" if timeline else "")
+    timeline_html = (f"<h2>Drift, adaptation and promotions</h2>\n<table><tr><th>labeled events</th><th>kind</th>"
+                     f"<th>what</th></tr>\n{events}\n</table>" if timeline else "")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>driftline replay: {html.escape(summary.model)}</title>
 <style>

@@ -133,10 +133,30 @@ def test_policies_run_in_replay_and_adaptations_are_marked_on_the_plot(tmp_path:
     assert s.model_version > 1 and s.cumulative is not None and plain.cumulative is not None
     assert s.cumulative > plain.cumulative  # the policy ran: the model recovered faster
     assert json.loads((tmp_path / "summary.json").read_text())["adaptations"][0][1] == "reset"
-    assert "Drift and adaptation" in (tmp_path / "index.html").read_text()
+    assert "Drift, adaptation and promotions" in (tmp_path / "index.html").read_text()
 
     def green(path: Path) -> int:  # pixels of the adaptation marker colour (#2ca02c)
         img = matplotlib.image.imread(str(path))[..., :3]
         return int((abs(img - [0x2C / 255, 0xA0 / 255, 0x2C / 255]).max(axis=-1) < 0.05).sum())
 
     assert green(tmp_path / "rolling.png") > 20 and green(tmp_path / "plain" / "rolling.png") == 0
+
+
+def test_champion_and_challengers_in_replay_report_each_model_and_the_promotions(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    events = _stagger_drift_at_3000()
+    cfg = {"models": {"prior": {"name": "dummy.PriorClassifier"}, "tree": {"name": "HoeffdingTreeClassifier"}},
+           "promotion": {"schedule": "window", "window": 500}}
+    s = replay(cfg, events, report_dir=tmp_path)
+    alone = replay({"model": {"name": "HoeffdingTreeClassifier"}}, events)
+    assert set(s.models) == {"prior", "tree"} and s.models["tree"]["cumulative"] == alone.cumulative
+    assert s.promotions and s.promotions[0][1:] == ("prior", "tree", "test") and s.model == "tree"
+    assert s.cumulative is not None and s.models["prior"]["cumulative"] is not None
+    assert s.models["prior"]["cumulative"] < s.cumulative <= s.models["tree"]["cumulative"]  # type: ignore[operator]
+    assert set(s.model_rolling) == {"prior", "tree"}
+    assert json.loads((tmp_path / "summary.json").read_text())["promotions"][0][2] == "tree"
+    assert "prior -&gt; tree (test)" in (tmp_path / "index.html").read_text()
+    img = matplotlib.image.imread(str(tmp_path / "rolling.png"))[..., :3]
+    purple = int((abs(img - [0x94 / 255, 0x67 / 255, 0xBD / 255]).max(axis=-1) < 0.05).sum())
+    assert purple > 20  # the promotion line
