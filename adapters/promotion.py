@@ -54,7 +54,7 @@ class PromotionSettings(Frozen):
     window: int = Field(1000, ge=20, le=10_000_000)  # labeled events per test window
     alpha: float = Field(0.01, gt=0, lt=0.5)  # significance over all challengers (Bonferroni)
     min_gain: float = Field(0.0, ge=0)  # accuracy points (classification) or relative MAE reduction (regression)
-    min_events: int = Field(200, ge=0)  # labeled events the race has seen before any promotion
+    min_events: int = Field(100, ge=0)  # labeled events the race has seen before any promotion
     cooldown: int = Field(500, ge=0)  # labeled events after a change before the next one
 
     def resolved(self, task: Task) -> str:

@@ -8,11 +8,13 @@
 (c) service: the real run loop end to end (consume, decode, validate, predict, publish the
     prediction, learn, flush, commit), on each backend, and on librdkafka with kafka.exactly_once (a
     transaction per batch); each figure the median of --runs runs.
+(d) service with champion and challengers (librdkafka): the same LogisticRegression serving, GaussianNB and a
+    Hoeffding tree predicting and learning every event beside it (what challengers cost).
 
 Each rate is measured from the first consumed batch to the last commit. Prints a table, then one JSON
 line: passthrough_eps(_confluent), inprocess_eps, service_eps_confluent, service_eps_kafka_python,
-service_eps_exactly_once, service_eps (the default backend's), ratio_confluent = service_eps_confluent /
-min(passthrough_eps_confluent, inprocess_eps) and ratio_kafka_python likewise.
+service_eps_exactly_once, service_eps_three_models, service_eps (the default backend's), ratio_confluent =
+service_eps_confluent / min(passthrough_eps_confluent, inprocess_eps) and ratio_kafka_python likewise.
 
     python benchmarks/throughput.py --events 100000
 """
@@ -28,6 +30,7 @@ import statistics
 import threading
 import time
 import uuid
+from typing import Any
 
 from confluent_kafka import Consumer, Producer
 from kafka import KafkaConsumer
@@ -40,10 +43,17 @@ from driftline.stream.codec import decode_event
 from driftline.stream.kafka.clients import ensure_topics, make_consumer, make_producer
 from driftline.stream.kafka.publisher import publish
 from driftline.stream.loop import Service
-from driftline.stream.observers import Quality
+from driftline.stream.observers import Quality, Served
+from driftline.stream.pipeline import learners_from_settings
 from driftline.stream.sources import from_generator
 
 MODEL = ModelSettings(name="LogisticRegression", classes=[False, True])
+# (d) champion and challengers: the same LogisticRegression serving, two River challengers beside it
+CHALLENGERS: dict[str, Any] = {
+    "logreg": {**MODEL.model_dump(), "serving": True},
+    "nb": {"name": "GaussianNB"},
+    "tree": {"name": "tree.HoeffdingTreeClassifier", "params": {"grace_period": 200}},
+}
 
 
 def passthrough(kafka: KafkaSettings, topic: str, n: int) -> float:
@@ -123,7 +133,7 @@ def inprocess(kafka: KafkaSettings, topic: str, n: int) -> float:
 def run_until_consumed(settings: Settings, n: int) -> tuple[float, Service]:
     """Run the service (its loop on a thread, no HTTP) until it consumed ``n`` records; (records/s from the first
     consumed batch to the last commit, the stopped service)."""
-    svc = Service(settings, build_learner(settings.model), CollectorRegistry(), serve_http=False)
+    svc = Service(settings, learners_from_settings(settings), CollectorRegistry(), serve_http=False)
     runner = threading.Thread(target=svc.run, daemon=True)
     runner.start()
     while svc.totals.consumed < n:  # coarse polling: do not steal the GIL from the loop being measured
@@ -137,15 +147,16 @@ def run_until_consumed(settings: Settings, n: int) -> tuple[float, Service]:
     return t.consumed / (t.last_commit_at - t.first_batch_at), svc
 
 
-def service(kafka: KafkaSettings, topic: str, n: int) -> tuple[float, float]:
-    """(events/s, prequential accuracy) of one run of the service on ``kafka.client``'s backend."""
+def service(kafka: KafkaSettings, topic: str, n: int, models: dict[str, Any] | None = None) -> tuple[float, float]:
+    """(events/s, served prequential accuracy) of one run of the service on ``kafka.client``'s backend (with
+    ``models``: champion and challengers)."""
     settings = Settings(
         kafka=kafka.model_copy(update={"group_id": f"bench-svc-{uuid.uuid4().hex[:6]}"}),
         topics=TopicSettings(input=topic, predictions=f"{topic}-predictions", dead_letter=f"{topic}-dlq"),
-        model=MODEL, metrics=MetricsSettings(port=0),
+        metrics=MetricsSettings(port=0), **({"models": models} if models else {"model": MODEL}),
     )
     eps, svc = run_until_consumed(settings, n)
-    return eps, svc.processor.require(Quality).tracker.cumulative
+    return eps, (svc.processor.find(Served) or svc.processor.require(Quality)).tracker.cumulative
 
 
 def main() -> None:
@@ -175,13 +186,15 @@ def main() -> None:
         pass_eps = passthrough(kafka, topic, n)
         pass_c_eps = passthrough_confluent(kafka, topic, n)
         inproc_eps = inprocess(kafka, topic, n)
-        variants = {"confluent": {"client": "confluent"}, "kafka-python": {"client": "kafka-python"},
-                    "exactly-once": {"client": "confluent", "exactly_once": True}}
+        variants: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {
+            "confluent": ({"client": "confluent"}, None), "kafka-python": ({"client": "kafka-python"}, None),
+            "exactly-once": ({"client": "confluent", "exactly_once": True}, None),
+            "challengers": ({"client": "confluent"}, CHALLENGERS)}
         runs: dict[str, list[float]] = {v: [] for v in variants}
         accuracy: dict[str, float] = {}
         for _ in range(args.runs):  # alternating, so a noisy moment does not hit one variant only
-            for variant, update in variants.items():
-                eps, accuracy[variant] = service(KafkaSettings(**{**kafka.model_dump(), **update}), topic, n)
+            for variant, (update, models) in variants.items():
+                eps, accuracy[variant] = service(KafkaSettings(**{**kafka.model_dump(), **update}), topic, n, models)
                 runs[variant].append(eps)
         svc_c, svc_py = statistics.median(runs["confluent"]), statistics.median(runs["kafka-python"])
         ratio_c = svc_c / min(pass_c_eps, inproc_eps)
@@ -198,7 +211,8 @@ def main() -> None:
     print(f"{'(a) pass-through, confluent-kafka (librdkafka)':<56}{pass_c_eps:>12,.0f}")
     print(f"{'(b) River LogisticRegression in-process':<56}{inproc_eps:>12,.0f}")
     for client, label in (("confluent", "librdkafka"), ("kafka-python", "kafka-python"),
-                          ("exactly-once", "librdkafka, exactly_once")):
+                          ("exactly-once", "librdkafka, exactly_once"),
+                          ("challengers", "librdkafka, 3 models (LR serving + NB, tree)")):
         shown = ", ".join(f"{r:,.0f}" for r in runs[client])
         print(f"{f'(c) service end to end, {label} (median)':<56}{statistics.median(runs[client]):>12,.0f}  {shown}")
     print(f"ratio_confluent = service / min(a confluent, b) = {ratio_c:.2f}; "
@@ -208,6 +222,7 @@ def main() -> None:
                       "inprocess_eps": round(inproc_eps, 1), "service_eps": round(svc_c, 1),
                       "service_eps_confluent": round(svc_c, 1), "service_eps_kafka_python": round(svc_py, 1),
                       "service_eps_exactly_once": round(statistics.median(runs["exactly-once"]), 1),
+                      "service_eps_three_models": round(statistics.median(runs["challengers"]), 1),
                       "ratio_confluent": round(ratio_c, 3), "ratio_kafka_python": round(ratio_py, 3)}))
 
 
