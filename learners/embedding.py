@@ -26,8 +26,12 @@ class PreparedBatch:
         self._check = check
         self._events: list[Event] = []  # keeps the events alive, so their id()s stay unique
         self._items: dict[int, Any] = {}
+        self._source: Sequence[Event] | None = None  # the batch last prepared, as it was handed in
 
     def prepare(self, events: Sequence[Event]) -> None:
+        if events is self._source:  # this very batch, prepared already (models sharing one backbone)
+            return
+        self._source = events
         self._events, self._items = [], {}
         ok = []
         for e in events:
@@ -79,12 +83,18 @@ class BackboneRiverLearner(BackboneParts, RiverLearner):
 
     capabilities = frozenset({Capability.HAS_BACKBONE})
 
-    def __init__(self, cfg: ModelSettings, backbone: Backbone) -> None:
+    def __init__(self, cfg: ModelSettings, backbone: Backbone, *, batch: PreparedBatch | None = None) -> None:
+        """``batch``: another learner's batch cache on the same ``backbone`` (models that share a frozen
+        backbone: one forward per batch for all of them)."""
         super().__init__(cfg)
         self.backbone = backbone
         self._names = [f"e{i}" for i in range(backbone.dim)]
-        self._batch = PreparedBatch(self._embed, backbone.check)
+        self._batch = batch if batch is not None else PreparedBatch(self._embed, backbone.check)
         self.fingerprint = dict(backbone.fingerprint)
+
+    def sharing(self, cfg: ModelSettings) -> BackboneRiverLearner:
+        """Another River head with its own config on this learner's backbone and batch cache."""
+        return BackboneRiverLearner(cfg, self.backbone, batch=self._batch)
 
     def _embed(self, events: Sequence[Event]) -> list[list[float]]:
         rows: list[list[float]] = self.backbone.embed(events).cpu().tolist()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Set
 
 from driftline.errors import ConfigError
 from driftline.learners.backbone_registry import load_backbone
@@ -81,3 +82,29 @@ def load_pretrained(learner: Learner, path: str) -> None:
             from None
     log.info("starting from the pretrained model %s (%s, %d labels learned on %s)", path, meta.get("model"),
              learner.updates, meta.get("source"))
+
+
+def build_learners(cfgs: Mapping[str, ModelSettings], *, exclusive: Set[str] = frozenset()) -> dict[str, Learner]:
+    """Each model's learner, by name. River heads whose backbone configs are equal share one loaded backbone
+    and its batch cache (one forward per batch for all of them), except the models in ``exclusive`` (e.g.
+    whose adaptation changes their backbone in place: they load their own)."""
+    from driftline.learners.embedding import BackboneRiverLearner
+
+    out: dict[str, Learner] = {}
+    loaded: dict[str, BackboneRiverLearner] = {}  # backbone config (JSON) -> the first learner on it
+    for name, cfg in cfgs.items():
+        key = cfg.backbone.model_dump_json()
+        first = loaded.get(key)
+        shareable = cfg.backbone.kind != "identity" and name not in exclusive and cfg.name not in TORCH_HEADS \
+            and cfg.name not in CONTINUAL
+        if first is not None and shareable:
+            out[name] = first.sharing(cfg)
+            if cfg.start_from:
+                load_pretrained(out[name], cfg.start_from)
+            log.info("model %s shares the %s backbone of an earlier model", name, cfg.backbone.kind)
+            continue
+        learner = build_learner(cfg)
+        out[name] = learner
+        if shareable and isinstance(learner, BackboneRiverLearner):
+            loaded.setdefault(key, learner)
+    return out

@@ -143,11 +143,14 @@ def _spec(name: str, learner: Learner, drift: DriftSettings, seed: int) -> Model
 def learners_from_settings(settings: Settings) -> Learner | dict[str, Learner]:
     """The learner of the one model, or each model's by name (``models``). Models with the same backbone
     config share one backbone (one forward per batch)."""
-    from driftline.learners.factory import build_learner
+    from driftline.learners.factory import build_learner, build_learners
 
     if not settings.models:
         return build_learner(settings.model)
-    return {name: build_learner(entry.model()) for name, entry in settings.models.items()}
+    # adabn re-estimates a backbone's batch-norm statistics in place: such a model keeps its backbone to itself
+    exclusive = {name for name, entry in settings.models.items()
+                 if any(p.name == "adabn" for p in (entry.drift or settings.drift).policies)}
+    return build_learners({name: entry.model() for name, entry in settings.models.items()}, exclusive=exclusive)
 
 
 def partitioned(processor: EventProcessor) -> list[Partitioned]:

@@ -5,6 +5,7 @@ challenger's failure never costs the served stream anything."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from typing import Any
@@ -251,3 +252,47 @@ def test_the_serving_flag_picks_the_champion_and_model_is_the_serving_config() -
     s = Settings(models={"a": {"name": "GaussianNB"}, "b": {"name": "LogisticRegression", "serving": True}})
     assert s.serving_model == "b" and s.model.name == "LogisticRegression"
     assert Settings(**WEAK_STRONG).serving_model == "weak"
+
+
+def test_models_on_one_backbone_config_share_one_forward_per_batch(tmp_path: Any) -> None:
+    from driftline.learners.embedding import BackboneRiverLearner
+    from driftline.stream.sources import from_generator
+    from tests.tiny_models import AGRAWAL_NUMERIC, save_encoder, torch_backbone
+
+    backbone = torch_backbone(save_encoder(tmp_path))
+    settings = Settings(models={
+        "lr": {"name": "LogisticRegression", "backbone": backbone},
+        "nb": {"name": "GaussianNB", "backbone": backbone},
+        "raw": {"name": "GaussianNB"}},
+        promotion={"schedule": "window"})
+    learners = learners_from_settings(settings)
+    assert isinstance(learners, dict)
+    lr, nb = learners["lr"], learners["nb"]
+    assert isinstance(lr, BackboneRiverLearner) and isinstance(nb, BackboneRiverLearner)
+    assert nb.backbone is lr.backbone  # one loaded backbone
+    calls = []
+    real = lr.backbone.embed
+    lr.backbone.embed = lambda events: (calls.append(len(events)), real(events))[1]  # type: ignore[method-assign]
+    proc, _, _ = _pipeline(settings, learners)
+    events = [{"id": f"a{i}", "features": {k: float(v) for k, v in e["features"].items() if k in AGRAWAL_NUMERIC},
+               "label": e["label"]}
+              for i, e in enumerate(itertools.islice(from_generator("Agrawal", seed=1, id_prefix="a"), 200))]
+    recs = [InboundRecord("in", 0, i, 0, None, orjson.dumps(e)) for i, e in enumerate(events)]
+    proc.process(recs[:100])
+    proc.process(recs[100:])
+    assert calls == [100, 100]  # one forward per batch for lr and nb together
+    # and sharing changes nothing: a model alone on its own backbone learns the same
+    solo = learners_from_settings(Settings(model={"name": "GaussianNB", "backbone": backbone}))
+    assert not isinstance(solo, dict)
+    for e in events:
+        ev = Event.model_validate(e)
+        solo.learn_one(ev, ev.label)  # type: ignore[arg-type]
+    probe = Event.model_validate(events[0])
+    shared, alone = nb.predict_one(probe), solo.predict_one(probe)  # (one batched forward vs one per event:
+    assert shared.value == alone.value and shared.proba == pytest.approx(alone.proba, abs=1e-6)  # float32 rounding)
+    # a model whose adaptation changes its backbone in place (adabn) loads its own
+    from driftline.learners.factory import build_learners
+
+    own = build_learners({"lr": settings.models["lr"].model(), "nb": settings.models["nb"].model()},
+                         exclusive={"nb"})
+    assert own["nb"].backbone is not own["lr"].backbone  # type: ignore[attr-defined]
