@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -158,3 +159,14 @@ class ServiceProcess:
             self._log.flush()
         return self.log_path.read_text(errors="replace")[-6000:]
 
+
+
+def post_promote(port: int, body: bytes, token: str | None) -> tuple[int, str]:
+    """POST ``body`` to a service's /promote with a bearer ``token`` (None: without one); (status, text)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/promote", data=body, method="POST",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()

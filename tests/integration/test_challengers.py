@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import json
 import random
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import ServiceProcess, produce_events, read_topic, wait_for, write_config
+from tests.helpers import ServiceProcess, post_promote, produce_events, read_topic, wait_for, write_config
 
 pytestmark = [pytest.mark.integration]
 
@@ -47,13 +45,7 @@ def _run(cfg: Path, log: Path, consumed: int, between: Callable[[ServiceProcess]
 
 
 def _post(port: int, body: dict[str, Any], token: str | None) -> tuple[int, str]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/promote", data=json.dumps(body).encode(), method="POST",
-                                 headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    return post_promote(port, json.dumps(body).encode(), token)
 
 
 def test_a_better_challenger_is_promoted_on_a_real_broker_and_a_restart_keeps_it(

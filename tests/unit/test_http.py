@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from driftline.monitoring.http import MetricsServer
 from driftline.monitoring.metrics import ServiceMetrics
+from tests.helpers import post_promote
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -98,13 +99,7 @@ def test_promote_exists_only_with_authentication_and_checks_it_and_the_body() ->
         return (202, "accepted") if model == "b" else (404, f"no model named {model!r}")
 
     def post(port: int, body: bytes, token: str | None = "s3cret") -> tuple[int, str]:
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/promote", data=body, method="POST",
-                                     headers={"Authorization": f"Bearer {token}"} if token else {})
-        try:
-            with urllib.request.urlopen(req, timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
+        return post_promote(port, body, token)
 
     ok = lambda: (True, "ok")  # noqa: E731
     open_server = MetricsServer(CollectorRegistry(), "127.0.0.1", 0, ok, ok, promote=promote).start()
