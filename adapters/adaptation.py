@@ -229,7 +229,7 @@ class Adapter:
         action, detector = record["action"], record["detector"]
         record = {"type": "adaptation", **record, "model": self.model, "labeled": self.labeled}
         if count:
-            self.metrics.adaptations.labels(detector, action).inc()
+            self.metrics.adaptations.labels(self.model, detector, action).inc()
             self.ladder.actions.append(Action(self.labeled, action, detector))
         level = logging.WARNING if action in (ROLLBACK, NONE) else logging.INFO
         log.log(level, "adaptation %s (detector %s) after %d labeled events: %s", action, detector or "-",

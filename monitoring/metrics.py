@@ -59,12 +59,13 @@ class ServiceMetrics:
                                     "Delayed-label join: predictions waiting for a label, labels waiting for "
                                     "their event.", ["side"], registry=registry)
         self.drift_detections = Counter("driftline_drift_detections",
-                                        "Drift detector signals, by detector and level (warning, drift).",
-                                        ["detector", "level"], registry=registry)
+                                        "Drift detector signals, by model, detector and level (warning, drift).",
+                                        ["model", "detector", "level"], registry=registry)
         registry.register(GpuCollector())
         self.adaptations = Counter("driftline_adaptations",
                                    "Adaptation actions (a policy of the ladder, rollback, or none when no rung "
-                                   "could act), by the detector that triggered them.", ["detector", "action"],
+                                   "could act), by model and the detector that triggered them.",
+                                   ["model", "detector", "action"],
                                    registry=registry)
         # champion and challengers (models: ...): who serves, each change, and what a challenger failed at
         self.serving = Gauge("driftline_model_serving", "1 for the model whose predictions are served (the "

@@ -204,7 +204,7 @@ class DetectionLog(Observer):
     def on_detection(self, d: Detection, event: Event) -> None:
         learner = self.learner
         self.latest.append(d)
-        self.metrics.drift_detections.labels(d.detector, d.level).inc()
+        self.metrics.drift_detections.labels(self.model, d.detector, d.level).inc()
         if d.source == "input":
             log.warning("input drift signalled by %s after %d events (%s; event %r; model %s v%d)", d.detector,
                         d.labeled, d.statistic, event.id, self.model, learner.version)

@@ -108,7 +108,7 @@ def _lane(spec: ModelSpec, metrics: ServiceMetrics, audit: AuditPublisher, rolli
         observers.append(ErrorDrift(spec.drift))
     if spec.input_drift is not None:
         observers.append(InputDrift(spec.input_drift))
-    _zero_series(metrics, spec.drift, spec.input_drift, adapter)
+    _zero_series(metrics, spec.name, spec.drift, spec.input_drift, adapter)
     return Lane(spec.name, learner, observers, metrics)
 
 
@@ -178,18 +178,18 @@ def model_statuses(lanes: Sequence[Lane]) -> list[ModelStatus]:
     return [model_status(lane.learner, lane.name) for lane in lanes]
 
 
-def _zero_series(metrics: ServiceMetrics, drift: DriftMonitor | None, input_drift: InputDriftMonitor | None,
-                 adapter: Adapter | None) -> None:
-    """Every (detector, level) and (detector, action) series exists from the start at 0, so a first signal is
-    a change Prometheus can see (dashboard annotations use changes())."""
+def _zero_series(metrics: ServiceMetrics, model: str, drift: DriftMonitor | None,
+                 input_drift: InputDriftMonitor | None, adapter: Adapter | None) -> None:
+    """Every (model, detector, level) and (model, detector, action) series exists from the start at 0, so a first
+    signal is a change Prometheus can see (dashboard annotations use changes())."""
     detectors = [w.key for w in drift.watches] if drift is not None else []
     for name in detectors:
         for level in (DRIFT, WARNING, IMPROVEMENT):
-            metrics.drift_detections.labels(name, level)
+            metrics.drift_detections.labels(model, name, level)
     if input_drift is not None:
         detectors.append(input_drift.name)
-        metrics.drift_detections.labels(input_drift.name, DRIFT)
+        metrics.drift_detections.labels(model, input_drift.name, DRIFT)
     if adapter is not None:
         for name in detectors:
             for action in adapter.action_names():
-                metrics.adaptations.labels(name, action)
+                metrics.adaptations.labels(model, name, action)

@@ -112,7 +112,8 @@ class Harness:
             self.adapter.observe_labeled(e, e.label, pred)
 
     def count(self, detector: str, action: str) -> float:
-        v = self.registry.get_sample_value("driftline_adaptations_total", {"detector": detector, "action": action})
+        v = self.registry.get_sample_value("driftline_adaptations_total",
+                                           {"model": self.learner.name, "detector": detector, "action": action})
         return v or 0.0
 
 

@@ -117,8 +117,8 @@ def test_every_panel_has_data_and_the_drift_alerts_fire(kafka_bootstrap: str, to
         time.sleep(15)  # a baseline of scrapes before the drift
         send(_events(4, 2000, 2, "b-"))
         wait_for(lambda: svc.metric('driftline_events_total{outcome="consumed"}') >= 6620, 120, "phase 2 consumed")
-        wait_for(lambda: svc.metric('driftline_adaptations_total{action="reset",detector="ADWIN"}') >= 1, 30,
-                 "an adaptation")
+        resets = f'driftline_adaptations_total{{action="reset",detector="ADWIN",model="{MODEL}"}}'
+        wait_for(lambda: svc.metric(resets) >= 1, 30, "an adaptation")
         time.sleep(8)  # scrapes and rule evaluations after the drift
         assert prom.scrapes() >= 20
 

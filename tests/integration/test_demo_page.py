@@ -25,7 +25,8 @@ def test_the_demo_page_shows_the_rolling_accuracy_and_a_real_drift_marker() -> N
                              "--drift-at", "5000", "--metrics-port", str(port), "--duration", "90"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        detections = 'driftline_drift_detections_total{detector="ADWIN",level="drift"}'
+        detections = ('driftline_drift_detections_total{detector="ADWIN",level="drift",'
+                      'model="HoeffdingAdaptiveTreeClassifier"}')
 
         def detected() -> bool:
             try:

@@ -46,7 +46,8 @@ def test_detections_are_audited_and_counted(kafka_bootstrap: str, topic_prefix: 
         # matters here is the rise after the switch
         after = [r["labeled"] for r in drifts if r["detector"] == detector and r["labeled"] > 3000]
         assert after and after[0] <= 3250, (detector, [r["labeled"] for r in drifts])
-        assert m[f'driftline_drift_detections_total{{detector="{detector}",level="drift"}}'] == \
+        key = f'driftline_drift_detections_total{{detector="{detector}",level="drift",model="HoeffdingTreeClassifier"}}'
+        assert m[key] == \
             sum(r["detector"] == detector for r in drifts)
     assert all(r["type"] == "detection" and r["model"] == "HoeffdingTreeClassifier" and r["event_id"]
                for r in records)
@@ -64,7 +65,8 @@ def test_adaptations_are_audited_counted_and_change_the_model_version(kafka_boot
     assert first["details"]["relearned"] >= 30
     outcome = [r for r in records if r["type"] == "adaptation" and r["action"] in ("guard_passed", "rollback")]
     assert outcome and outcome[0]["details"]["window"] == 300
-    assert m['driftline_adaptations_total{action="reset",detector="ADWIN"}'] == len(resets)
+    assert m['driftline_adaptations_total{action="reset",detector="ADWIN",model="HoeffdingTreeClassifier"}'] == \
+        len(resets)
     versions = {json.loads(r.value)["model_version"] for r in read_topic(kafka_bootstrap, f"{topic_prefix}-pred")}
     assert max(versions) >= 2  # predictions after the adaptation name the new model version
     assert "adaptation reset (detector ADWIN)" in (tmp_path / "svc.log").read_text()

@@ -114,7 +114,8 @@ def test_processor_wires_input_detection_and_the_ladder_with_audit_records() -> 
     assert detections[0]["statistic"]["feature"] in ("x0", "x1")
     # reset learns from labels: it does not act on an input detection, and says so
     assert [r["action"] for r in audit if r["type"] == "adaptation"] == ["none"]
-    assert registry.get_sample_value("driftline_drift_detections_total", {"detector": "KS", "level": "drift"}) == 1
+    assert registry.get_sample_value("driftline_drift_detections_total",
+                                     {"model": "GaussianNB", "detector": "KS", "level": "drift"}) == 1
     restored = processor_from_settings(s, build_learner(s.model), OutputSink(MemoryWriter(), "p", "d", metrics),
                                             metrics, labels_topic=None)
     restored.load_state_dict(proc.state_dict())

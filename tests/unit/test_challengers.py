@@ -296,3 +296,21 @@ def test_models_on_one_backbone_config_share_one_forward_per_batch(tmp_path: Any
     own = build_learners({"lr": settings.models["lr"].model(), "nb": settings.models["nb"].model()},
                          exclusive={"nb"})
     assert own["nb"].backbone is not own["lr"].backbone  # type: ignore[attr-defined]
+
+
+def test_each_model_has_its_own_detectors_and_their_series() -> None:
+    settings = _settings(drift={"detectors": [{"name": "ADWIN"}]},
+                         models={"weak": {"name": "dummy.PriorClassifier"},
+                                 "strong": {"name": "LogisticRegression",
+                                            "drift": {"detectors": [{"name": "PageHinkley"}]}}})
+    proc, _, reg = _pipeline(settings)
+    value = reg.get_sample_value
+    assert value("driftline_drift_detections_total", {"model": "weak", "detector": "ADWIN", "level": "drift"}) == 0
+    assert value("driftline_drift_detections_total",
+                 {"model": "strong", "detector": "PageHinkley", "level": "drift"}) == 0
+    assert value("driftline_drift_detections_total", {"model": "strong", "detector": "ADWIN", "level": "drift"}) \
+        is None  # its own drift section replaces the top-level one
+    from driftline.stream.observers import ErrorDrift
+
+    weak, strong = proc.lane("weak").find(ErrorDrift), proc.lane("strong").find(ErrorDrift)
+    assert weak is not None and strong is not None and weak.monitor is not strong.monitor
