@@ -206,8 +206,8 @@ class EventProcessor:
     def _publish_counts(self, res: BatchResult) -> None:
         m = self.metrics
         for lane in self.lanes:
+            m.labeled.labels(lane.name).inc(len(lane.learn_times))  # what this model learned in the batch
             lane.observe_latencies()
-            m.labeled.labels(lane.name).inc(res.learned)
         for outcome, n in res.outcomes().items():
             m.events.labels(outcome).inc(n)
         m.batch_size.observe(res.consumed)

@@ -211,6 +211,8 @@ def test_a_failing_challenger_is_counted_and_the_served_stream_loses_nothing() -
     value = reg.get_sample_value
     assert value("driftline_challenger_errors_total", {"model": "bad", "stage": "predict"}) == 300
     assert value("driftline_challenger_errors_total", {"model": "bad", "stage": "learn"}) == 300
+    assert value("driftline_labeled_events_total", {"model": "good"}) == 300
+    assert value("driftline_labeled_events_total", {"model": "bad"}) == 0
     assert proc.champion.name == "good"
 
 
