@@ -50,7 +50,10 @@ def test_the_demo_page_shows_the_rolling_accuracy_and_a_real_drift_marker() -> N
     drift = re.findall(r'<line class="marker drift"[^>]*data-labeled="(\d+)" data-detector="ADWIN"', dom)
     real = [d[0] for d in live["detections"] if d[1] == "ADWIN" and d[2] == "drift"]
     assert drift and int(drift[0]) in real, (drift, live["detections"])
-    assert 5000 < int(drift[0]) < 6500  # the detection follows the drift the stream has at event 5000
+    # the detection follows the drift the stream has at event 5000; the count is of labeled events, and the
+    # partitions are consumed interleaved, so drifted events may be learned while a few earlier ones still wait
+    # (CI once saw 4992 under load)
+    assert 4500 < int(drift[0]) < 6500
     assert re.search(r'<b id="rolling">0\.\d{3}</b>', dom)
     assert "live page         http://127.0.0.1:" in out
     assert re.search(r"\[demo\] [\d,]+ events/s \| [\d,]+ labeled \| rolling accuracy 0\.\d+ \| 1 drift", out), out
