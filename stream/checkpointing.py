@@ -250,6 +250,7 @@ class Checkpointer:
         them, then their state is let go."""
         self.save("rebalance")
         self._forget({tp.partition for tp in partitions})
+        self.processor.publish_gauges()  # what left with them (pending joins) leaves the gauges now
 
     def lost(self, partitions: Sequence[TopicPartition]) -> None:
         """Partitions already gone (this member was evicted, e.g. the coordinator was away longer than the
@@ -277,6 +278,7 @@ class Checkpointer:
         self._restored = set()
         self._held = set()
         self._forget_unowned()
+        self.processor.publish_gauges()  # what came with them, and what was forgotten, shows at once
 
     def _newer_elsewhere(self, local: Mapping[TopicPartition, int], committed: Mapping[TopicPartition, int | None],
                          snaps: Sequence[Snapshot]) -> Snapshot | None:

@@ -200,7 +200,7 @@ class EventProcessor:
             self.router.load_state_dict(state["dedup"])
         for obs in (o for o in self.shared if o.key is not None and state.get(o.key)):
             obs.load_state_dict(state[obs.key])  # type: ignore[index]
-        self._publish_gauges()
+        self.publish_gauges()
 
     # -- metrics --------------------------------------------------------------------------------------
     def _publish_counts(self, res: BatchResult) -> None:
@@ -211,10 +211,10 @@ class EventProcessor:
         for outcome, n in res.outcomes().items():
             m.events.labels(outcome).inc(n)
         m.batch_size.observe(res.consumed)
-        self._publish_gauges()
+        self.publish_gauges()
         # last: a scrape that sees these events consumed also sees everything else about them
         m.events.labels("consumed").inc(res.consumed)
 
-    def _publish_gauges(self) -> None:
+    def publish_gauges(self) -> None:  # after each batch, restore and partition move
         for obs in [*(o for lane in self.lanes for o in lane.observers), *self.shared]:
             obs.publish_gauges()

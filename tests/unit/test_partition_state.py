@@ -181,10 +181,15 @@ def test_pending_labels_and_dedup_ids_follow_their_partition_to_the_next_owner()
     assert group.committed_offsets == {TopicPartition(IN, 0): 1, TopicPartition(IN, 1): 2,
                                        TopicPartition(LABELS, 1): 1}
     assert not a.ck.parts[1].partitions() and not a.ck.offsets  # type: ignore[attr-defined]
+    # the gauges say so at once (no batch may come after a rebalance: a stale count would wait forever)
+    pending = a.registry.get_sample_value
+    assert pending("driftline_pending_labels", {"side": "predictions"}) == 0
+    assert pending("driftline_pending_labels", {"side": "labels"}) == 0
 
     b = Member(kafka, group)
     b.assign(1)
     assert b.source("changelog") == 1
+    assert b.registry.get_sample_value("driftline_pending_labels", {"side": "predictions"}) == 1  # "wait" came along
     assert b.ck.offsets == {TopicPartition(IN, 1): 2, TopicPartition(LABELS, 1): 1}  # the committed offsets
     b.process([label(1, 1, "wait", 1), event(1, 2, "early", None), event(1, 3, "seen", 1)])
     assert b.learned() == 2  # the prediction A made, labeled at B; the label that waited at A, its event at B
