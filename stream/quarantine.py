@@ -5,9 +5,11 @@ Exceptions are caught per record (`processor`, `routing`); this is the second li
 ``except`` sees. Before each batch the run loop writes a marker (``inflight.json`` in the checkpoint
 directory): which offsets of which partitions are in hand. A clean stop removes it. On start a marker left
 behind means the last process died with that batch in hand, or was simply killed: its records are then
-processed one at a time, the marker naming the record in hand. Dying again with a record in hand this way
-marks *that* record: the next start dead-letters it (``quarantined``) instead of processing it. A plain
-SIGKILL or a broker outage quarantines nothing: it takes a second death while that one record is in hand.
+processed one at a time, the marker naming the record in hand. Dying with a record in hand this way is a
+strike against *that* record; it is tried on its own once more, and a second strike condemns it: the next
+start dead-letters it (``quarantined``) instead of processing it. So a poison record costs three deaths, and
+plain SIGKILLs or broker outages quarantine nothing: one would have to land twice while the same record is in
+hand (a test that killed a member three times in a row once hit a record on its own with the second kill).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 MARKER = "inflight.json"
 KEEP_CONDEMNED = 1000
 QUARANTINED = "quarantined"
+STRIKES = 2  # deaths with a record in hand, on its own, that condemn it
 
 Coordinates = tuple[str, int, int]  # topic, partition, offset
 
@@ -36,8 +39,10 @@ class Quarantine:
     def __init__(self, directory: str | None) -> None:
         self.path = Path(directory) / MARKER if directory is not None else None
         self.suspect: dict[tuple[str, int], tuple[int, int]] = {}  # partition -> (first, last) offsets
-        self.condemned: set[Coordinates] = set()  # records a process died with in hand, one at a time
+        self.condemned: set[Coordinates] = set()  # records a process died with in hand, on their own, twice
+        self.strikes: dict[Coordinates, int] = {}  # records a process died with in hand once, on their own
         self._kept: list[list[Any]] = []  # the condemned records the marker carries on (set at start)
+        self._struck: list[list[Any]] = []  # the strikes it carries on
         self._fd: int | None = None
 
     def start(self) -> None:
@@ -48,19 +53,30 @@ class Quarantine:
             marker: dict[str, Any] = json.loads(self.path.read_text())
             self.suspect = {(t, int(p)): (int(a), int(b)) for t, p, a, b in marker.get("batch", [])}
             self.condemned = {(t, int(p), int(o)) for t, p, o in marker.get("condemned", [])}
+            self.strikes = {(t, int(p), int(o)): int(n) for t, p, o, n in marker.get("strikes", [])}
             record = marker.get("record")
         except (OSError, ValueError, TypeError) as exc:  # torn by the death itself: start without it
             log.warning("quarantine: unreadable marker %s (%s); ignored", self.path, exc)
             return
         if record is not None:
             t, p, o = record
-            self.condemned.add((t, int(p), int(o)))
-            log.error("quarantine: the last process died while handling the record at %s-%s offset %s on its "
-                      "own; it will be dead-lettered (%s), not processed again", t, p, o, QUARANTINED)
+            key = (t, int(p), int(o))
+            self.strikes[key] = self.strikes.get(key, 0) + 1
+            if self.strikes[key] >= STRIKES:
+                self.condemned.add(key)
+                del self.strikes[key]
+                log.error("quarantine: a process died while handling the record at %s-%s offset %s on its own, for "
+                          "the %s time; it will be dead-lettered (%s), not processed again", t, p, o,
+                          _ordinal(STRIKES), QUARANTINED)
+            else:
+                log.warning("quarantine: the last process died while handling the record at %s-%s offset %s on its "
+                            "own; it is tried once more on its own (a second death with it in hand dead-letters it)",
+                            t, p, o)
         else:
             log.warning("quarantine: the last process stopped with a batch in hand (%s); those records are "
                         "processed one at a time this time", self._describe())
         self._kept = sorted([list(c) for c in self.condemned])[-KEEP_CONDEMNED:]
+        self._struck = sorted([[*c, n] for c, n in self.strikes.items()])[-KEEP_CONDEMNED:]
 
     def _describe(self) -> str:
         return ", ".join(f"{t}-{p} offsets {a}..{b}" for (t, p), (a, b) in sorted(self.suspect.items()))
@@ -108,6 +124,7 @@ class Quarantine:
         start ignores; a record's death never lands there, it happens while the record is processed."""
         assert self.path is not None
         marker["condemned"] = self._kept
+        marker["strikes"] = self._struck
         data = json.dumps(marker).encode()
         try:
             if self._fd is None:
@@ -123,10 +140,14 @@ class Quarantine:
         """Nothing is in hand any more; condemned records stay condemned (a checkpoint may be older than them)."""
         if self.path is None:
             return
-        if self.condemned:
+        if self.condemned or self.strikes:
             self._write({"batch": [], "record": None})
         else:
             self.path.unlink(missing_ok=True)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _ordinal(n: int) -> str:
+    return {1: "first", 2: "second", 3: "third"}.get(n, f"{n}th")

@@ -142,8 +142,8 @@ def test_broker_restart_mid_stream_service_reconnects(tmp_path: Path, topic_pref
 def test_a_record_that_kills_the_process_is_quarantined_and_every_other_one_processed(
         kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
     """A backbone that dies in native code on one record (os._exit, like a segfault): the first start dies
-    with the batch in hand, the second takes that batch one record at a time and dies with the record in
-    hand, the third dead-letters it as ``quarantined`` and processes everything else."""
+    with the batch in hand, the second and third take that batch one record at a time and die with the record
+    in hand, the fourth dead-letters it as ``quarantined`` and processes everything else."""
     from tests.tiny_models import AGRAWAL_NUMERIC, save_encoder, torch_backbone
 
     events = list(itertools.islice(from_generator("Agrawal", seed=3, id_prefix="q-"), 300))
@@ -156,19 +156,20 @@ def test_a_record_that_kills_the_process_is_quarantined_and_every_other_one_proc
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
     ensure_topics(kafka, [f"{topic_prefix}-in"], partitions=1)
     publish(events, f"{topic_prefix}-in", kafka, progress=False)
-    for run in range(2):
+    for run in range(3):
         svc = ServiceProcess(cfg, tmp_path / f"run{run}.log")
         assert svc.proc.wait(240) == 70, svc.log()
         svc.kill()
     assert "processed one at a time" in (tmp_path / "run1.log").read_text()
-    svc = ServiceProcess(cfg, tmp_path / "run2.log")
+    assert "tried once more on its own" in (tmp_path / "run2.log").read_text()
+    svc = ServiceProcess(cfg, tmp_path / "run3.log")
     try:
         svc.wait_ready()
         wait_for(lambda: len(read_topic(kafka_bootstrap, f"{topic_prefix}-pred", timeout=10)) >= 299, 120,
                  "the other 299 predicted", interval=1.0)
     finally:
         assert svc.terminate() == 0, svc.log()
-    assert "will be dead-lettered (quarantined)" in (tmp_path / "run2.log").read_text()
+    assert "will be dead-lettered (quarantined)" in (tmp_path / "run3.log").read_text()
     dead = read_topic(kafka_bootstrap, f"{topic_prefix}-dlq")
     assert [(json.loads(r.value)["id"], dict(r.headers)["driftline.reason"]) for r in dead] == [
         ("q-150", b"quarantined")]

@@ -329,12 +329,14 @@ def _run_until_death(backend: FakeBackend, tmp_path: Path, learner: Any) -> bool
     return False
 
 
-def test_a_record_that_kills_the_process_twice_is_quarantined_and_nothing_else_is(tmp_path: Path) -> None:
-    # run 1: dies in a normal batch; run 2: the batch one record at a time, dies with e7 in hand
-    for _ in range(2):
+def test_a_record_that_kills_the_process_alone_twice_is_quarantined_and_nothing_else_is(tmp_path: Path) -> None:
+    # run 1: dies in a normal batch; runs 2 and 3: the batch one record at a time, dies with e7 in hand
+    for run in range(3):
         assert _run_until_death(FakeBackend(Script([records(0, 10)])), tmp_path, Deadly("e7"))
-    assert json.loads((tmp_path / "inflight.json").read_text())["record"] == ["in", 0, 7]
-    # run 3: e7 is dead-lettered unprocessed, every other record goes through
+        if run == 1:
+            assert json.loads((tmp_path / "inflight.json").read_text())["record"] == ["in", 0, 7]
+    assert json.loads((tmp_path / "inflight.json").read_text())["strikes"] == [["in", 0, 7, 1]]
+    # run 4: e7 is dead-lettered unprocessed, every other record goes through
     backend = FakeBackend(Script([records(0, 10), records(10, 5)]))
     totals = service(backend, tmp_path, learner=Deadly("e7")).run()
     assert (totals.consumed, totals.predicted, totals.dead_lettered) == (15, 14, 1)
@@ -350,6 +352,15 @@ def test_a_plain_kill_quarantines_nothing(tmp_path: Path) -> None:
     totals = service(FakeBackend(Script([records(0, 10)])), tmp_path, learner=Deadly("none")).run()
     assert (totals.consumed, totals.predicted, totals.dead_lettered) == (10, 10, 0)
     assert not (tmp_path / "inflight.json").exists()
+
+
+def test_one_kill_with_a_record_in_hand_quarantines_nothing(tmp_path: Path) -> None:
+    """A member killed twice in a row, the second time while it handles one record on its own (a rolling restart
+    gone wrong, a test that kills it repeatedly): the record gets one strike and is processed on the next start."""
+    assert _run_until_death(FakeBackend(Script([records(0, 10)])), tmp_path, Deadly("e3"))
+    assert _run_until_death(FakeBackend(Script([records(0, 10)])), tmp_path, Deadly("e3"))  # with e3 in hand
+    totals = service(FakeBackend(Script([records(0, 10)])), tmp_path, learner=Deadly("none")).run()
+    assert (totals.consumed, totals.predicted, totals.dead_lettered) == (10, 10, 0)
 
 
 def test_a_kill_while_waiting_after_a_careful_batch_quarantines_nothing(tmp_path: Path) -> None:
