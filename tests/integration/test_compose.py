@@ -72,7 +72,12 @@ def _predicted() -> float:
 
 
 def test_prometheus_scrapes_driftline_and_loads_the_alert_rules(stack: None) -> None:
-    wait_for(lambda: _predicted() > 0, 240, "Prometheus to scrape predictions from driftline")
+    try:
+        wait_for(lambda: _predicted() > 0, 240, "Prometheus to scrape predictions from driftline")
+    except TimeoutError as exc:  # say why: what each container logged (CI once timed out here; not reproduced)
+        logs = subprocess.run(["podman-compose", "-p", PROJECT, "-f", str(ROOT / "deploy" / "compose.yaml"), "logs",
+                               "--tail", "40"], capture_output=True, text=True, timeout=120, env=ENV)
+        raise AssertionError(f"{exc}\n--- compose logs ---\n{logs.stdout[-6000:]}{logs.stderr[-2000:]}") from None
     rules = _prometheus("/api/v1/rules")["data"]["groups"]
     names = {r["name"] for g in rules for r in g["rules"]}
     shipped = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
