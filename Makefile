@@ -20,6 +20,10 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	bash scripts/typecheck.sh
 
+# pytest-xdist: one worker per core, at most 4 (each integration worker starts its own broker, 512 MB heap);
+# --dist loadgroup keeps the tests of one xdist_group (the podman builds) on one worker.
+PYTEST_PARALLEL := -n auto --maxprocesses 4 --dist loadgroup
+
 # The whole suite, integration tests against a real Apache Kafka broker included.
 test: $(VENV)/.installed
 	bash scripts/system-deps.sh
@@ -27,10 +31,10 @@ test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	bash scripts/typecheck.sh
 	bash scripts/lint-imports.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 unit: $(VENV)/.installed
-	$(BIN)/python -m pytest -q tests/unit tests/contract
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) tests/unit tests/contract
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/throughput.py --events 100000

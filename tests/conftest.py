@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
+
+# Under pytest-xdist each worker is one of several processes sharing the cores: one math thread each. torch and
+# OpenMP otherwise start a thread per core in every worker, and they fight (measured, 2 cores: unit + contract with
+# -n 2 took 279 s at the default threads, 116 s at one, 185 s serially). Set before anything imports torch; the
+# service processes the integration tests start inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 from driftline.stream.broker import LocalKafkaBroker, bootstrap_from_env
 

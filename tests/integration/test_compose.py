@@ -21,7 +21,9 @@ import yaml
 from tests.helpers import wait_for
 from tests.integration.test_container import ENV, ROOT, _podman
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# one worker builds every image (make test runs pytest-xdist with --dist loadgroup): podman builds of the same base
+# image at once would wait on each other's storage locks
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("podman")]
 
 PROJECT = "driftline-compose-test"
 

@@ -23,7 +23,9 @@ import pytest
 from driftline.stream.sources import from_generator
 from tests.helpers import free_port, produce_events, read_topic, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# one worker builds every image (make test runs pytest-xdist with --dist loadgroup): podman builds of the same base
+# image at once would wait on each other's storage locks
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("podman")]
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "CONTAINERS_CONF": str(ROOT / "deploy" / "podman" / "containers.conf")}
