@@ -125,6 +125,13 @@ class KafkaSettings(Frozen):
     # point, so its partitions move to the others at once; false: they wait for its return, up to
     # session_timeout_ms (no rebalance if it comes back in time, but nothing of its partitions is served meanwhile).
     leave_group_on_stop: bool = True
+    # The consumer group protocol. consumer (KIP-848, Kafka >= 4.0, librdkafka only): the broker assigns with its
+    # range assignor (sticky; an event's partition and its label's stay on one member) and a rebalance stops only
+    # the partitions that move. classic: the eager range protocol, every partition of every member stops in a
+    # rebalance (the only one kafka-python speaks). auto: consumer on librdkafka when the broker offers it
+    # (ConsumerGroupHeartbeat in its API versions) for dynamic members without exactly_once, else classic (see
+    # the README's Deploy section for what the consumer protocol does to static members and transactions).
+    group_protocol: Literal["auto", "classic", "consumer"] = "auto"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     # consumer
     max_poll_records: int = Field(1000, ge=1, le=100_000)
@@ -132,7 +139,14 @@ class KafkaSettings(Frozen):
     fetch_min_bytes: int = Field(1, ge=1)
     fetch_max_wait_ms: int = Field(100, ge=0)
     max_partition_fetch_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # How long the group waits for a member that stopped heartbeating, and how often members heartbeat. On the
+    # consumer protocol both are the group's, kept by the broker (group.consumer.session.timeout.ms and
+    # heartbeat.interval.ms, 45 s and 5 s by default): a value set here is written to the group's config when the
+    # service starts (ALTER_CONFIGS on the group; within the broker's group.consumer.min/max.* bounds), one left
+    # unset leaves the group's as it is. A partition moves in about two heartbeats on that protocol.
+    # The shipped example lists session_timeout_ms: 45000, which is the broker's default.
     session_timeout_ms: int = Field(45_000, ge=1000)
+    heartbeat_interval_ms: int | None = Field(None, ge=100)  # None: the client's (3 s) or the group's
     max_poll_interval_ms: int = Field(300_000, ge=1000)
     # producer
     acks: Literal["all", "1", "0"] = "all"
@@ -185,7 +199,31 @@ class KafkaSettings(Frozen):
         if self.max_poll_interval_ms < self.session_timeout_ms:
             raise ValueError(f"max_poll_interval_ms ({self.max_poll_interval_ms}) must be at least session_timeout_ms "
                              f"({self.session_timeout_ms})")
+        if self.heartbeat_interval_ms is not None and self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below session_timeout_ms "
+                             f"({self.session_timeout_ms})")
         return self
+
+    @model_validator(mode="after")
+    def _group_protocol(self) -> KafkaSettings:
+        if self.group_protocol == "consumer" and self.backend != "confluent":
+            raise ValueError("group_protocol consumer (KIP-848) needs kafka.client confluent: kafka-python speaks only "
+                             "the classic protocol")
+        if self.group_protocol == "consumer" and self.exactly_once:
+            raise ValueError("group_protocol consumer with exactly_once: a transaction's offsets are refused "
+                             "(ILLEGAL_GENERATION) whenever a rebalance moves the member's epoch, even for partitions "
+                             "it keeps, and a failed transaction stops the service (measured on Kafka 4.2 with "
+                             "librdkafka 2.16); use group_protocol classic (auto does)")
+        return self
+
+    @property
+    def group_timeouts(self) -> dict[str, int]:
+        """The group timeouts this configuration sets itself (the consumer protocol's group configs), by the
+        group config's name; those left unset are the broker's."""
+        chosen = self.model_fields_set
+        return {**({"consumer.session.timeout.ms": self.session_timeout_ms} if "session_timeout_ms" in chosen else {}),
+                **({"consumer.heartbeat.interval.ms": self.heartbeat_interval_ms}
+                   if self.heartbeat_interval_ms is not None else {})}
 
     @model_validator(mode="after")
     def _security(self) -> KafkaSettings:

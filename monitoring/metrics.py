@@ -153,6 +153,11 @@ class ServiceMetrics:
             "came from.", ["state"], registry=registry)
         for source in ("checkpoint", "changelog", "none"):
             self.partition_assignments.labels(source)
+        # partitions (input and labels topics) taken from this member in rebalances: on the classic group protocol
+        # every rebalance takes all of them, on the consumer protocol (KIP-848) only those that move
+        self.partitions_revoked = Counter(
+            "driftline_partitions_revoked", "Partitions (input and labels topics) revoked from this member in "
+            "rebalances.", registry=registry)
         self.replayed = Counter(
             "driftline_replayed_events", "Events learned again without outputs after a restart or a move "
             "(kafka.exactly_once: their outputs were committed by a transaction after the state was saved).",

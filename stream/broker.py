@@ -228,6 +228,11 @@ class LocalKafkaBroker:
             "share.coordinator.state.topic.replication.factor=1",
             "share.coordinator.state.topic.min.isr=1",
             "group.initial.rebalance.delay.ms=0",
+            # groups on the consumer protocol (KIP-848) keep their timeouts on the broker; a member may set its
+            # group's (kafka.session_timeout_ms, heartbeat_interval_ms) down to these bounds, as low as the
+            # classic protocol allows (Kafka's own minimums are 45 s and 5 s); the defaults stay Kafka's
+            "group.consumer.min.session.timeout.ms=1000",
+            "group.consumer.min.heartbeat.interval.ms=500",
             "auto.create.topics.enable=true",
             "log.retention.hours=24",
             "",

@@ -338,6 +338,8 @@ class Checkpointer:
                 if snaps or local is not None:
                     log.warning("partition %d: no saved state reflects the group's committed offsets (%s); it "
                                 "starts there without pending label joins or dedup ids", p, where or "none")
+                else:
+                    log.info("partition %d resumes with no saved state (%s)", p, where or "nothing committed")
         for tp, c in committed.items():  # what a save point commits for it until records move it on
             if c is None:
                 self.offsets.pop(tp, None)

@@ -512,6 +512,7 @@ class Service:
         """Partitions leave this member in a rebalance: saved and committed first. Not while the consumer closes
         (kafka-python revokes then): the shutdown save point stands, and after a fatal error nothing is saved."""
         if not self._closing:
+            self.metrics.partitions_revoked.inc(len(partitions))
             self.checkpointer.revoked(partitions)
 
     def _close(self, consumer: Consumer, writer: RecordWriter) -> None:

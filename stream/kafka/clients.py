@@ -75,6 +75,8 @@ def make_consumer(cfg: KafkaSettings, **overrides: Any) -> KafkaConsumer:
         max_poll_interval_ms=cfg.max_poll_interval_ms,
         request_timeout_ms=max(cfg.request_timeout_ms, cfg.session_timeout_ms + 5000),
     )
+    if cfg.heartbeat_interval_ms is not None:
+        params["heartbeat_interval_ms"] = cfg.heartbeat_interval_ms
     params.update(client_security(cfg))
     params.update(python_properties(cfg, KafkaConsumer.DEFAULT_CONFIG))
     params.update(overrides)

@@ -28,6 +28,7 @@ from driftline.stream.kafka.rdkafka import ACCESS_ERRORS, ClientErrors, properti
 from driftline.stream.kafka.seam import (
     CommitLostError,
     FencedInstanceError,
+    GroupProtocol,
     KafkaAccessError,
     KafkaClientError,
     Rebalance,
@@ -52,6 +53,14 @@ def _error(operation: str, err: KafkaError) -> KafkaClientError:
     if code == KafkaError.FENCED_INSTANCE_ID:
         return FencedInstanceError(operation, kind, f"another process joined the group with this kafka.instance_id "
                                                     f"({err.str()}); instance ids must be unique per process")
+    if code == KafkaError.UNRELEASED_INSTANCE_ID or (code == KafkaError._FATAL and "instance ID is still used" in
+                                                     err.str()):
+        return FencedInstanceError(operation, kind, f"the group still has a member with this kafka.instance_id "
+                                                    f"({err.str()}): another running process, or this instance's "
+                                                    "previous process if it crashed (on the consumer group protocol "
+                                                    "the broker frees the id only when that member's session expires; "
+                                                    "kafka.group_protocol classic lets a restarted member take it at "
+                                                    "once); instance ids must be unique per process")
     if code in ACCESS_ERRORS:
         return KafkaAccessError(operation, kind, err.str())
     if code in _LOST:
@@ -98,19 +107,59 @@ def _records(msgs: list[Message]) -> list[InboundRecord]:
     return out
 
 
+def group_properties(cfg: KafkaSettings, protocol: GroupProtocol) -> dict[str, Any]:
+    """librdkafka's group settings for ``protocol``. Either way an event's partition and its label's stay on one
+    member (the label join needs it): the classic range assignor, or the broker's range assignor (sticky, and
+    co-partitioning) on the consumer protocol, whose timeouts are the group's, on the broker."""
+    if protocol == "consumer":
+        return {"group.protocol": "consumer", "group.remote.assignor": "range"}
+    return {"group.protocol": "classic", "partition.assignment.strategy": "range",
+            "session.timeout.ms": cfg.session_timeout_ms,
+            **({"heartbeat.interval.ms": cfg.heartbeat_interval_ms} if cfg.heartbeat_interval_ms else {})}
+
+
+def set_group_timeouts(cfg: KafkaSettings) -> None:
+    """Write the timeouts the configuration sets to the group's config (the consumer protocol keeps them on the
+    broker). ConfigError when the broker refuses a value (outside its group.consumer.min/max bounds), the access
+    error when the group's ALTER_CONFIGS is not granted."""
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]  # public names, re-exported implicitly
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        ResourceType,
+    )
+
+    entries = [ConfigEntry(name, str(value), incremental_operation=AlterConfigOpType.SET)
+               for name, value in sorted(cfg.group_timeouts.items())]
+    admin = _client(AdminClient, properties(cfg, "admin"))
+    resource = ConfigResource(ResourceType.GROUP, cfg.group_id, incremental_configs=entries)
+    try:
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result(timeout=cfg.request_timeout_ms / 1000)
+    except KafkaException as exc:
+        err: KafkaError = exc.args[0]
+        if err.code() == KafkaError.INVALID_CONFIG:
+            values = ", ".join(f"{k}={v}" for k, v in sorted(cfg.group_timeouts.items()))
+            raise ConfigError(f"kafka: the broker refused the group's {values} (kafka.session_timeout_ms / "
+                              f"heartbeat_interval_ms on the consumer group protocol): {err.str()}") from None
+        raise _error("alter_group_configs", err) from exc
+    log.info("kafka: group %r configured: %s", cfg.group_id,
+             ", ".join(f"{k}={v}" for k, v in sorted(cfg.group_timeouts.items())))
+
+
 class ConfluentConsumer:
-    def __init__(self, cfg: KafkaSettings) -> None:
+    def __init__(self, cfg: KafkaSettings, protocol: GroupProtocol = "classic") -> None:
         self.cfg = cfg
+        self.protocol = protocol
         self._errors = ClientErrors()
         self._c = _client(Consumer, {
             **properties(cfg, "consumer", self._errors), "group.id": cfg.group_id, "enable.auto.commit": False,
             "enable.auto.offset.store": False, "auto.offset.reset": cfg.auto_offset_reset,
-            "session.timeout.ms": cfg.session_timeout_ms, "max.poll.interval.ms": cfg.max_poll_interval_ms,
+            "max.poll.interval.ms": cfg.max_poll_interval_ms,
             "fetch.min.bytes": cfg.fetch_min_bytes, "fetch.wait.max.ms": cfg.fetch_max_wait_ms,
-            "max.partition.fetch.bytes": cfg.max_partition_fetch_bytes,
-            # an event's partition and its label's stay on one member (the label join needs it)
-            "partition.assignment.strategy": "range", "on_commit": self._committed,
-            **({"group.instance.id": cfg.instance_id} if cfg.instance_id else {}),
+            "max.partition.fetch.bytes": cfg.max_partition_fetch_bytes, **group_properties(cfg, protocol),
+            "on_commit": self._committed, **({"group.instance.id": cfg.instance_id} if cfg.instance_id else {}),
         })
         self._positions: dict[TopicPartition, int] = {}
         self._commit_failed: KafkaError | None = None
@@ -119,6 +168,11 @@ class ConfluentConsumer:
 
     def subscribe(self, topics: Sequence[str], *, on_assign: Rebalance, on_revoke: Rebalance,
                   on_lost: Rebalance | None = None) -> None:
+        """On the classic protocol a rebalance takes every partition away and hands out the whole new assignment;
+        on the consumer protocol the callbacks get only the partitions that come or go (the others keep
+        flowing), so they are added and removed incrementally."""
+        incremental = self.protocol == "consumer"
+
         def assigned(consumer: Any, parts: list[CTopicPartition]) -> None:
             self._seeks = {}
             try:
@@ -126,9 +180,12 @@ class ConfluentConsumer:
                 seeks = self._seeks
             finally:
                 self._seeks = None
-            consumer.assign([CTopicPartition(p.topic, p.partition,
-                                             seeks.get(TopicPartition(p.topic, p.partition), OFFSET_INVALID))
-                             for p in parts])
+            start = [CTopicPartition(p.topic, p.partition,
+                                     seeks.get(TopicPartition(p.topic, p.partition), OFFSET_INVALID)) for p in parts]
+            if incremental:
+                consumer.incremental_assign(start)
+            else:
+                consumer.assign(start)
 
         def gone(handler: Rebalance) -> Callable[[Any, list[CTopicPartition]], None]:
             def handle(consumer: Any, parts: list[CTopicPartition]) -> None:
@@ -139,7 +196,10 @@ class ConfluentConsumer:
                     for tp in tps:
                         self._positions.pop(tp, None)
                         self._paused.discard(tp)
-                    consumer.unassign()
+                    if incremental:
+                        consumer.incremental_unassign(parts)
+                    else:
+                        consumer.unassign()
             return handle
 
         self._c.subscribe(list(topics), on_assign=assigned, on_revoke=gone(on_revoke),
@@ -340,13 +400,49 @@ class ConfluentWriter:
         self._p.flush(timeout)
 
 
+# ConsumerGroupHeartbeat: a broker that lists it in its API versions runs the consumer group protocol (KIP-848)
+CONSUMER_GROUP_HEARTBEAT = 68
+
+
 class ConfluentBackend(KafkaAdmin):
     def __init__(self, cfg: KafkaSettings) -> None:
         properties(cfg, "check")  # unreadable secret files and refused client properties fail here, at start
         super().__init__(cfg)
 
+    def group_protocol(self) -> GroupProtocol:
+        """kafka.group_protocol; auto: the consumer protocol when the broker offers it, the member is dynamic and
+        outputs are not transactional (a rebalance that bumps the member's epoch fails a transaction's offsets).
+        A static member stays classic: on the consumer protocol a member restarted after a crash is refused its
+        instance id (UNRELEASED_INSTANCE_ID) until the broker expires the dead one's session, where the classic
+        protocol hands it back its partitions at once (measured on Kafka 4.2 with librdkafka 2.16)."""
+        chosen = self.cfg.group_protocol
+        if chosen != "auto":
+            return chosen
+        if self.cfg.instance_id:
+            log.info("kafka: classic group protocol (kafka.instance_id is set: a restarted static member takes its "
+                     "partitions back at once)")
+            return "classic"
+        if self.cfg.exactly_once:
+            log.info("kafka: classic group protocol (kafka.exactly_once: on the consumer protocol a rebalance can "
+                     "fail a transaction's offsets with ILLEGAL_GENERATION)")
+            return "classic"
+        if self.broker_apis is None:
+            self.check_connection()
+        if self.broker_apis is None:
+            log.warning("kafka: classic group protocol (the broker did not answer at start; kafka.group_protocol "
+                        "consumer chooses the new one regardless)")
+            return "classic"
+        if CONSUMER_GROUP_HEARTBEAT not in self.broker_apis:
+            log.info("kafka: classic group protocol (the broker does not offer the consumer protocol, KIP-848)")
+            return "classic"
+        log.info("kafka: consumer group protocol (KIP-848): a rebalance stops only the partitions that move")
+        return "consumer"
+
     def consumer(self) -> ConfluentConsumer:
-        return ConfluentConsumer(self.cfg)
+        protocol = self.group_protocol()
+        if protocol == "consumer" and self.cfg.group_timeouts:
+            set_group_timeouts(self.cfg)
+        return ConfluentConsumer(self.cfg, protocol)
 
     def writer(self) -> ConfluentWriter:
         return ConfluentWriter(self.cfg)

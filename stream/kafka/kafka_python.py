@@ -24,7 +24,7 @@ from kafka.errors import (
 from driftline.errors import ConfigError
 from driftline.settings import KafkaSettings
 from driftline.stream.kafka.clients import ensure_topics, leave_group, make_consumer, topic_partitions
-from driftline.stream.kafka.preflight import check_connection
+from driftline.stream.kafka.preflight import broker_apis
 from driftline.stream.kafka.seam import (
     CommitLostError,
     FencedInstanceError,
@@ -168,9 +168,11 @@ class KafkaAdmin:
 
     def __init__(self, cfg: KafkaSettings) -> None:
         self.cfg = cfg
+        self.broker_apis: dict[int, tuple[int, int]] | None = None  # from the preflight: API key -> versions
 
     def check_connection(self) -> bool:
-        return check_connection(self.cfg)
+        self.broker_apis = broker_apis(self.cfg)
+        return self.broker_apis is not None
 
     def ensure_topics(self, topics: Collection[str], partitions: int = 1,
                       configs: Mapping[str, str] | None = None) -> None:

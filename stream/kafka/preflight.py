@@ -137,7 +137,8 @@ def _authenticate(wire: _Wire, server: str, host: str, cfg: KafkaSettings, secur
         raise KafkaSecurityError(f"kafka: {mechanism_name} authentication of {who} with {server} did not complete")
 
 
-def _probe(sock: socket.socket, server: str, host: str, cfg: KafkaSettings, security: dict[str, Any]) -> None:
+def _probe(sock: socket.socket, server: str, host: str, cfg: KafkaSettings,
+           security: dict[str, Any]) -> dict[int, tuple[int, int]]:
     proto = cfg.security_protocol
     conn = sock
     if "ssl_context" in security:
@@ -152,6 +153,7 @@ def _probe(sock: socket.socket, server: str, host: str, cfg: KafkaSettings, secu
             _authenticate(wire, server, host, cfg, security)
         # an unauthenticated request: a SASL listener closes the connection here
         wire.call(MetadataRequest, MetadataResponse, wire.version(MetadataRequest), topics=[])
+        return wire.versions
     except ssl.SSLError as exc:
         raise _tls_failure(exc, server, cfg) from None
     except (_Closed, ConnectionResetError, BrokenPipeError) as exc:
@@ -171,6 +173,12 @@ def check_connection(cfg: KafkaSettings, timeout_s: float = 10.0) -> bool:
     retry). Raises `KafkaSecurityError` when a broker refused the TLS or SASL, and ConfigError for a
     missing or unreadable CA, certificate, key or secret file.
     """
+    return broker_apis(cfg, timeout_s) is not None
+
+
+def broker_apis(cfg: KafkaSettings, timeout_s: float = 10.0) -> dict[int, tuple[int, int]] | None:
+    """`check_connection`, returning the API versions (key -> (min, max)) of the first broker that accepted the
+    connection, or None when none was reachable."""
     security = client_security(cfg)
     warn_if_cleartext(cfg)
     unreachable = []
@@ -182,11 +190,11 @@ def check_connection(cfg: KafkaSettings, timeout_s: float = 10.0) -> bool:
             unreachable.append(f"{server}: {exc.strerror or exc}")
             continue
         try:
-            _probe(sock, server, host, cfg, security)
+            versions = _probe(sock, server, host, cfg, security)
         except TimeoutError:
             unreachable.append(f"{server}: no answer within {timeout_s:.0f}s")
             continue
         log.info("kafka: %s accepted a %s connection", server, cfg.security_protocol)
-        return True
+        return versions
     log.warning("kafka: no bootstrap server answered yet (%s); the clients keep retrying", "; ".join(unreachable))
-    return False
+    return None

@@ -22,13 +22,13 @@ _COMMITS = "the service commits offsets itself, after a batch's outputs are ackn
 _ASSIGNMENT = "the service chooses it: range assignment keeps an event's partition and its label's on one member"
 _CALLBACKS = "the service installs its own callbacks"
 _EXACTLY_ONCE = "the service owns transactions and idempotence (kafka.acks: all turns idempotence on)"
-_GROUP = "the service owns the group protocol and membership"
 
 # librdkafka names (and their aliases) -> what to use instead
 RDKAFKA_OWNED: dict[str, str] = {
     "bootstrap.servers": "kafka.bootstrap_servers", "metadata.broker.list": "kafka.bootstrap_servers",
     "client.id": "kafka.client_id", "group.id": "kafka.group_id",
-    "group.instance.id": "kafka.instance_id", "group.protocol": _GROUP, "group.remote.assignor": _GROUP,
+    "group.instance.id": "kafka.instance_id", "group.protocol": "kafka.group_protocol",
+    "group.remote.assignor": _ASSIGNMENT, "heartbeat.interval.ms": "kafka.heartbeat_interval_ms",
     "enable.auto.commit": _COMMITS, "auto.commit.enable": _COMMITS, "auto.commit.interval.ms": _COMMITS,
     "enable.auto.offset.store": _COMMITS, "offset.store.method": _COMMITS, "enable.partition.eof": _COMMITS,
     "partition.assignment.strategy": _ASSIGNMENT,
@@ -61,7 +61,8 @@ PYTHON_OWNED: dict[str, str] = {
     "isolation_level": _EXACTLY_ONCE, "transactional_id": _EXACTLY_ONCE, "enable_idempotence": _EXACTLY_ONCE,
     "acks": "kafka.acks", "auto_offset_reset": "kafka.auto_offset_reset",
     "session_timeout_ms": "kafka.session_timeout_ms", "max_poll_interval_ms": "kafka.max_poll_interval_ms",
-    "max_poll_records": "kafka.max_poll_records", "fetch_min_bytes": "kafka.fetch_min_bytes",
+    "heartbeat_interval_ms": "kafka.heartbeat_interval_ms", "max_poll_records": "kafka.max_poll_records",
+    "fetch_min_bytes": "kafka.fetch_min_bytes",
     "fetch_max_wait_ms": "kafka.fetch_max_wait_ms", "max_partition_fetch_bytes": "kafka.max_partition_fetch_bytes",
     "linger_ms": "kafka.linger_ms", "batch_size": "kafka.batch_size", "compression_type": "kafka.compression_type",
     "request_timeout_ms": "kafka.request_timeout_ms", "security_protocol": "kafka.security_protocol",

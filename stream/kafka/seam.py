@@ -6,11 +6,15 @@ implement them; nothing outside `driftline.stream.kafka` imports a Kafka client.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import ClassVar, NamedTuple, Protocol
+from typing import ClassVar, Literal, NamedTuple, Protocol
 
 from driftline.errors import DriftlineError
 from driftline.stream.kafka.writer import RecordWriter
 from driftline.stream.records import InboundRecord
+
+# How a group shares out partitions: "classic" (eager: a rebalance stops every partition of every member) or
+# "consumer" (KIP-848: the broker assigns, and a rebalance stops only the partitions that move).
+GroupProtocol = Literal["classic", "consumer"]
 
 
 class TopicPartition(NamedTuple):

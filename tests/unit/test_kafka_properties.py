@@ -42,7 +42,7 @@ def test_auto_is_the_librdkafka_backend() -> None:
     ("confluent", "linger.ms", "use kafka.linger_ms"),
     ("confluent", "queue.buffering.max.ms", "use kafka.linger_ms"),
     ("confluent", "transactional.id", "the service owns transactions"),
-    ("confluent", "group.protocol", "the service owns the group protocol"),
+    ("confluent", "group.protocol", "kafka.group_protocol"),
     ("kafka-python", "enable_auto_commit", "the service commits offsets itself"),
     ("kafka-python", "enable.auto.commit", "the service commits offsets itself"),  # dotted names too
     ("kafka-python", "sasl_plain_password", "use kafka.sasl"),
