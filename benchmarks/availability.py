@@ -14,7 +14,12 @@ The wait of an event is its prediction record's Kafka timestamp minus the time i
 process start (spawn to serving: imports, connection, restore), the median of the starts in the run. Prints a
 table, then one JSON line: max_gap_s_kill_restart, max_gap_s_rolling, max_gap_s_join, start_s.
 
+`--membership dynamic` runs members without instance ids (kafka.group_protocol auto then picks the consumer
+protocol, KIP-848, on a Kafka 4 broker; `--group-protocol` forces one), for the rolling and join scenarios
+(a dynamic member killed is replaced only after its session expires).
+
     python benchmarks/availability.py --rate 2000
+    python benchmarks/availability.py --membership dynamic
 """
 
 from __future__ import annotations
@@ -92,7 +97,8 @@ def _waits(bootstrap: str, topic: str, sent: dict[str, float]) -> list[float]:
 
 
 def scenario(bootstrap: str, workdir: Path, rate: float, name: str,
-             change: Callable[[dict[str, Member], Callable[[str], Member]], None]) -> dict[str, Any]:
+             change: Callable[[dict[str, Member], Callable[[str], Member]], None], static: bool = True,
+             group_protocol: str = "auto") -> dict[str, Any]:
     prefix = f"avail-{name}-{uuid.uuid4().hex[:6]}"
     topic = f"{prefix}-in"
     ensure_topics(KafkaSettings(bootstrap_servers=bootstrap), [topic], partitions=PARTITIONS)
@@ -100,7 +106,8 @@ def scenario(bootstrap: str, workdir: Path, rate: float, name: str,
 
     def member(instance: str) -> Member:
         cfg = {"kafka": {"bootstrap_servers": bootstrap, "group_id": f"{prefix}-group", "client_id": prefix,
-                         "instance_id": instance, "session_timeout_ms": 30_000, "max_poll_records": 500},
+                         "session_timeout_ms": 30_000, "max_poll_records": 500, "group_protocol": group_protocol,
+                         **({"instance_id": instance} if static else {})},
                "topics": {"input": topic, "predictions": f"{prefix}-pred", "dead_letter": f"{prefix}-dlq"},
                "model": {"name": "LogisticRegression", "classes": [False, True]},
                "checkpoint": {"directory": str(workdir / prefix / instance), "every_events": 5000,
@@ -158,13 +165,17 @@ def join(members: dict[str, Member], start: Callable[[str], Member]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=2_000.0)
+    ap.add_argument("--membership", choices=["static", "dynamic"], default="static")
+    ap.add_argument("--group-protocol", choices=["auto", "classic", "consumer"], default="auto")
     args = ap.parse_args()
+    static = args.membership == "static"
     print(f"# {platform.node()} {os.cpu_count()} CPUs, {args.rate:.0f} events/s, {PARTITIONS} partitions, "
-          "static members, session timeout 30 s")
+          f"{args.membership} members, group protocol {args.group_protocol}, session timeout 30 s")
     results = {}
+    changes = (("kill_restart", kill_restart), ("rolling", rolling), ("join", join))
     with kafka_cluster() as bootstrap, tempfile.TemporaryDirectory(prefix="driftline-availability-") as tmp:
-        for name, change in (("kill_restart", kill_restart), ("rolling", rolling), ("join", join)):
-            results[name] = scenario(bootstrap, Path(tmp), args.rate, name, change)
+        for name, change in changes if static else changes[1:]:
+            results[name] = scenario(bootstrap, Path(tmp), args.rate, name, change, static, args.group_protocol)
             r = results[name]
             print(f"{name}: longest wait {r['max_gap_s']:.2f} s (before the change: p99 "
                   f"{r['steady_p99_s'] * 1000:.0f} ms, max {r['steady_max_s'] * 1000:.0f} ms; "
@@ -172,9 +183,7 @@ def main() -> None:
                   f"consumed by the members at the end: {r['consumed']})",
                   flush=True)
     starts = [s for r in results.values() for s in r["starts_s"]]
-    print(json.dumps({"max_gap_s_kill_restart": round(results["kill_restart"]["max_gap_s"], 2),
-                      "max_gap_s_rolling": round(results["rolling"]["max_gap_s"], 2),
-                      "max_gap_s_join": round(results["join"]["max_gap_s"], 2),
+    print(json.dumps({**{f"max_gap_s_{name}": round(r["max_gap_s"], 2) for name, r in results.items()},
                       "start_s": round(statistics.median(starts), 2)}))
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from driftline.core import Event, LabelRecord
+from driftline.learners.checkpoint import CheckpointError
 from driftline.stream.dedup import UNATTRIBUTED, DedupWindow
 from driftline.stream.records import InboundRecord
 
@@ -177,6 +178,9 @@ class LabelJoin:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         pending = state["pending"]
         fmt = state.get("format", 1)
+        if fmt > 3:  # written by a newer driftline (a rolling upgrade rolled back)
+            raise CheckpointError(f"the label join's state is format {fmt}; this driftline reads formats 1-3: "
+                                  "run the version that wrote it, or start this one without that checkpoint")
         if fmt < 2:  # before 0.3: entries did not know their partition
             pending = [PendingPrediction(p.event, p.prediction, p.timestamp_ms, p.predicted_at_ms) for p in pending]
         elif fmt < 3:  # before challengers: no shadow predictions (unpickled entries lack the field)

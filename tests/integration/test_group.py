@@ -291,6 +291,7 @@ def test_a_static_member_killed_and_restarted_reclaims_its_partitions_without_a_
                  "both members to hold two partitions each")
         time.sleep(3)  # A's own on_assign of that rebalance has run by now
         before = {s: a.metric(assigned % s) for s in ("checkpoint", "changelog", "none")}
+        revoked_before = a.metric("driftline_partitions_revoked_total")
         producer.start()
         wait_for(lambda: b.metric('driftline_events_total{outcome="consumed"}') >= 1_000, 60, "B to consume 1,000")
         b.kill()
@@ -305,6 +306,7 @@ def test_a_static_member_killed_and_restarted_reclaims_its_partitions_without_a_
         wait_for(lambda: all(committed_offsets(kafka_bootstrap, group, t) == e for t, e in ends.items()), 120,
                  "the group to consume and commit everything")
         after = {s: a.metric(assigned % s) for s in ("checkpoint", "changelog", "none")}
+        revoked_after = a.metric("driftline_partitions_revoked_total")
     finally:
         if producer.ident is not None:
             producer.join(180)
@@ -312,6 +314,7 @@ def test_a_static_member_killed_and_restarted_reclaims_its_partitions_without_a_
         assert a.terminate() == 0, a.log()
     print(f"static member back {back_after:.1f} s after its SIGKILL (session timeout 30 s)")
     assert after == before, "A was given partitions again: the restart rebalanced the group"
+    assert revoked_after == revoked_before, "A's partitions were revoked: the restart rebalanced the group"
     _learned_by_the_group(tmp_path, truth)
 
 

@@ -6,8 +6,10 @@ import json
 import pickle
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
+from driftline.learners.checkpoint import CheckpointError
 from driftline.learners.factory import build_learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import ModelSettings
@@ -123,6 +125,19 @@ def test_pending_joins_are_part_of_the_state() -> None:
     h2.proc.load_state_dict(state)
     res = h2.proc.process([h2.label("a", 1, 5), h2.event("early", 3.0, 6)])
     assert res.learned == 2 and h2.proc.require(Ledger).learned == 2
+
+
+def test_a_newer_state_format_is_refused_with_what_to_do_and_the_current_one_reads() -> None:
+    h = Harness()
+    h.proc.process([h.event("a", 1.0, 0)])
+    join = h.proc.require(LabelStage).join
+    state = join.state_dict()
+    assert state["format"] == 3
+    with pytest.raises(CheckpointError, match="format 4; this driftline reads formats 1-3"):
+        Harness().proc.require(LabelStage).join.load_state_dict({**state, "format": 4})
+    other = Harness().proc.require(LabelStage).join
+    other.load_state_dict(pickle.loads(pickle.dumps(state)))
+    assert list(other.pending) == ["a"]
 
 
 def test_bad_label_records_are_dead_lettered_with_their_reason() -> None:
