@@ -98,7 +98,7 @@ def _waits(bootstrap: str, topic: str, sent: dict[str, float]) -> list[float]:
 
 def scenario(bootstrap: str, workdir: Path, rate: float, name: str,
              change: Callable[[dict[str, Member], Callable[[str], Member]], None], static: bool = True,
-             group_protocol: str = "auto") -> dict[str, Any]:
+             group_protocol: str = "auto", heartbeat_ms: int | None = None) -> dict[str, Any]:
     prefix = f"avail-{name}-{uuid.uuid4().hex[:6]}"
     topic = f"{prefix}-in"
     ensure_topics(KafkaSettings(bootstrap_servers=bootstrap), [topic], partitions=PARTITIONS)
@@ -107,7 +107,8 @@ def scenario(bootstrap: str, workdir: Path, rate: float, name: str,
     def member(instance: str) -> Member:
         cfg = {"kafka": {"bootstrap_servers": bootstrap, "group_id": f"{prefix}-group", "client_id": prefix,
                          "session_timeout_ms": 30_000, "max_poll_records": 500, "group_protocol": group_protocol,
-                         **({"instance_id": instance} if static else {})},
+                         **({"instance_id": instance} if static else {}),
+                         **({"heartbeat_interval_ms": heartbeat_ms} if heartbeat_ms else {})},
                "topics": {"input": topic, "predictions": f"{prefix}-pred", "dead_letter": f"{prefix}-dlq"},
                "model": {"name": "LogisticRegression", "classes": [False, True]},
                "checkpoint": {"directory": str(workdir / prefix / instance), "every_events": 5000,
@@ -167,15 +168,19 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2_000.0)
     ap.add_argument("--membership", choices=["static", "dynamic"], default="static")
     ap.add_argument("--group-protocol", choices=["auto", "classic", "consumer"], default="auto")
+    ap.add_argument("--heartbeat-ms", type=int, default=None,
+                    help="kafka.heartbeat_interval_ms (on the consumer protocol: the group's; default: the broker's)")
     args = ap.parse_args()
     static = args.membership == "static"
     print(f"# {platform.node()} {os.cpu_count()} CPUs, {args.rate:.0f} events/s, {PARTITIONS} partitions, "
-          f"{args.membership} members, group protocol {args.group_protocol}, session timeout 30 s")
+          f"{args.membership} members, group protocol {args.group_protocol}, session timeout 30 s, heartbeat "
+          f"{args.heartbeat_ms or 'default'} ms")
     results = {}
     changes = (("kill_restart", kill_restart), ("rolling", rolling), ("join", join))
     with kafka_cluster() as bootstrap, tempfile.TemporaryDirectory(prefix="driftline-availability-") as tmp:
         for name, change in changes if static else changes[1:]:
-            results[name] = scenario(bootstrap, Path(tmp), args.rate, name, change, static, args.group_protocol)
+            results[name] = scenario(bootstrap, Path(tmp), args.rate, name, change, static, args.group_protocol,
+                                     args.heartbeat_ms)
             r = results[name]
             print(f"{name}: longest wait {r['max_gap_s']:.2f} s (before the change: p99 "
                   f"{r['steady_p99_s'] * 1000:.0f} ms, max {r['steady_max_s'] * 1000:.0f} ms; "
