@@ -62,7 +62,10 @@ def test_replay_a_topic_range_with_delayed_labels_and_render_the_report(kafka_bo
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Debian's chromium is needed (scripts/system-deps.sh installs it)"
     shot = tmp_path / "shot.png"
+    # --virtual-time-budget: the screenshot waits until the page settled (images decoded and painted); without
+    # it a loaded CI machine once got a shot of the page before its plots were painted
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--virtual-time-budget=5000", "--run-all-compositor-stages-before-draw",
                     f"--screenshot={shot}", "--window-size=1000,1600", (report / "index.html").as_uri()],
                    check=True, capture_output=True, timeout=120)
     pixels = image.imread(str(shot))[..., :3]
