@@ -115,7 +115,7 @@ def group_properties(cfg: KafkaSettings, protocol: GroupProtocol) -> dict[str, A
         return {"group.protocol": "consumer", "group.remote.assignor": "range"}
     return {"group.protocol": "classic", "partition.assignment.strategy": "range",
             "session.timeout.ms": cfg.session_timeout_ms,
-            **({"heartbeat.interval.ms": cfg.heartbeat_interval_ms} if cfg.heartbeat_interval_ms else {})}
+            **({"heartbeat.interval.ms": cfg.heartbeat_interval_ms} if cfg.heartbeat_interval_ms is not None else {})}
 
 
 def set_group_timeouts(cfg: KafkaSettings) -> None:
@@ -130,8 +130,9 @@ def set_group_timeouts(cfg: KafkaSettings) -> None:
         ResourceType,
     )
 
-    entries = [ConfigEntry(name, str(value), incremental_operation=AlterConfigOpType.SET)
-               for name, value in sorted(cfg.group_timeouts.items())]
+    timeouts = sorted(cfg.group_timeouts.items())
+    values = ", ".join(f"{k}={v}" for k, v in timeouts)
+    entries = [ConfigEntry(name, str(value), incremental_operation=AlterConfigOpType.SET) for name, value in timeouts]
     admin = _client(AdminClient, properties(cfg, "admin"))
     resource = ConfigResource(ResourceType.GROUP, cfg.group_id, incremental_configs=entries)
     try:
@@ -140,12 +141,10 @@ def set_group_timeouts(cfg: KafkaSettings) -> None:
     except KafkaException as exc:
         err: KafkaError = exc.args[0]
         if err.code() == KafkaError.INVALID_CONFIG:
-            values = ", ".join(f"{k}={v}" for k, v in sorted(cfg.group_timeouts.items()))
             raise ConfigError(f"kafka: the broker refused the group's {values} (kafka.session_timeout_ms / "
                               f"heartbeat_interval_ms on the consumer group protocol): {err.str()}") from None
         raise _error("alter_group_configs", err) from exc
-    log.info("kafka: group %r configured: %s", cfg.group_id,
-             ", ".join(f"{k}={v}" for k, v in sorted(cfg.group_timeouts.items())))
+    log.info("kafka: group %r configured: %s", cfg.group_id, values)
 
 
 class ConfluentConsumer:
@@ -426,7 +425,7 @@ class ConfluentBackend(KafkaAdmin):
             log.info("kafka: classic group protocol (kafka.exactly_once: on the consumer protocol a rebalance can "
                      "fail a transaction's offsets with ILLEGAL_GENERATION)")
             return "classic"
-        if self.broker_apis is None:
+        if not self.checked:  # the run loop's preflight has normally asked already
             self.check_connection()
         if self.broker_apis is None:
             log.warning("kafka: classic group protocol (the broker did not answer at start; kafka.group_protocol "

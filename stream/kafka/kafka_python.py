@@ -169,9 +169,11 @@ class KafkaAdmin:
     def __init__(self, cfg: KafkaSettings) -> None:
         self.cfg = cfg
         self.broker_apis: dict[int, tuple[int, int]] | None = None  # from the preflight: API key -> versions
+        self.checked = False  # whether the preflight ran (broker_apis stays None when no broker answered)
 
     def check_connection(self) -> bool:
         self.broker_apis = broker_apis(self.cfg)
+        self.checked = True
         return self.broker_apis is not None
 
     def ensure_topics(self, topics: Collection[str], partitions: int = 1,

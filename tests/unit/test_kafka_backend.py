@@ -53,7 +53,7 @@ CLASSIC_API = {18: (0, 3), 11: (0, 9)}  # a Kafka 3 broker: no ConsumerGroupHear
 def test_auto_takes_the_consumer_protocol_where_the_broker_offers_it_for_dynamic_members(
         settings: dict[str, Any], apis: dict[int, tuple[int, int]], expected: str) -> None:
     backend = ConfluentBackend(KafkaSettings(**settings))  # type: ignore[arg-type]
-    backend.broker_apis = apis
+    backend.broker_apis, backend.checked = apis, True  # what the run loop's preflight found
     assert backend.group_protocol() == expected
 
 
