@@ -37,6 +37,7 @@ from kafka import KafkaConsumer
 from prometheus_client import CollectorRegistry
 
 from driftline.learners.factory import build_learner
+from driftline.process import settle_heap
 from driftline.settings import KafkaSettings, MetricsSettings, ModelSettings, Settings, TopicSettings
 from driftline.stream.broker import kafka_cluster
 from driftline.stream.codec import decode_event
@@ -123,6 +124,7 @@ def inprocess(kafka: KafkaSettings, topic: str, n: int) -> float:
             events.extend(decode_event(r.value) for r in recs)
     consumer.close()
     learner = build_learner(MODEL)
+    settle_heap(Settings().gc_threshold)  # the collector as the service sets it (process-wide from here on)
     t0 = time.perf_counter()
     for e in events:
         learner.predict_one(e)
@@ -204,7 +206,8 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
     print(f"settings: max_poll_records={kafka.max_poll_records} fetch_max_wait_ms={kafka.fetch_max_wait_ms} "
           f"max_partition_fetch_bytes={kafka.max_partition_fetch_bytes} linger_ms={kafka.linger_ms} "
-          f"batch_size={kafka.batch_size} acks={kafka.acks} compression={kafka.compression_type}")
+          f"batch_size={kafka.batch_size} acks={kafka.acks} compression={kafka.compression_type} "
+          f"gc_threshold={Settings().gc_threshold}")
     print(f"{'measurement':<56}{'events/s':>12}  runs")
     print(f"{'producer (driftline produce, for reference)':<56}{produce_eps:>12,.0f}")
     print(f"{'(a) pass-through, kafka-python':<56}{pass_eps:>12,.0f}")

@@ -398,6 +398,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # the Kafka client's own loggers, librdkafka and kafka (DEBUG: connections, security, the group; redacted)
     kafka_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    # Python's garbage collector: allocations between young-generation collections (Python's default is 700,
+    # which makes the collector run every ~50 events here). Before the first poll the start-up heap (the
+    # model, the state restored) is frozen out of every later collection. 0: Python's defaults, nothing frozen.
+    gc_threshold: int = Field(10_000, ge=0, le=1_000_000)
 
     def _group_topic(self, configured: str | None, suffix: str) -> str:
         """``configured``, or the group's own topic ``driftline.<group id>.<suffix>`` (a valid topic name)."""

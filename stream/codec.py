@@ -104,12 +104,12 @@ def _decode(model: type[M], value: bytes | None, max_bytes: int, limits: InputLi
     if len(value) > max_bytes:
         raise DecodeError(PAYLOAD_TOO_LARGE, f"payload is {len(value)} bytes, over the limit of {max_bytes}")
     try:
-        item = model.model_validate_json(value)
+        item: M = model.__pydantic_validator__.validate_json(value)
     except ValidationError:
         return _decode_precisely(model, value, limits)
-    keys = len(item.model_fields_set)
-    if isinstance(item, Event):
-        keys += len(item.features) + (3 if item.tensor is not None else 0)
+    keys = len(item.__pydantic_fields_set__)
+    if model is Event:
+        keys += len(item.features) + (3 if item.tensor is not None else 0)  # type: ignore[attr-defined]
     if _key_count(value) != keys:
         return _decode_precisely(model, value, limits)  # names the duplicate key
     _check_bounds(item, limits)
@@ -117,17 +117,20 @@ def _decode(model: type[M], value: bytes | None, max_bytes: int, limits: InputLi
 
 
 _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
-_KEY = re.compile(rb'"(?:[^"\\]++|\\.)*+"[ \t\r\n]*+:')
-
-
-_ESCAPE_OR_SPACE = re.compile(rb'\\|"[ \t\r\n]')
 
 
 def _key_count(value: bytes) -> int:
-    """How many object keys the JSON text has (in JSON a string followed by a colon is always a key)."""
-    if _ESCAPE_OR_SPACE.search(value) is None:
-        return value.count(b'":')  # no escapes, no space after a quote: each '":' ends a key (fast path)
-    return len(_KEY.findall(value))
+    """How many object keys the JSON text has, or more, never fewer: the caller compares it with the keys the
+    parsed object has; a text with more keys than that repeats one, or has an escaped quote before a colon
+    inside a string, and is decoded precisely (which names the duplicate key, if there is one).
+
+    With JSON's whitespace removed every key ends in '":' (a quote inside a string is escaped, so an
+    unescaped quote before a colon closes a key); an escaped quote inside a string ('\\" :') can only add to
+    the count. ~0.3 us for a tabular event (a regex search was ~0.9 us)."""
+    return value.translate(None, _WHITESPACE).count(b'":')
+
+
+_WHITESPACE = b" \t\r\n"
 
 
 @functools.cache

@@ -30,6 +30,7 @@ from driftline.monitoring.http import MetricsServer
 from driftline.monitoring.http_security import http_security
 from driftline.monitoring.live import LiveSampler, LiveStatus
 from driftline.monitoring.metrics import ServiceMetrics
+from driftline.process import settle_heap
 from driftline.settings import Settings
 from driftline.stream.audit import AuditPublisher
 from driftline.stream.checkpointing import Checkpointer, Commit
@@ -237,6 +238,7 @@ class Service:
             # on_revoke runs inside poll(): the previous batch is already processed and flushed
             consumer.subscribe(inputs, on_assign=lambda tps: checkpointer.assigned(consumer, tps),
                                on_revoke=self._revoked, on_lost=self._lost)
+            settle_heap(s.gc_threshold)
             self._running = True
             self.metrics.up.set(1)
             log.info("consuming %s as group %r with model %s (%s)", " + ".join(inputs), s.kafka.group_id,

@@ -86,24 +86,30 @@ def _raise_refused(errors: ClientErrors) -> None:
         raise _error("poll", refused)
 
 
-def _bytes(v: str | bytes | None) -> bytes | None:
-    return v.encode("utf-8") if isinstance(v, str) else v
-
-
-def _records(msgs: list[Message]) -> list[InboundRecord]:
+def _records(msgs: list[Message], positions: dict[TopicPartition, int]) -> list[InboundRecord]:
+    """The messages as records (librdkafka's end-of-partition events skipped, errors raised); ``positions`` gets
+    each partition's next offset. Runs for every event: only the calls a record needs, and a partition's
+    position written once per run of its messages."""
     out: list[InboundRecord] = []
+    append = out.append
+    run_topic, run_partition, run_offset = None, -1, -1
     for m in msgs:
         err = m.error()
         if err is not None:
             if err.code() == KafkaError._PARTITION_EOF:
                 continue
             raise _error("poll", err)
-        topic, partition, offset = m.topic(), m.partition(), m.offset()
-        assert topic is not None and partition is not None and offset is not None
-        _, ts = m.timestamp()
+        topic, partition, offset = cast(str, m.topic()), cast(int, m.partition()), cast(int, m.offset())
+        if partition != run_partition or topic != run_topic:
+            if run_topic is not None:
+                positions[TopicPartition(run_topic, run_partition)] = run_offset + 1
+            run_topic, run_partition = topic, partition
+        run_offset = offset
         headers = cast(list[tuple[str, bytes | None]] | None, m.headers())  # a consumed message's: a list
-        out.append(InboundRecord(topic, partition, offset, ts, _bytes(m.key()), _bytes(m.value()),
-                                 tuple((k, _bytes(v) or b"") for k, v in headers) if headers else ()))
+        append(InboundRecord(topic, partition, offset, m.timestamp()[1], m.key(), m.value(),
+                             tuple((k, v or b"") for k, v in headers) if headers else ()))
+    if run_topic is not None:
+        positions[TopicPartition(run_topic, run_partition)] = run_offset + 1
     return out
 
 
@@ -219,11 +225,7 @@ class ConfluentConsumer:
             _raise_refused(self._errors)  # the reason librdkafka gave its error callback, when it is more precise
             raise _error("poll", exc.args[0]) from exc
         _raise_refused(self._errors)
-        out = _records(msgs)
-        positions = self._positions
-        for r in out:
-            positions[TopicPartition(r.topic, r.partition)] = r.offset + 1
-        return out
+        return _records(msgs, self._positions)
 
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition(p.topic, p.partition) for p in self._c.assignment()}
@@ -491,7 +493,7 @@ class ConfluentPartitionReader:
     def poll(self, timeout_s: float) -> list[InboundRecord]:
         msgs = self._call("poll", lambda: self._c.consume(num_messages=10_000, timeout=timeout_s))
         _raise_refused(self._errors)
-        return _records(msgs)
+        return _records(msgs, {})  # the reader keeps no positions
 
     def position(self, tp: TopicPartition) -> int:
         pos = self._call("position", lambda: self._c.position([CTopicPartition(tp.topic, tp.partition)]))

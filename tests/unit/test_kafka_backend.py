@@ -95,3 +95,29 @@ def test_a_member_refused_its_instance_id_says_why_and_how_to_avoid_it() -> None
     err = _error("poll", KafkaError(KafkaError.UNRELEASED_INSTANCE_ID, "the instance ID is still used"))
     assert isinstance(err, FencedInstanceError)
     assert "kafka.group_protocol classic" in str(err) and "session expires" in str(err)
+
+
+# -- librdkafka messages as records ----------------------------------------------------------------------------
+def test_messages_become_records_and_each_partition_its_next_position() -> None:
+    from confluent_kafka import Message
+
+    from driftline.stream.kafka.confluent import _records
+    from driftline.stream.kafka.seam import TopicPartition
+
+    def msg(topic: str, partition: int, offset: int, **kw: Any) -> Message:
+        return Message(topic=topic, partition=partition, offset=offset, value=b"v%d" % offset, key=None,
+                       timestamp=(1, 1000 + offset), **kw)
+
+    eof = Message(topic="in", partition=0, offset=9, error=KafkaError(KafkaError._PARTITION_EOF))
+    msgs = [msg("in", 0, 5), msg("in", 0, 6), msg("in", 1, 2), eof, msg("labels", 0, 7),
+            msg("in", 0, 7, headers=[("h", None), ("g", b"x")]), msg("in", 1, 3)]
+    positions = {TopicPartition("in", 0): 1, TopicPartition("other", 0): 4}
+    out = _records(msgs, positions)
+    assert [(r.topic, r.partition, r.offset, r.timestamp_ms, r.value) for r in out] == [
+        ("in", 0, 5, 1005, b"v5"), ("in", 0, 6, 1006, b"v6"), ("in", 1, 2, 1002, b"v2"), ("labels", 0, 7, 1007, b"v7"),
+        ("in", 0, 7, 1007, b"v7"), ("in", 1, 3, 1003, b"v3")]
+    assert out[4].headers == (("h", b""), ("g", b"x")) and out[0].headers == ()
+    assert positions == {TopicPartition("in", 0): 8, TopicPartition("in", 1): 4, TopicPartition("labels", 0): 8,
+                         TopicPartition("other", 0): 4}
+    with pytest.raises(Exception, match="Message timed out"):  # an error message is raised, not a record
+        _records([msg("in", 0, 1), Message(topic="in", partition=0, error=KafkaError(KafkaError._MSG_TIMED_OUT))], {})
