@@ -326,21 +326,36 @@ class CheckpointSettings(Frozen):
 
 
 class SyncSettings(Frozen):
-    """One model for the consumer group: members merge what they learned over a Kafka topic (`stream.sync`).
+    """One model for the consumer group: members share what they learned over a Kafka topic (`stream.sync`).
     ``average``: federated averaging of the model's parameters, weighted by labeled events (River's linear
-    models: LogisticRegression, Perceptron, LinearRegression, SoftmaxRegression, with their scaler)."""
+    models: LogisticRegression, Perceptron, LinearRegression, SoftmaxRegression, with their scaler).
+    ``ensemble``: every member publishes a signed snapshot of its model; each serves the vote of its own model
+    and the others' latest snapshots, weighted by their recent accuracy (any model; `stream.snapshots`)."""
 
-    mode: Literal["none", "average"] = "none"
+    mode: Literal["none", "average", "ensemble"] = "none"
     # The sync topic (one partition: its order is the order every member merges in; compacted); None:
     # "driftline.<group id>.sync".
     topic: str | None = None
-    # A member sends its update at the first save point after this many labeled events or seconds (a sync
-    # round forces a save point: what it sends reflects only learning whose offsets are committed).
+    # A member sends its update (ensemble: its snapshot) at the first save point after this many labeled
+    # events or seconds (a save point first: what it sends reflects only learning whose offsets are committed).
     every_events: int = Field(5_000, ge=1)
     every_seconds: float = Field(5.0, gt=0)
     # A round closes when every member that takes part has sent its update, or this long after this member
     # sent its own (members that have not sent theirs by then are left out of the round and count as gone).
     round_timeout_seconds: float = Field(5.0, gt=0)
+    # ensemble: the HMAC-SHA256 key that signs snapshots (a snapshot is a whole pickled model: it is loaded only
+    # once its signature is verified); every member of the topic needs the same key, at least 16 characters.
+    key: SecretStr | None = None
+    key_file: str | None = None  # ... or a file holding it (e.g. a mounted Kubernetes secret)
+    # ensemble: the largest snapshot sent (compressed; a larger one is not sent, counted and logged), and how old
+    # another member's snapshot may get before it leaves the vote (a member that stopped without saying so).
+    max_snapshot_bytes: int = Field(8_000_000, ge=10_000, le=100_000_000)
+    max_snapshot_age_seconds: float = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ensemble_key(self) -> SyncSettings:
+        one_of("sync", self.key, self.key_file, "key", required=self.mode == "ensemble")
+        return self
 
     @field_validator("topic")
     @classmethod
@@ -419,11 +434,11 @@ class Settings(BaseSettings):
     def _sync_decisions(self) -> Settings:
         if self.sync.mode != "none" and self.drift.policies:
             raise ValueError(
-                "sync.mode average with drift.policies: an adaptation one member decides alone (reset, swap, "
-                "rollback, ...) would make its model diverge from the group's, and group decisions are not built "
-                "yet; keep the detectors (they only report) and remove drift.policies, or set sync.mode none")
+                f"sync.mode {self.sync.mode} with drift.policies: an adaptation one member decides alone (reset, "
+                "swap, rollback, ...) would make its model diverge from the group's, and group decisions are not "
+                "built yet; keep the detectors (they only report) and remove drift.policies, or set sync.mode none")
         text = self.model.text_features
-        if self.sync.mode != "none" and text is not None and text.kind == "TFIDF":
+        if self.sync.mode == "average" and text is not None and text.kind == "TFIDF":
             raise ValueError("sync.mode average with model.text_features TFIDF: each member's document frequencies "
                              "would weigh the same terms differently, and they are not merged; use BagOfWords")
         return self
@@ -448,8 +463,9 @@ class Settings(BaseSettings):
         if len(serving) > 1:
             raise ValueError(f"models: one model serves at start, got serving: true on {serving}")
         if self.sync.mode != "none":
-            raise ValueError("sync.mode average with models: the group does not yet decide promotions together "
-                             "(each member would pick its own champion); use one model with sync, or sync.mode none")
+            raise ValueError(f"sync.mode {self.sync.mode} with models: the group does not yet decide promotions "
+                             "together (each member would pick its own champion); use one model with sync, or "
+                             "sync.mode none")
         if self.promotion.schedule == "sequential" and tasks != {"classification"}:
             raise ValueError("promotion.schedule sequential is for classification (regression: window, a paired "
                              "t-test on the absolute errors)")

@@ -174,7 +174,9 @@ _MERGE_BUCKETS = (1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
 
 class SyncMetrics:
-    """``sync.mode`` average: the group's rounds (`driftline.stream.sync`)."""
+    """``sync.mode`` average: the group's rounds (`driftline.stream.sync`); ensemble: the snapshots
+    (`driftline.stream.snapshots`: round = snapshots this member sent, round_members = members in its vote,
+    merge_seconds = time to verify and load a snapshot, last adopted = the last snapshot loaded)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.rounds = Counter("driftline_sync_rounds", "Sync rounds this member merged, by how they closed "
@@ -186,10 +188,11 @@ class SyncMetrics:
                            "version).", registry=registry)
         self.members = Gauge("driftline_sync_round_members", "Members whose updates made the last round.",
                              registry=registry)
-        self.updates = Counter("driftline_sync_updates", "Updates this member sent, by what became of them "
-                               "(merged; stale: its round had closed without it, its learning goes into the next).",
+        self.updates = Counter("driftline_sync_updates", "Updates (ensemble: snapshots) this member sent, by what "
+                               "became of them (merged; stale: its round had closed without it, its learning goes "
+                               "into the next; too_large: a snapshot over sync.max_snapshot_bytes, not sent).",
                                ["outcome"], registry=registry)
-        for outcome in ("sent", "merged", "stale"):
+        for outcome in ("sent", "merged", "stale", "too_large"):
             self.updates.labels(outcome)
         self.bytes = Counter("driftline_sync_bytes", "Bytes of sync records, by direction.", ["direction"],
                              registry=registry)
@@ -199,8 +202,10 @@ class SyncMetrics:
                                        buckets=_MERGE_BUCKETS, registry=registry)
         self.staleness = Gauge("driftline_sync_last_adopted_timestamp_seconds",
                                "When this member last adopted a merged round (unix time).", registry=registry)
-        self.refused = Counter("driftline_sync_refused_records", "Sync records refused, by reason.", ["reason"],
-                               registry=registry)
+        self.refused = Counter("driftline_sync_refused_records", "Sync records refused, by reason (format, "
+                               "model_kind; ensemble: unsigned, signature).", ["reason"], registry=registry)
+        for reason in ("format", "model_kind", "unsigned", "signature"):
+            self.refused.labels(reason)
         self.diverged = Counter("driftline_sync_diverged_rounds", "Rounds whose merged digest published by their "
                                 "closer differs from the one this member computed.", registry=registry)
         self.unsynced_lost = Counter("driftline_sync_unsynced_labels_dropped", "Labeled events learned here that "

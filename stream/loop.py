@@ -25,12 +25,14 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from driftline.errors import ConfigError, KafkaSecurityError
 from driftline.learners.base import Learner
 from driftline.learners.capabilities import background_trained, mergeable
+from driftline.learners.ensemble import GroupEnsemble, model_kind
 from driftline.learners.registry import MERGEABLE_RIVER
 from driftline.monitoring.http import MetricsServer
 from driftline.monitoring.http_security import http_security
 from driftline.monitoring.live import LiveSampler, LiveStatus
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.process import settle_heap
+from driftline.secrecy import resolve
 from driftline.settings import Settings
 from driftline.stream.audit import AuditPublisher
 from driftline.stream.checkpointing import Checkpointer, Commit
@@ -54,7 +56,8 @@ from driftline.stream.processor import EventProcessor
 from driftline.stream.quarantine import QUARANTINED, Quarantine
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import OutputSink
-from driftline.stream.sync import SYNC_TOPIC, Syncer, SyncState
+from driftline.stream.snapshots import SnapshotSync, snapshot_topic_configs
+from driftline.stream.sync import SYNC_TOPIC, GroupSync, Syncer, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,9 @@ class Service:
             raise ConfigError("models: a model that trains in the background (Continual) cannot race challengers "
                               "yet; use it as the one model")
         self.trained = background_trained(first)  # declared by the learner's class: fixed for the run
+        if self.trained is not None and settings.sync.mode == "ensemble":
+            raise ConfigError(f"sync.mode ensemble: model {first.name} trains in the background (Continual); its "
+                              "snapshots are not supported yet; set sync.mode none")
         self.kafka = kafka if kafka is not None else open_backend(settings.kafka)
         self._first = first
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -212,8 +218,11 @@ class Service:
         consumer = kafka.consumer()
         sink = OutputSink(writer, s.topics.predictions, s.topics.dead_letter, self.metrics,
                           dead_letter_max_bytes=s.topics.dead_letter_max_bytes)
-        sync_state = SyncState() if s.sync.mode != "none" else None
-        processor = processor_from_settings(s, self.learners, sink, self.metrics, labels_topic=s.topics.labels,
+        sync_state = SyncState() if s.sync.mode == "average" else None
+        # sync.mode ensemble: the vote of this member's model and the others' snapshots serves; its own learns
+        ensemble = GroupEnsemble(self._first, self._identity()) if s.sync.mode == "ensemble" else None
+        processor = processor_from_settings(s, ensemble or self.learners, sink, self.metrics,
+                                            labels_topic=s.topics.labels,
                                             expired_topic=s.topics.expired, audit_topic=s.topics.audit,
                                             extra=[sync_state] if sync_state is not None else [])
         self.processor = processor
@@ -228,7 +237,9 @@ class Service:
                                     member=f"{s.kafka.client_id}@{socket.gethostname()}:{os.getpid()}",
                                     owner=self._identity())
         self.checkpointer = checkpointer
-        syncer = (self._syncer(sync_state, writer, transactional, sink) if sync_state is not None else None)
+        syncer: GroupSync | None = (
+            self._syncer(sync_state, writer, transactional, sink) if sync_state is not None
+            else self._snapshots(ensemble, sink) if ensemble is not None else None)
         quarantine = Quarantine(s.checkpoint.directory)
         quarantine.start()
         try:
@@ -331,14 +342,29 @@ class Service:
                       reader=partition_reader(s.kafka), metrics=self.metrics.sync,
                       audit=audit.publish if s.topics.audit else None)
 
-    def _sync(self, syncer: Syncer, checkpointer: Checkpointer, transactional: TransactionalWriter | None) -> None:
+    def _snapshots(self, ensemble: GroupEnsemble, sink: OutputSink) -> SnapshotSync:
+        """sync.mode ensemble: this member's snapshots out, the others' in, on the sync topic (one partition)."""
+        s = self.settings
+        key = resolve(s.sync.key, s.sync.key_file, "sync.key")
+        assert key is not None  # required by the settings in ensemble mode
+        self.kafka.ensure_topics([s.sync_topic], partitions=1,
+                                 configs=snapshot_topic_configs(s.sync.max_snapshot_bytes))
+        self.kafka.topic_partitions(s.sync_topic)
+        return SnapshotSync(s.sync, ensemble, key, topic=s.sync_topic, group=s.kafka.group_id,
+                            kind=model_kind(ensemble.own),
+                            writer=self.kafka.writer(max_record_bytes=s.sync.max_snapshot_bytes + 65_536),
+                            reader=partition_reader(s.kafka), metrics=self.metrics.sync,
+                            audit=AuditPublisher(sink, s.topics.audit).publish if s.topics.audit else None)
+
+    def _sync(self, syncer: GroupSync, checkpointer: Checkpointer, transactional: TransactionalWriter | None) -> None:
         """The sync step: merge the rounds that closed; when an update is due, a save point first (the update
-        reflects only learning whose offsets are committed; with exactly_once, in the same transaction)."""
+        reflects only learning whose offsets are committed; with exactly_once, in the same transaction, or for a
+        snapshot, right after it)."""
         syncer.poll()
         if not syncer.due():
             return
         syncer.prepare()
-        if transactional is not None:
+        if transactional is not None and syncer.in_transaction:
             transactional.begin()
             syncer.send_update()
             checkpointer.save("sync", changed=True)  # commits the transaction, update included

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from driftline.errors import ConfigError
 from driftline.learners.base import Learner
@@ -88,7 +88,33 @@ class SyncState(Observer):
         self.pub_updates = int(state["pub_updates"])
 
 
+class GroupSync(Protocol):
+    """The member's side of a sync mode, driven by the run loop's sync step (`Syncer`: average;
+    `stream.snapshots.SnapshotSync`: ensemble)."""
+
+    # True: with kafka.exactly_once, what it sends goes in the save point's transaction; False: right after it
+    in_transaction: ClassVar[bool]
+
+    def join(self, timeout_s: float = 30.0) -> None: ...
+
+    def poll(self) -> None: ...
+
+    def due(self) -> bool: ...
+
+    def prepare(self) -> None: ...
+
+    def send_update(self) -> bool: ...
+
+    def labels_since(self) -> int: ...
+
+    def leave(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Syncer:
+    in_transaction: ClassVar[bool] = True
+
     def __init__(self, cfg: SyncSettings, learner: Learner, model: Mergeable, state: SyncState, *, topic: str,
                  group: str, member: str, writer: RecordWriter, reader: PartitionReader, metrics: SyncMetrics,
                  update_writer: RecordWriter | None = None,

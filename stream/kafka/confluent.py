@@ -304,7 +304,7 @@ class ConfluentWriter:
     """A librdkafka producer: sends are queued in C and acknowledged through delivery reports."""
 
     def __init__(self, cfg: KafkaSettings, client_suffix: str = "producer", *,
-                 transactional_id: str | None = None) -> None:
+                 transactional_id: str | None = None, max_record_bytes: int | None = None) -> None:
         acks = {"all": "all", "1": "1", "0": "0"}[cfg.acks]
         transactions: dict[str, Any] = ({"transactional.id": transactional_id,
                                          "transaction.timeout.ms": cfg.transaction_timeout_ms}
@@ -317,6 +317,7 @@ class ConfluentWriter:
             "compression.type": cfg.compression_type or "none", "request.timeout.ms": cfg.request_timeout_ms,
             # one Python callback per failed record only (a callback per record costs ~1 us of the event path)
             "delivery.report.only.error": True, "on_delivery": self._delivered,
+            **({"message.max.bytes": max_record_bytes} if max_record_bytes is not None else {}),
         })
         self._produce = self._p.produce
         self._failed: dict[str, list[str]] = {}
@@ -445,8 +446,8 @@ class ConfluentBackend(KafkaAdmin):
             set_group_timeouts(self.cfg)
         return ConfluentConsumer(self.cfg, protocol)
 
-    def writer(self) -> ConfluentWriter:
-        return ConfluentWriter(self.cfg)
+    def writer(self, *, max_record_bytes: int | None = None) -> ConfluentWriter:
+        return ConfluentWriter(self.cfg, max_record_bytes=max_record_bytes)
 
     def transactional_writer(self, transactional_id: str) -> ConfluentWriter:
         return ConfluentWriter(self.cfg, transactional_id=transactional_id)

@@ -34,7 +34,7 @@ from driftline.stream.kafka.seam import (
     TopicPartition,
     TransactionalWriter,
 )
-from driftline.stream.kafka.writer import RecordWriter, make_writer
+from driftline.stream.kafka.writer import RecordWriter, ThreadWriter, make_writer
 from driftline.stream.records import InboundRecord
 
 _LOST = (CommitFailedError, RebalanceInProgressError, UnknownMemberIdError, IllegalGenerationError)
@@ -193,7 +193,9 @@ class KafkaPythonBackend(KafkaAdmin):
         static = {"group_instance_id": self.cfg.instance_id} if self.cfg.instance_id else {}
         return KafkaPythonConsumer(make_consumer(self.cfg, **static))
 
-    def writer(self) -> RecordWriter:
+    def writer(self, *, max_record_bytes: int | None = None) -> RecordWriter:
+        if max_record_bytes is not None:
+            return ThreadWriter(self.cfg, "large", max_request_size=max_record_bytes + 65_536)
         return make_writer(self.cfg)
 
     def transactional_writer(self, transactional_id: str) -> TransactionalWriter:

@@ -151,7 +151,10 @@ class KafkaBackend(Protocol):
 
     def consumer(self) -> Consumer: ...
 
-    def writer(self) -> RecordWriter: ...
+    def writer(self, *, max_record_bytes: int | None = None) -> RecordWriter:
+        """A producer; ``max_record_bytes``: one that sends records up to that size (the client's default is
+        ~1 MB), in this process."""
+        ...
 
     def transactional_writer(self, transactional_id: str) -> TransactionalWriter:
         """A writer for ``kafka.exactly_once``; ConfigError on a backend without transactions."""

@@ -52,8 +52,8 @@ class RecordWriter(Protocol):
 class ThreadWriter:
     """A KafkaProducer in this process (its network I/O on kafka-python's sender thread)."""
 
-    def __init__(self, cfg: KafkaSettings, client_suffix: str = "producer") -> None:
-        self.producer: KafkaProducer = make_producer(cfg, client_suffix=client_suffix)
+    def __init__(self, cfg: KafkaSettings, client_suffix: str = "producer", **overrides: Any) -> None:
+        self.producer: KafkaProducer = make_producer(cfg, client_suffix=client_suffix, **overrides)
         self._pending: list[tuple[str, Any]] = []
         self._refused: list[tuple[str, str]] = []  # raised by send() itself, e.g. a record too large
 
