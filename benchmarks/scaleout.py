@@ -1,5 +1,7 @@
 """Scaling out: the same stream through one instance, and through three instances of one consumer group with
-sync.mode none (each learns its own model from its partitions) and average (federated averaging every second).
+sync.mode none (each learns its own model from its partitions) and average (federated averaging every second),
+with LogisticRegression; then the same three with a Hoeffding tree (which cannot be averaged): single, none,
+and ensemble (each member serves the vote of its tree and the other members' snapshots, sent every second).
 
 Real broker, 6 partitions, events keyed by id, produced at a fixed rate after every member is ready. Accuracy
 is that of what the group served: each event's published prediction against its label, prequential (predicted
@@ -7,7 +9,9 @@ before learned), final and rolling (windows of a tenth of the stream, in stream 
 the service processes' user+sys seconds (process_cpu_seconds_total, from ready to the last commit) per event,
 average vs none. Prints a table per stream, then one JSON line: worst_gap_vs_single (largest single-instance
 accuracy minus average-mode accuracy), best_gain_over_none (largest average minus none), sync_cpu_cost (CPU
-per event with sync / without, minus 1), and per stream the figures.
+per event with sync / without, minus 1), the ensemble's counterparts (ensemble_worst_gap_vs_single,
+ensemble_best_gain_over_none, ensemble_cpu_cost) and its extra predict cost (ensemble_predict_p50_ratio: the
+median time to predict one event, ensemble / none), and per stream the figures.
 
     python benchmarks/scaleout.py --events 60000 --rate 4000
 """
@@ -99,7 +103,11 @@ def _read_predictions(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
 
 
 def _p99(metrics: list[dict[str, float]], name: str) -> float | None:
-    """The 99th percentile's bucket bound of a histogram summed over members."""
+    return _quantile(metrics, name, 0.99)
+
+
+def _quantile(metrics: list[dict[str, float]], name: str, q: float) -> float | None:
+    """The ``q`` quantile's bucket bound of a histogram summed over members."""
     buckets: dict[float, float] = {}
     for m in metrics:
         for k, v in m.items():
@@ -109,11 +117,16 @@ def _p99(metrics: list[dict[str, float]], name: str) -> float | None:
     if not buckets or buckets[max(buckets)] == 0:
         return None
     total = buckets[max(buckets)]
-    return next(le for le in sorted(buckets) if buckets[le] >= 0.99 * total)
+    return next(le for le in sorted(buckets) if buckets[le] >= q * total)
+
+
+TREE = {"name": "HoeffdingTreeClassifier", "classes": [False, True]}
+LINEAR = {"name": "LogisticRegression", "classes": [False, True]}
+KEY = "scaleout-benchmark-snapshot-key"  # sync.key (ensemble snapshots are signed)
 
 
 def run(bootstrap: str, events: list[dict[str, Any]], *, members: int, mode: str, rate: float,
-        workdir: Path, sync_every: float = 1.0) -> dict[str, Any]:
+        workdir: Path, sync_every: float = 1.0, model: dict[str, Any] = LINEAR) -> dict[str, Any]:
     prefix = f"scale-{mode}-{members}-{uuid.uuid4().hex[:6]}"
     topic, group = f"{prefix}-in", f"{prefix}-group"
     ensure_topics(KafkaSettings(bootstrap_servers=bootstrap), [topic], partitions=PARTITIONS)
@@ -122,10 +135,10 @@ def run(bootstrap: str, events: list[dict[str, Any]], *, members: int, mode: str
         cfg = {"kafka": {"bootstrap_servers": bootstrap, "group_id": group, "client_id": f"{prefix}-{i}",
                          "max_poll_records": 500},
                "topics": {"input": topic, "predictions": f"{prefix}-pred", "dead_letter": f"{prefix}-dlq"},
-               "model": {"name": "LogisticRegression", "classes": [False, True]},
+               "model": model,
                "checkpoint": {"every_events": 100_000, "every_seconds": 1.0},
                "sync": {"mode": mode, "every_seconds": sync_every, "every_events": 100_000,
-                        "round_timeout_seconds": 3.0}}
+                        "round_timeout_seconds": 3.0, **({"key": KEY} if mode == "ensemble" else {})}}
         procs.append(Member(cfg, workdir, f"{prefix}-{i}"))
     try:
         for p in procs:
@@ -159,6 +172,7 @@ def run(bootstrap: str, events: list[dict[str, Any]], *, members: int, mode: str
             "cpu_s_per_kevent": 1000 * cpu / len(events), "rounds": rounds,
             "bytes_per_round": sent / rounds if rounds else 0.0,
             "merge_p99_s": _p99(final, "driftline_sync_merge_seconds"),
+            "predict_p50_s": _quantile(final, "driftline_predict_latency_seconds", 0.5),
             "timed_out_rounds": max(m.get('driftline_sync_rounds_total{closed="timed_out"}', 0.0) for m in final)}
 
 
@@ -182,24 +196,41 @@ def main() -> None:
                 "none": run(bootstrap, events, members=3, mode="none", rate=args.rate, workdir=Path(tmp)),
                 "average": run(bootstrap, events, members=3, mode="average", rate=args.rate, workdir=Path(tmp),
                                sync_every=args.sync_every),
+                "single-tree": run(bootstrap, events, members=1, mode="none", rate=args.rate, workdir=Path(tmp),
+                                   model=TREE),
+                "none-tree": run(bootstrap, events, members=3, mode="none", rate=args.rate, workdir=Path(tmp),
+                                 model=TREE),
+                "ensemble-tree": run(bootstrap, events, members=3, mode="ensemble", rate=args.rate,
+                                     workdir=Path(tmp), sync_every=args.sync_every, model=TREE),
             }
             print(f"\n## {name}")
             print("| run | accuracy | rolling accuracy (10 windows) | CPU s/1k events | rounds | bytes/round | "
-                  "merge p99 | timed-out rounds |")
-            print("|---|---|---|---|---|---|---|---|")
+                  "merge p99 | timed-out rounds | predict p50 |")
+            print("|---|---|---|---|---|---|---|---|---|")
             for run_name, r in results[name].items():
                 roll = " ".join(f"{a:.3f}" for a in r["rolling"])
                 p99 = f"{r['merge_p99_s'] * 1000:.1f} ms" if r["merge_p99_s"] is not None else "-"
+                p50 = f"{r['predict_p50_s'] * 1e6:.0f} us" if r["predict_p50_s"] is not None else "-"
                 print(f"| {run_name} | {r['accuracy']:.4f} | {roll} | {r['cpu_s_per_kevent']:.3f} | "
-                      f"{r['rounds']:.0f} | {r['bytes_per_round']:.0f} | {p99} | {r['timed_out_rounds']:.0f} |",
-                      flush=True)
+                      f"{r['rounds']:.0f} | {r['bytes_per_round']:.0f} | {p99} | {r['timed_out_rounds']:.0f} | "
+                      f"{p50} |", flush=True)
     gaps = {n: r["single"]["accuracy"] - r["average"]["accuracy"] for n, r in results.items()}
     gains = {n: r["average"]["accuracy"] - r["none"]["accuracy"] for n, r in results.items()}
     cpu_avg = sum(r["average"]["cpu_s_per_kevent"] for r in results.values())
     cpu_none = sum(r["none"]["cpu_s_per_kevent"] for r in results.values())
+    e_gaps = {n: r["single-tree"]["accuracy"] - r["ensemble-tree"]["accuracy"] for n, r in results.items()}
+    e_gains = {n: r["ensemble-tree"]["accuracy"] - r["none-tree"]["accuracy"] for n, r in results.items()}
+    cpu_ens = sum(r["ensemble-tree"]["cpu_s_per_kevent"] for r in results.values())
+    cpu_none_tree = sum(r["none-tree"]["cpu_s_per_kevent"] for r in results.values())
+    p50s = [(r["ensemble-tree"]["predict_p50_s"], r["none-tree"]["predict_p50_s"]) for r in results.values()]
+    p50_ratio = max((e / n for e, n in p50s if e and n), default=None)
     print(json.dumps({"worst_gap_vs_single": round(max(gaps.values()), 4),
                       "best_gain_over_none": round(max(gains.values()), 4),
                       "sync_cpu_cost": round(cpu_avg / cpu_none - 1, 4),
+                      "ensemble_worst_gap_vs_single": round(max(e_gaps.values()), 4),
+                      "ensemble_best_gain_over_none": round(max(e_gains.values()), 4),
+                      "ensemble_cpu_cost": round(cpu_ens / cpu_none_tree - 1, 4),
+                      "ensemble_predict_p50_ratio": round(p50_ratio, 2) if p50_ratio else None,
                       "streams": {n: {k: round(r[k]["accuracy"], 4) for k in r} for n, r in results.items()}}))
 
 

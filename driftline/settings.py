@@ -334,8 +334,12 @@ class SyncSettings(Frozen):
 
     mode: Literal["none", "average", "ensemble"] = "none"
     # The sync topic (one partition: its order is the order every member merges in; compacted); None:
-    # "driftline.<group id>.sync".
+    # "driftline.<group id>.sync". Sites (members in other consumer groups, each with its own input) share
+    # one model by naming the same topic.
     topic: str | None = None
+    # The cluster of the sync topic when it is not the service's own (sites that share only parameters: their
+    # events never leave their cluster); the same connection settings as `kafka` (TLS, SASL, secrets).
+    kafka: KafkaSettings | None = None
     # A member sends its update (ensemble: its snapshot) at the first save point after this many labeled
     # events or seconds (a save point first: what it sends reflects only learning whose offsets are committed).
     every_events: int = Field(5_000, ge=1)

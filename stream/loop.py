@@ -330,30 +330,47 @@ class Service:
         if model is None:
             raise ConfigError(f"sync.mode {s.sync.mode}: model {self.learner.name} cannot be averaged (mergeable: "
                               f"{', '.join(sorted(MERGEABLE_RIVER))} without a backbone); set sync.mode none")
-        self.kafka.ensure_topics([s.sync_topic], partitions=1, configs=SYNC_TOPIC)
-        self.kafka.topic_partitions(s.sync_topic)  # waits until a topic just created is known
-        # with exactly_once, the update is in the save point's transaction; the other records need none
-        plain = self.kafka.writer() if transactional is not None else writer
+        kafka = self._sync_cluster(SYNC_TOPIC)
+        elsewhere = s.sync.kafka is not None
+        # with exactly_once, the update is in the save point's transaction (on this cluster only); the other
+        # records need none. On another cluster (sync.kafka), every record goes by a producer of that cluster.
+        plain = kafka.writer() if transactional is not None or elsewhere else writer
         # a round is adopted between batches, outside any transaction: its audit record goes the plain way
         audit = AuditPublisher(sink if transactional is None else OutputSink(
-            plain, s.topics.predictions, s.topics.dead_letter, self.metrics), s.topics.audit)
+            self.kafka.writer() if elsewhere else plain, s.topics.predictions, s.topics.dead_letter, self.metrics),
+            s.topics.audit)
         return Syncer(s.sync, self.learner, model, state, topic=s.sync_topic, group=s.kafka.group_id,
-                      member=self._identity(), writer=plain, update_writer=writer,
-                      reader=partition_reader(s.kafka), metrics=self.metrics.sync,
+                      member=self._identity(), writer=plain, update_writer=plain if elsewhere else writer,
+                      owns_writer=plain is not writer, in_transaction=transactional is not None and not elsewhere,
+                      reader=partition_reader(s.sync.kafka or s.kafka), metrics=self.metrics.sync,
                       audit=audit.publish if s.topics.audit else None)
+
+    def _sync_cluster(self, configs: Mapping[str, str]) -> KafkaBackend:
+        """The cluster of the sync topic (``sync.kafka``, checked like the service's own at start; else the
+        service's), with the topic created there (one partition) and known."""
+        s = self.settings
+        kafka = self.kafka
+        if s.sync.kafka is not None:
+            kafka = open_backend(s.sync.kafka)
+            try:
+                kafka.check_connection()  # a rejected certificate or password stops here
+            except (ConfigError, KafkaSecurityError) as exc:
+                raise type(exc)(f"sync.kafka (the sync topic's cluster, {s.sync.kafka.bootstrap_servers}): {exc}"
+                                ) from None
+        kafka.ensure_topics([s.sync_topic], partitions=1, configs=configs)
+        kafka.topic_partitions(s.sync_topic)  # waits until a topic just created is known
+        return kafka
 
     def _snapshots(self, ensemble: GroupEnsemble, sink: OutputSink) -> SnapshotSync:
         """sync.mode ensemble: this member's snapshots out, the others' in, on the sync topic (one partition)."""
         s = self.settings
         key = resolve(s.sync.key, s.sync.key_file, "sync.key")
         assert key is not None  # required by the settings in ensemble mode
-        self.kafka.ensure_topics([s.sync_topic], partitions=1,
-                                 configs=snapshot_topic_configs(s.sync.max_snapshot_bytes))
-        self.kafka.topic_partitions(s.sync_topic)
+        kafka = self._sync_cluster(snapshot_topic_configs(s.sync.max_snapshot_bytes))
         return SnapshotSync(s.sync, ensemble, key, topic=s.sync_topic, group=s.kafka.group_id,
                             kind=model_kind(ensemble.own),
-                            writer=self.kafka.writer(max_record_bytes=s.sync.max_snapshot_bytes + 65_536),
-                            reader=partition_reader(s.kafka), metrics=self.metrics.sync,
+                            writer=kafka.writer(max_record_bytes=s.sync.max_snapshot_bytes + 65_536),
+                            reader=partition_reader(s.sync.kafka or s.kafka), metrics=self.metrics.sync,
                             audit=AuditPublisher(sink, s.topics.audit).publish if s.topics.audit else None)
 
     def _sync(self, syncer: GroupSync, checkpointer: Checkpointer, transactional: TransactionalWriter | None) -> None:

@@ -28,7 +28,7 @@ import pickle
 import time
 import zlib
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 from driftline.errors import ConfigError
 from driftline.learners.ensemble import GroupEnsemble, Peer, Score
@@ -105,7 +105,7 @@ def inflate(body: bytes) -> bytes:
 class SnapshotSync:
     """The member's side of ``sync.mode ensemble``, driven by the run loop's sync step like `sync.Syncer`."""
 
-    in_transaction: ClassVar[bool] = False  # sent after its save point committed (a snapshot may be large)
+    in_transaction = False  # sent after its save point committed (a snapshot may be large)
 
     def __init__(self, cfg: SyncSettings, ensemble: GroupEnsemble, key: str, *, topic: str, group: str,
                  kind: str, writer: RecordWriter, reader: PartitionReader, metrics: SyncMetrics,

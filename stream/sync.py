@@ -93,7 +93,7 @@ class GroupSync(Protocol):
     `stream.snapshots.SnapshotSync`: ensemble)."""
 
     # True: with kafka.exactly_once, what it sends goes in the save point's transaction; False: right after it
-    in_transaction: ClassVar[bool]
+    in_transaction: bool
 
     def join(self, timeout_s: float = 30.0) -> None: ...
 
@@ -113,11 +113,9 @@ class GroupSync(Protocol):
 
 
 class Syncer:
-    in_transaction: ClassVar[bool] = True
-
     def __init__(self, cfg: SyncSettings, learner: Learner, model: Mergeable, state: SyncState, *, topic: str,
                  group: str, member: str, writer: RecordWriter, reader: PartitionReader, metrics: SyncMetrics,
-                 update_writer: RecordWriter | None = None,
+                 update_writer: RecordWriter | None = None, owns_writer: bool = False, in_transaction: bool = False,
                  audit: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.cfg = cfg
         self.learner = learner
@@ -129,6 +127,8 @@ class Syncer:
         self.member = member
         self.writer = writer  # hello, close, merged, bye
         self.update_writer = update_writer or writer  # updates (kafka.exactly_once: the batch's transaction)
+        self.owns_writer = owns_writer  # ``writer`` is this syncer's own producer: closed with it
+        self.in_transaction = in_transaction  # updates go in the save point's transaction (GroupSync)
         self.reader = reader
         self.metrics = metrics
         self.audit = audit
@@ -308,7 +308,7 @@ class Syncer:
 
     def close(self) -> None:
         self.reader.close()
-        if self.writer is not self.update_writer:  # its own producer (exactly_once)
+        if self.owns_writer:  # its own producer (exactly_once, or the sync topic on another cluster)
             self.writer.close(timeout=10)
 
     # -- records ---------------------------------------------------------------------------------------

@@ -229,3 +229,64 @@ def test_a_model_that_cannot_be_averaged_is_refused_with_the_setting(kafka_boots
                          tmp_path / "t.log")
     assert svc.proc.wait(120) == 2
     assert "sync.mode average: model HoeffdingTreeClassifier cannot be averaged" in svc.log(), svc.log()
+
+
+def test_two_sites_in_their_own_groups_share_only_parameters_over_another_cluster_and_converge(
+        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    """Sites: two consumer groups, each with its own input topic on its own cluster (here: the test broker),
+    average over a sync topic on a second cluster (`sync.kafka`). Every round has one digest at both sites, both
+    sites take part, and the second cluster holds the sync topic only: no event left its site."""
+    from driftline.stream.broker import LocalKafkaBroker
+    from driftline.stream.kafka.clients import make_admin
+
+    shared = f"{topic_prefix}-federation"
+    n_events = 9_000
+    with LocalKafkaBroker() as federation:
+        sites: dict[str, ServiceProcess] = {}
+        streams: list[threading.Thread] = []
+        try:
+            for site, seed in (("east", 21), ("west", 22)):
+                prefix = f"{topic_prefix}-{site}"
+                ensure_topics(KafkaSettings(bootstrap_servers=kafka_bootstrap), [f"{prefix}-in"], partitions=2)
+                cfg = write_config(
+                    tmp_path / f"{site}.yaml", kafka_bootstrap, prefix, model={"name": "LogisticRegression",
+                                                                               "classes": [False, True]},
+                    topics={"audit": f"{prefix}-audit"}, kafka={"max_poll_records": 200},
+                    checkpoint={"directory": str(tmp_path / site), "every_events": 5000, "every_seconds": 2.0},
+                    sync={"mode": "average", "topic": shared, "every_seconds": 1.0, "every_events": 100_000,
+                          "round_timeout_seconds": 3.0, "kafka": {"bootstrap_servers": federation.bootstrap_servers}})
+                sites[site] = ServiceProcess(cfg, tmp_path / f"{site}.log")
+                streams.append(threading.Thread(target=_stream, args=(kafka_bootstrap, f"{prefix}-in",
+                                                                      _events(seed, n_events), 1_500.0)))
+            for s in sites.values():
+                s.wait_ready()
+            for t in streams:
+                t.start()
+            for t in streams:
+                t.join(120)
+            for site in sites:
+                prefix = f"{topic_prefix}-{site}"
+                wait_for(lambda p=prefix: committed_offsets(kafka_bootstrap, f"{p}-group", f"{p}-in")
+                         == end_offsets(kafka_bootstrap, f"{p}-in"), 120, f"site {site} to commit everything")
+            time.sleep(3)  # a last round
+            stats = {n: s.metrics() for n, s in sites.items()}
+        finally:
+            codes = {n: s.terminate() for n, s in sites.items()}
+            assert all(c == 0 for c in codes.values()), "\n".join(s.log() for s in sites.values())
+        admin = make_admin(KafkaSettings(bootstrap_servers=federation.bootstrap_servers))
+        try:
+            theirs = {t for t in admin.list_topics() if t.startswith(topic_prefix)}
+        finally:
+            admin.close()
+    assert theirs == {shared}, theirs  # parameters crossed; events, predictions, audit stayed at their site
+    digests: dict[int, set[str]] = collections.defaultdict(set)
+    members: dict[int, set[str]] = collections.defaultdict(set)
+    for site in sites:
+        for r in read_topic(kafka_bootstrap, f"{topic_prefix}-{site}-audit", timeout=5):
+            rec = json.loads(r.value)
+            if rec.get("action") == "sync_round":
+                digests[rec["round"]].add(rec["digest"])
+                members[rec["round"]].update(rec["members"])
+    assert len(digests) >= 5 and all(len(d) == 1 for d in digests.values()), digests
+    assert sum(len(m) == 2 for m in members.values()) >= 4, members  # both sites in the rounds
+    assert all(s["driftline_sync_diverged_rounds_total"] == 0 for s in stats.values())
