@@ -325,6 +325,17 @@ class CheckpointSettings(Frozen):
     keep: int = Field(3, ge=1, le=1000)
 
 
+class PrivacySettings(Frozen):
+    """Differential privacy for what a member sends (``sync.mode average``; `learners.privacy`): each round's
+    update clipped to L2 norm ``clip``, plus Gaussian noise of std ``noise_multiplier * clip``; the budget
+    (epsilon at ``delta``) from Opacus's RDP accountant. Off while ``clip`` is None."""
+
+    clip: float | None = Field(None, gt=0)
+    noise_multiplier: float = Field(1.0, gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    seed: int | None = None  # the noise's seed (tests); None: the operating system's entropy
+
+
 class SyncSettings(Frozen):
     """One model for the consumer group: members share what they learned over a Kafka topic (`stream.sync`).
     ``average``: federated averaging of the model's parameters, weighted by labeled events (River's linear
@@ -355,10 +366,14 @@ class SyncSettings(Frozen):
     # another member's snapshot may get before it leaves the vote (a member that stopped without saying so).
     max_snapshot_bytes: int = Field(8_000_000, ge=10_000, le=100_000_000)
     max_snapshot_age_seconds: float = Field(600.0, gt=0)
+    # average: differential privacy for the updates a member sends (off by default)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
 
     @model_validator(mode="after")
     def _ensemble_key(self) -> SyncSettings:
         one_of("sync", self.key, self.key_file, "key", required=self.mode == "ensemble")
+        if self.privacy.clip is not None and self.mode != "average":
+            raise ValueError(f"sync.privacy is for sync.mode average (the updates a member sends); mode is {self.mode}")
         return self
 
     @field_validator("topic")
@@ -441,6 +456,10 @@ class Settings(BaseSettings):
                 f"sync.mode {self.sync.mode} with drift.policies: an adaptation one member decides alone (reset, "
                 "swap, rollback, ...) would make its model diverge from the group's, and group decisions are not "
                 "built yet; keep the detectors (they only report) and remove drift.policies, or set sync.mode none")
+        if self.sync.privacy.clip is not None and self.model.scale:
+            raise ValueError("sync.privacy with model.scale: the scaler's running means and variances are statistics "
+                             "of each member's data and would be sent exactly (privacy covers the averaged weights); "
+                             "set model.scale false (and send features on a common scale)")
         text = self.model.text_features
         if self.sync.mode == "average" and text is not None and text.kind == "TFIDF":
             raise ValueError("sync.mode average with model.text_features TFIDF: each member's document frequencies "

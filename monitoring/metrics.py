@@ -171,6 +171,7 @@ class ServiceMetrics:
 
 
 _MERGE_BUCKETS = (1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+_NORM_BUCKETS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 
 
 class SyncMetrics:
@@ -208,6 +209,12 @@ class SyncMetrics:
             self.refused.labels(reason)
         self.diverged = Counter("driftline_sync_diverged_rounds", "Rounds whose merged digest published by their "
                                 "closer differs from the one this member computed.", registry=registry)
+        self.epsilon = Gauge("driftline_sync_privacy_epsilon", "sync.privacy: the privacy budget this member has "
+                             "spent (epsilon at sync.privacy.delta, Opacus's RDP accountant over its updates sent).",
+                             registry=registry)
+        self.update_norm = Histogram("driftline_sync_update_norm", "sync.privacy: the L2 norm of this member's "
+                                     "update before clipping (how often sync.privacy.clip bites).",
+                                     buckets=_NORM_BUCKETS, registry=registry)
         self.unsynced_lost = Counter("driftline_sync_unsynced_labels_dropped", "Labeled events learned here that "
                                      "a restart could not tell were merged: dropped, not counted twice.",
                                      registry=registry)

@@ -25,10 +25,13 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
+import numpy as np
+
 from driftline.errors import ConfigError
 from driftline.learners.base import Learner
 from driftline.learners.capabilities import Mergeable
 from driftline.learners.mergeable import FormatError, Params, contribution, decode, encode, rebase
+from driftline.learners.privacy import epsilon, privatize, require_accountant
 from driftline.monitoring.metrics import SyncMetrics
 from driftline.settings import SyncSettings
 from driftline.stream.kafka.ranges import PartitionReader, drain
@@ -70,6 +73,7 @@ class SyncState(Observer):
         self.pub_round = 0  # 0: no update outstanding
         self.pub: Params | None = None
         self.pub_updates = 0
+        self.private_rounds = 0  # updates sent with sync.privacy (what the privacy budget counts)
 
     def clear_pub(self) -> None:
         self.pub_round, self.pub, self.pub_updates = 0, None, 0
@@ -77,7 +81,8 @@ class SyncState(Observer):
     def state_dict(self) -> Any:
         return {"ref": _encode_params(self.ref) if self.ref is not None else None, "ref_round": self.ref_round,
                 "ref_updates": self.ref_updates, "pub_round": self.pub_round,
-                "pub": _encode_params(self.pub) if self.pub is not None else None, "pub_updates": self.pub_updates}
+                "pub": _encode_params(self.pub) if self.pub is not None else None, "pub_updates": self.pub_updates,
+                "private_rounds": self.private_rounds}
 
     def load_state_dict(self, state: Any) -> None:
         self.ref = _decode_params(state["ref"]) if state.get("ref") is not None else None
@@ -86,6 +91,7 @@ class SyncState(Observer):
         self.pub_round = int(state["pub_round"])
         self.pub = _decode_params(state["pub"]) if state.get("pub") is not None else None
         self.pub_updates = int(state["pub_updates"])
+        self.private_rounds = int(state.get("private_rounds", 0))
 
 
 class GroupSync(Protocol):
@@ -138,6 +144,11 @@ class Syncer:
         self._close_sent = False
         self._last_send = time.monotonic()
         self._refused_from: set[tuple[str, str]] = set()
+        # the privacy noise: seeded by sync.privacy.seed (tests) or the operating system's entropy
+        self._rng = np.random.default_rng(cfg.privacy.seed)
+        if cfg.privacy.clip is not None:
+            require_accountant()
+            self.metrics.epsilon.set(epsilon(state.private_rounds, cfg.privacy.noise_multiplier, cfg.privacy.delta))
 
     # -- joining ---------------------------------------------------------------------------------------
     def join(self, timeout_s: float = 30.0) -> None:
@@ -237,10 +248,19 @@ class Syncer:
             self.prepare()  # (a round closed in between: the update is for the open one)
         assert st.pub is not None
         self._last_send = time.monotonic()
-        if not self._send(self.update_writer, "update", st.pub_round, weight=st.pub_updates - st.ref_updates,
-                          params=contribution(st.pub, st.ref or {})):
+        params, weight = contribution(st.pub, st.ref or {}), float(st.pub_updates - st.ref_updates)
+        dp = self.cfg.privacy
+        if dp.clip is not None:  # clipped and noised here: only the noisy update leaves this member
+            params, norm = privatize(params, st.ref or {}, clip=dp.clip, noise_multiplier=dp.noise_multiplier,
+                                     rng=self._rng)
+            weight = 1.0  # every member weighs the same: the count of its labeled events is not sent
+            self.metrics.update_norm.observe(norm)
+        if not self._send(self.update_writer, "update", st.pub_round, weight=weight, params=params):
             st.clear_pub()
             return False
+        if dp.clip is not None:
+            st.private_rounds += 1
+            self.metrics.epsilon.set(epsilon(st.private_rounds, dp.noise_multiplier, dp.delta))
         self.metrics.updates.labels("sent").inc()
         self._waiting, self._sent_at, self._close_sent = True, time.monotonic(), False
         return True
@@ -300,7 +320,9 @@ class Syncer:
         if self.audit is not None:
             self.audit({"action": "sync_round", "round": closed.round, "members": list(closed.members),
                         "weights": list(closed.weights), "digest": closed.digest, "timed_out": closed.timed_out,
-                        "closer": closed.closer, "member": self.member})
+                        "closer": closed.closer, "member": self.member,
+                        **({"epsilon": self.metrics.epsilon._value.get(), "delta": self.cfg.privacy.delta}
+                           if self.cfg.privacy.clip is not None else {})})
 
     def leave(self) -> None:
         """A graceful stop: the group expects this member no more (its partitions' next owner sends for them)."""
