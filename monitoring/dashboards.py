@@ -102,13 +102,15 @@ DASHBOARDS = (
     ), ()),
     Dashboard("driftline-group", "driftline / group model (sync)", (
         Panel("Group model round", ((f"driftline_sync_round{{{SEL}}}", "{{instance}}"),), "short",
-              "The last merged round each member adopted: equal across members when the group is in step.",
+              "The last merged round each member adopted: equal across members when the group is in step "
+              "(sync.mode ensemble: the snapshots each member sent).",
               sync=True),
         Panel("Rounds", (
             (f"sum by (closed) (increase(driftline_sync_rounds_total{{{SEL}}}[5m]))", "{{closed}}"),), "short",
               "Rounds merged per 5 minutes; timed_out: closed without a member that did not send in time.",
               sync=True),
         Panel("Members per round", ((f"driftline_sync_round_members{{{SEL}}}", "{{instance}}"),), "short",
+              "Members whose updates made the last round (ensemble: members in each one's vote, itself included).",
               sync=True),
         Panel("Updates", (
             (f"sum by (outcome) (increase(driftline_sync_updates_total{{{SEL}}}[5m]))", "{{outcome}}"),), "short",
@@ -124,8 +126,12 @@ DASHBOARDS = (
             (f"sum by (reason) (increase(driftline_sync_refused_records_total{{{SEL}}}[5m])) or vector(0)",
              "refused {{reason}}"),
             (f"increase(driftline_sync_diverged_rounds_total{{{SEL}}}[5m])", "diverged")), "short",
-              "Refused: sync records of another model kind or format. Diverged: a round whose published digest "
-              "differs from this member's (should stay 0).", sync=True),
+              "Refused: sync records of another model kind or format; ensemble: unsigned snapshots and snapshots "
+              "whose signature does not verify (forged, or another sync.key). Diverged: a round whose published "
+              "digest differs from this member's (should stay 0).", sync=True),
+        Panel("Privacy budget spent", ((f"driftline_sync_privacy_epsilon{{{SEL}}}", "{{instance}}"),), "short",
+              "sync.privacy: epsilon (at sync.privacy.delta) each member has spent on the updates it sent, by "
+              "Opacus's RDP accountant; 0 without privacy.", sync=True),
     ), ()),
     Dashboard("driftline-race", "driftline / champion and challengers", (
         Panel("Prequential quality per model", (
