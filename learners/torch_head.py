@@ -19,11 +19,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from driftline.core import Event, Label, Prediction, Task
+from driftline.learners import torch_sync
 from driftline.learners.backbones import Backbone
 from driftline.learners.base import LearnerBase, check_fingerprint, check_label_type, check_state_header, class_column
 from driftline.learners.capabilities import Capability
 from driftline.learners.config import ModelSettings
 from driftline.learners.embedding import BackboneParts, PreparedBatch
+from driftline.learners.mergeable import Params
 from driftline.learners.seeding import seeded
 from driftline.params import validate
 
@@ -51,9 +53,11 @@ def parse_params(name: str, params: Mapping[str, Any]) -> TorchHeadParams:
 
 
 class TorchHeadLearner(BackboneParts, LearnerBase):
-    """A torch head (optionally with the backbone's top layers) learning one event at a time."""
+    """A torch head (optionally with the backbone's top layers) learning one event at a time; its tensors are
+    data the members of a group average (`learners.torch_sync`)."""
 
-    capabilities = frozenset({Capability.HAS_BACKBONE, Capability.FINE_TUNABLE, Capability.ADVERSARIAL})
+    capabilities = frozenset({Capability.HAS_BACKBONE, Capability.FINE_TUNABLE, Capability.ADVERSARIAL,
+                              Capability.MERGEABLE})
 
     mlp = False
 
@@ -93,6 +97,18 @@ class TorchHeadLearner(BackboneParts, LearnerBase):
         self._scaler = RunningStandardizer(backbone.dim) if cfg.scale and backbone.cfg.kind == "identity" else None
         self._version = 1
         self._updates = 0
+        self._adopted = False  # holds a group model (sync.mode average): predicts before learning anything
+
+    # -- Mergeable (sync.mode average; `learners.torch_sync`) ----------------------------------------
+    @property
+    def sync_kind(self) -> str:
+        return torch_sync.sync_kind(self)
+
+    def sync_params(self) -> Params:
+        return torch_sync.sync_params(self)
+
+    def load_sync_params(self, params: Params) -> None:
+        torch_sync.load_sync_params(self, params)
 
     # -- test-then-train ------------------------------------------------------------------------
     def prepare_batch(self, xs: Sequence[Event]) -> None:
@@ -124,7 +140,7 @@ class TorchHeadLearner(BackboneParts, LearnerBase):
         with torch.inference_mode():
             out = self._outputs(x)
         if self.task == "regression":
-            return Prediction(float(out[0, 0]) if self._updates else None)
+            return Prediction(float(out[0, 0]) if self._updates or self._adopted else None)
         if not self._classes:
             return Prediction(None, {})
         probs = torch.softmax(out[0], dim=0).tolist()

@@ -329,7 +329,8 @@ class Service:
         model = mergeable(self.learner)
         if model is None:
             raise ConfigError(f"sync.mode {s.sync.mode}: model {self.learner.name} cannot be averaged (mergeable: "
-                              f"{', '.join(sorted(MERGEABLE_RIVER))} without a backbone); set sync.mode none")
+                              f"{', '.join(sorted(MERGEABLE_RIVER))}, and the torch heads TorchLinear, TorchMLP); "
+                              "use sync.mode ensemble for it, or none")
         kafka = self._sync_cluster(SYNC_TOPIC)
         elsewhere = s.sync.kafka is not None
         # with exactly_once, the update is in the save point's transaction (on this cluster only); the other
