@@ -384,6 +384,9 @@ class SyncSettings(Frozen):
         return v
 
 
+# drift policies a group in sync.mode average cannot carry: they change the backbone's state (batch-norm
+# statistics, its layers), which is not among the parameters members merge
+GROUP_UNSUPPORTED_POLICIES = ("adabn", "adversarial")
 MAX_MODELS = 16
 MODEL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -451,11 +454,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _sync_decisions(self) -> Settings:
-        if self.sync.mode != "none" and self.drift.policies:
+        if self.sync.mode == "ensemble" and self.drift.policies:
             raise ValueError(
-                f"sync.mode {self.sync.mode} with drift.policies: an adaptation one member decides alone (reset, "
-                "swap, rollback, ...) would make its model diverge from the group's, and group decisions are not "
-                "built yet; keep the detectors (they only report) and remove drift.policies, or set sync.mode none")
+                "sync.mode ensemble with drift.policies: not built yet (each member would adapt its own model "
+                "alone); keep the detectors (they only report) and remove drift.policies, or use sync.mode average")
+        on_backbone = [p.name for p in self.drift.policies if p.name in GROUP_UNSUPPORTED_POLICIES]
+        if self.sync.mode == "average" and on_backbone:
+            raise ValueError(
+                f"sync.mode average with drift.policies {on_backbone}: they adapt the backbone's own state, which "
+                "the group does not merge; the group carries reset, background and replay_burst (a member's "
+                "adapted model becomes the group's at its next round)")
         if self.sync.privacy.clip is not None and self.model.scale:
             raise ValueError("sync.privacy with model.scale: the scaler's running means and variances are statistics "
                              "of each member's data and would be sent exactly (privacy covers the averaged weights); "

@@ -209,6 +209,8 @@ class SyncMetrics:
             self.refused.labels(reason)
         self.diverged = Counter("driftline_sync_diverged_rounds", "Rounds whose merged digest published by their "
                                 "closer differs from the one this member computed.", registry=registry)
+        self.group_adaptations = Counter("driftline_sync_group_adaptations", "Rounds that carried a member's "
+                                         "drift adaptation: the group took the adapted model.", registry=registry)
         self.epsilon = Gauge("driftline_sync_privacy_epsilon", "sync.privacy: the privacy budget this member has "
                              "spent (epsilon at sync.privacy.delta, Opacus's RDP accountant over its updates sent).",
                              registry=registry)

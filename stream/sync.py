@@ -74,15 +74,16 @@ class SyncState(Observer):
         self.pub: Params | None = None
         self.pub_updates = 0
         self.private_rounds = 0  # updates sent with sync.privacy (what the privacy budget counts)
+        self.pub_adapted = False  # the update's model was adapted by a drift policy here since the last round
 
     def clear_pub(self) -> None:
-        self.pub_round, self.pub, self.pub_updates = 0, None, 0
+        self.pub_round, self.pub, self.pub_updates, self.pub_adapted = 0, None, 0, False
 
     def state_dict(self) -> Any:
         return {"ref": _encode_params(self.ref) if self.ref is not None else None, "ref_round": self.ref_round,
                 "ref_updates": self.ref_updates, "pub_round": self.pub_round,
                 "pub": _encode_params(self.pub) if self.pub is not None else None, "pub_updates": self.pub_updates,
-                "private_rounds": self.private_rounds}
+                "private_rounds": self.private_rounds, "pub_adapted": self.pub_adapted}
 
     def load_state_dict(self, state: Any) -> None:
         self.ref = _decode_params(state["ref"]) if state.get("ref") is not None else None
@@ -92,6 +93,7 @@ class SyncState(Observer):
         self.pub = _decode_params(state["pub"]) if state.get("pub") is not None else None
         self.pub_updates = int(state["pub_updates"])
         self.private_rounds = int(state.get("private_rounds", 0))
+        self.pub_adapted = bool(state.get("pub_adapted", False))
 
 
 class GroupSync(Protocol):
@@ -144,6 +146,8 @@ class Syncer:
         self._close_sent = False
         self._last_send = time.monotonic()
         self._refused_from: set[tuple[str, str]] = set()
+        # the model version this syncer last set: another one means a drift policy adapted the model here since
+        self._version_set: int | None = None
         # the privacy noise: seeded by sync.privacy.seed (tests) or the operating system's entropy
         self._rng = np.random.default_rng(cfg.privacy.seed)
         if cfg.privacy.clip is not None:
@@ -184,6 +188,8 @@ class Syncer:
                 included = True
         if not self._waiting and self.rounds.merged_round > st.ref_round:
             self._adopt_latest(included=bool(included))
+        if self._version_set is None:
+            self._version_set = self.learner.version
         self._send(self.writer, "hello", 0)
         log.info("sync: member %s of %s, %s; group model at round %d", self.member, self.topic,
                  f"{len(self.rounds.expected)} members known" if self.rounds.expected else "the first member",
@@ -217,6 +223,7 @@ class Syncer:
         st.clear_pub()
         st.ref, st.ref_round = self.rounds.merged, self.rounds.merged_round
         self.learner.set_version(self.rounds.merged_round + 1)
+        self._version_set = self.learner.version
         self.metrics.round.set(self.rounds.merged_round)
         self.metrics.staleness.set_to_current_time()
         log.info("sync: adopted the group model of round %d", self.rounds.merged_round)
@@ -239,6 +246,7 @@ class Syncer:
         point), and the checkpoint records it with its round."""
         st = self.state
         st.pub_round, st.pub, st.pub_updates = self.rounds.round, self.model.sync_params(), self.learner.updates
+        st.pub_adapted = self._version_set is not None and self.learner.version != self._version_set
 
     def send_update(self) -> bool:
         """The update `prepare` took, for the open round (after the save point committed its learning): the
@@ -248,14 +256,17 @@ class Syncer:
             self.prepare()  # (a round closed in between: the update is for the open one)
         assert st.pub is not None
         self._last_send = time.monotonic()
-        params, weight = contribution(st.pub, st.ref or {}), float(st.pub_updates - st.ref_updates)
+        # an adapted model goes as it is (statistics included): the round makes it the group's
+        params = contribution(st.pub, {} if st.pub_adapted else st.ref or {})
+        weight = float(st.pub_updates - st.ref_updates)
         dp = self.cfg.privacy
         if dp.clip is not None:  # clipped and noised here: only the noisy update leaves this member
             params, norm = privatize(params, st.ref or {}, clip=dp.clip, noise_multiplier=dp.noise_multiplier,
                                      rng=self._rng)
             weight = 1.0  # every member weighs the same: the count of its labeled events is not sent
             self.metrics.update_norm.observe(norm)
-        if not self._send(self.update_writer, "update", st.pub_round, weight=weight, params=params):
+        if not self._send(self.update_writer, "update", st.pub_round, weight=weight, params=params,
+                          adapted=st.pub_adapted):
             st.clear_pub()
             return False
         if dp.clip is not None:
@@ -309,9 +320,14 @@ class Syncer:
             self._waiting = False
         st.ref, st.ref_round = closed.merged, closed.round
         self.learner.set_version(closed.round + 1)
+        self._version_set = self.learner.version
         m = self.metrics
         m.merge_seconds.observe(time.perf_counter() - t0)
         m.rounds.labels("timed_out" if closed.timed_out else "complete").inc()
+        if closed.adapted:
+            m.group_adaptations.inc()
+            log.info("sync: round %d carries the adaptation of %s: the group takes its model", closed.round,
+                     ", ".join(closed.adapted))
         m.round.set(closed.round)
         m.members.set(len(closed.members))
         m.staleness.set_to_current_time()
@@ -321,6 +337,7 @@ class Syncer:
             self.audit({"action": "sync_round", "round": closed.round, "members": list(closed.members),
                         "weights": list(closed.weights), "digest": closed.digest, "timed_out": closed.timed_out,
                         "closer": closed.closer, "member": self.member,
+                        **({"adapted_by": list(closed.adapted)} if closed.adapted else {}),
                         **({"epsilon": self.metrics.epsilon._value.get(), "delta": self.cfg.privacy.delta}
                            if self.cfg.privacy.clip is not None else {})})
 
@@ -335,9 +352,10 @@ class Syncer:
 
     # -- records ---------------------------------------------------------------------------------------
     def _send(self, writer: RecordWriter, kind: str, round_: int, *, weight: float = 0.0,
-              params: Params | None = None, closed: Closed | None = None) -> bool:
+              params: Params | None = None, closed: Closed | None = None, adapted: bool = False) -> bool:
         header: dict[str, Any] = {"type": kind, "member": self.member, "group": self.group, "round": round_,
-                                  "weight": weight, "model": self.model.sync_kind}
+                                  "weight": weight, "model": self.model.sync_kind,
+                                  **({"adapted": True} if adapted else {})}
         if closed is not None:
             header.update(members=list(closed.members), digest=closed.digest, expected=list(closed.expected),
                           closed_at=closed.offset)
@@ -369,7 +387,8 @@ class Syncer:
                               members=tuple(str(m) for m in header.get("members", ())),
                               digest=str(header.get("digest", "")),
                               expected=tuple(str(m) for m in header.get("expected", ())),
-                              closed_at=int(header.get("closed_at", -1)), offset=raw.offset)
+                              closed_at=int(header.get("closed_at", -1)), offset=raw.offset,
+                              adapted=bool(header.get("adapted", False)))
         except (FormatError, KeyError, TypeError, ValueError) as exc:
             self.metrics.refused.labels("format").inc()
             log.error("sync: the record at %s-%d@%d is refused: %s", raw.topic, raw.partition, raw.offset, exc)

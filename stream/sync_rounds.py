@@ -7,7 +7,11 @@ round, weighted by the labeled events it learned since the model it last adopted
 ``round_timeout_seconds`` for the others: the round closes with the updates before it), ``merged`` (the model of a
 closed round, published by the member whose record closed it, with the members expected next and the offset of
 the record that closed it: a new member takes its state from it and reads on from that offset, so it sees the
-next round's updates that came before the merged record), ``bye`` (a member leaves). A round closes at the
+next round's updates that came before the merged record), ``bye`` (a member leaves). An update may say its
+member's model was *adapted* since its last round (a drift policy replaced it: `reset`, a background swap): that
+is a decision of the group, carried by the round: the round's model is the merge of the adapted members' updates
+alone (their models, statistics included, as they are), and every member takes it, keeping only what it learned
+after it sent. A round closes at the
 first record after which every expected member has sent its update, or at the first ``close`` for it;
 members missing from a round closed by ``close`` are expected no more, until they send again. Updates for a
 round that is closed already are stale: left out, and their learning stays with their member (it is in its
@@ -39,6 +43,7 @@ class SyncRecord:
     expected: tuple[str, ...] = ()  # merged: the members expected in the next round
     closed_at: int = -1  # merged: the offset of the record that closed the round
     offset: int = -1  # where this record is on the topic
+    adapted: bool = False  # update: its member's model was adapted (replaced) since its last round
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class Closed:
     timed_out: bool
     expected: tuple[str, ...]  # the members expected in the next round
     offset: int  # of the record that closed it: a member that starts from this round reads on after it
+    adapted: tuple[str, ...] = ()  # members whose adapted model became the group's in this round
 
 
 @dataclass
@@ -119,12 +125,15 @@ class Rounds:
     def _close(self, rec: SyncRecord, *, timed_out: bool) -> Closed:
         members = tuple(sorted(self.updates))
         ups = [self.updates[m] for m in members]
-        pairs: list[tuple[float, Params]] = [(u.weight, u.params or {}) for u in ups]
-        merged = merge(self.merged, pairs)
+        adapted = tuple(m for m in members if self.updates[m].adapted)
+        if adapted:  # the group adapts: the adapted members' models (absolute) are the round's model
+            merged = merge({}, [(self.updates[m].weight, self.updates[m].params or {}) for m in adapted])
+        else:
+            merged = merge(self.merged, [(u.weight, u.params or {}) for u in ups])
         if timed_out:
             self.expected = set(members)
         closed = Closed(self.round, members, tuple(u.weight for u in ups), merged, digest(merged), rec.member,
-                        timed_out, tuple(sorted(self.expected)), rec.offset)
+                        timed_out, tuple(sorted(self.expected)), rec.offset, adapted)
         self.merged, self.merged_round = merged, self.round
         self.round += 1
         self.updates = {}

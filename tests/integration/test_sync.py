@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from kafka import KafkaProducer
 
 from driftline.learners.mergeable import decode
@@ -290,3 +291,47 @@ def test_two_sites_in_their_own_groups_share_only_parameters_over_another_cluste
     assert len(digests) >= 5 and all(len(d) == 1 for d in digests.values()), digests
     assert sum(len(m) == 2 for m in members.values()) >= 4, members  # both sites in the rounds
     assert all(s["driftline_sync_diverged_rounds_total"] == 0 for s in stats.values())
+
+
+def test_a_drift_adaptation_of_one_member_becomes_the_groups_model_every_member_computes_alike(
+        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    """Group decisions on the real broker: members with ADWIN and the reset policy on an abrupt drift; each
+    adaptation rides on its member's next update and the round takes the adapted model: counted at every
+    member, audited in the round (adapted_by), and every round still has one digest."""
+    topic, group = f"{topic_prefix}-in", f"{topic_prefix}-group"
+    ensure_topics(KafkaSettings(bootstrap_servers=kafka_bootstrap), [topic], partitions=4)
+    n = 12_000
+    events = list(itertools.islice(from_generator("SEA", params={"variant": 0}, seed=5, id_prefix="d-",
+                                                  drift_at=n // 2, drift_params={"variant": 3}), n))
+    drift = {"detectors": [{"name": "ADWIN"}], "policies": [{"name": "reset"}], "guard": {"window": 0}}
+    members = {}
+    for name in ("a", "b"):
+        cfg = _config(tmp_path, kafka_bootstrap, topic_prefix, name)
+        text = cfg.read_text() + yaml.safe_dump({"drift": drift})
+        cfg.write_text(text)
+        members[name] = ServiceProcess(cfg, tmp_path / f"{name}.log")
+    producer = threading.Thread(target=_stream, args=(kafka_bootstrap, topic, events, 1_500.0))
+    try:
+        for m in members.values():
+            m.wait_ready()
+        producer.start()
+        producer.join(120)
+        wait_for(lambda: committed_offsets(kafka_bootstrap, group, topic) == end_offsets(kafka_bootstrap, topic),
+                 120, "the group to consume and commit everything")
+        time.sleep(3)
+        stats = {name: m.metrics() for name, m in members.items()}
+    finally:
+        if producer.ident is not None:
+            producer.join(120)
+        codes = {name: m.terminate() for name, m in members.items()}
+        assert all(c == 0 for c in codes.values()), "\n".join(m.log() for m in members.values())
+    adaptations = sum(v for s in stats.values() for k, v in s.items()
+                      if k.startswith("driftline_adaptations_total{") and 'action="reset"' in k)
+    assert adaptations >= 1, "no member adapted to the drift"
+    carried = {name: s["driftline_sync_group_adaptations_total"] for name, s in stats.items()}
+    assert min(carried.values()) >= 1 and len(set(carried.values())) == 1, carried  # every member took them
+    audit = [json.loads(r.value) for r in read_topic(kafka_bootstrap, f"{topic_prefix}-audit", timeout=5)]
+    rounds = [r for r in audit if r.get("action") == "sync_round"]
+    assert any(r.get("adapted_by") for r in rounds)
+    digests = _round_digests(kafka_bootstrap, f"{topic_prefix}-audit")
+    assert all(len(d) == 1 for d in digests.values()), digests

@@ -137,12 +137,18 @@ def test_the_partition_state_topic_defaults_to_a_valid_name_of_the_group() -> No
     assert Settings(topics={"partition_state": "mine"}).partition_state_topic == "mine"
 
 
-def test_sync_defaults_to_a_topic_of_the_group_and_refuses_per_member_adaptation() -> None:
+def test_sync_defaults_to_a_topic_of_the_group_and_refuses_adaptation_the_group_cannot_carry() -> None:
     s = Settings(kafka={"group_id": "fraud model/v2"}, sync={"mode": "average"})
     assert s.sync_topic == "driftline.fraud_model_v2.sync"
     assert Settings(sync={"topic": "shared.sync"}).sync_topic == "shared.sync"
-    with pytest.raises(ValidationError, match="would make its model diverge from the group's"):
-        Settings(sync={"mode": "average"}, drift={"detectors": [{"name": "ADWIN"}], "policies": [{"name": "reset"}]})
+    detectors = [{"name": "ADWIN"}]
+    # the round carries a member's adapted model (a group decision)
+    Settings(sync={"mode": "average"}, drift={"detectors": detectors, "policies": [{"name": "reset"}]})
+    with pytest.raises(ValidationError, match=r"drift.policies \['adabn'\]: they adapt the backbone"):
+        Settings(sync={"mode": "average"}, drift={"detectors": detectors, "policies": [{"name": "adabn"}]})
+    with pytest.raises(ValidationError, match=r"sync\.mode ensemble with drift\.policies: not built yet"):
+        Settings(sync={"mode": "ensemble", "key": "k" * 16},
+                 drift={"detectors": detectors, "policies": [{"name": "reset"}]})
     Settings(sync={"mode": "average"}, drift={"detectors": [{"name": "ADWIN"}]})  # detectors only report
     with pytest.raises(ValidationError, match="invalid Kafka topic name"):
         Settings(sync={"topic": "a topic"})

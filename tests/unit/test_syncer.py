@@ -14,7 +14,7 @@ from driftline.core import Event
 from driftline.learners.base import Learner
 from driftline.learners.capabilities import mergeable
 from driftline.learners.factory import build_learner
-from driftline.learners.mergeable import digest
+from driftline.learners.mergeable import decode, digest
 from driftline.monitoring.metrics import SyncMetrics
 from driftline.settings import ModelSettings, SyncSettings
 from driftline.stream.kafka.seam import TopicPartition
@@ -170,3 +170,61 @@ def test_a_restart_knows_its_update_made_the_round_and_counts_nothing_twice() ->
     assert b2.rounds.merged_round == 1 and _params_digest(b2) == _params_digest(a)
     assert b2.metrics.unsynced_lost._value.get() == 0
     assert b2.labels_since() == 0  # the learning it sent is the group's: its next update's weight starts at 0
+
+
+def test_a_members_drift_adaptation_is_carried_by_the_round_and_taken_by_every_member() -> None:
+    """Group decisions: member a's reset policy acts on a drift (the real Adapter); its next update says so, and
+    the round's model is a's adapted model alone, taken by every member (b's learning of the old concept is left
+    behind, what b learned after it sent is kept). Every member computes the same digest."""
+    from driftline.adapters.adaptation import Adapter
+    from driftline.adapters.config import DriftSettings
+    from driftline.adapters.detectors import Detection
+    from driftline.learners.mergeable import merge, rebase
+    from driftline.monitoring.metrics import ServiceMetrics
+
+    log = Log()
+    a, b = _member(log, "a"), _member(log, "b")
+    for m in (a, b):
+        m.join()
+    old = [Event.model_validate(e) for e in itertools.islice(
+        from_generator("SEA", params={"variant": 0}, seed=1, id_prefix="o"), 600)]
+    new = [Event.model_validate(e) for e in itertools.islice(
+        from_generator("SEA", params={"variant": 3}, seed=2, id_prefix="n"), 600)]
+    for m, part in ((a, old[:300]), (b, old[300:])):
+        _learn(m, part)
+        m.prepare()
+        m.send_update()
+    for m in (a, b):
+        m.poll()
+    assert a.rounds.merged_round == 1 and _params_digest(a) == _params_digest(b)
+    # a meets the new concept, its detector fires, the reset policy relearns the recent (new) events
+    adapter = Adapter(a.learner, DriftSettings(policies=[{"name": "reset", "params": {"since_change": False}}],
+                                               guard={"window": 0}, window=200),
+                      seed=1, metrics=ServiceMetrics(CollectorRegistry(), model="m", task="classification"))
+    adapter.initial_state = build_learner(CFG).state_dict()  # a fresh model (the config's initial state)
+    for e in new[:200]:
+        assert e.label is not None
+        a.learner.learn_one(e, e.label)
+        adapter.observe_labeled(e, e.label, None)
+    adapter.on_detection(Detection("ADWIN", "drift", 500, 0.4))
+    assert adapter.actions_taken == 1
+    adapted = a.model.sync_params()
+    _learn(b, old[:100])  # b still learns the old concept
+    for m in (a, b):
+        m.prepare()
+        m.send_update()
+    assert a.state.pub_adapted is True and b.state.pub_adapted is False  # (kept until the round closes)
+    header, _ = decode(log.records[-2].value or b"")
+    assert header.get("adapted") is True
+    _learn(b, new[200:250])  # what b learns after it sent is kept
+    now_b, pub_b = b.model.sync_params(), b.state.pub
+    assert pub_b is not None
+    for m in (a, b):
+        m.poll()
+    assert a.rounds.merged_round == 2 and a.state.pub_adapted is False
+    merged = a.state.ref
+    assert merged is not None and digest(merged) == digest(merge({}, [(1.0, adapted)]))  # a's model alone
+    assert _params_digest(a) == digest(merged)  # a learned nothing since it sent
+    assert b.state.ref is not None and digest(b.state.ref) == digest(merged)  # every member computed the same
+    assert _params_digest(b) == digest(rebase(merged, now_b, pub_b))  # b: the group's model + what it learned since
+    assert b.metrics.group_adaptations._value.get() == 1
