@@ -38,6 +38,7 @@ from driftline.stream.kafka.ranges import PartitionReader, drain
 from driftline.stream.kafka.seam import TopicPartition
 from driftline.stream.kafka.writer import RecordWriter
 from driftline.stream.records import InboundRecord
+from driftline.stream.sync import OtherKind
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class SnapshotSync:
         self._sent_updates = ensemble.updates
         self._last_send = time.monotonic()
         self._taken: tuple[bytes, int] | None = None  # (record, updates) taken at the save point
-        self._refused_from: set[tuple[str, str]] = set()
+        self._other_kind = OtherKind(topic, kind, metrics, what="snapshot", must_match="model.name, task, classes")
         self.sent = 0
 
     # -- joining ---------------------------------------------------------------------------------------
@@ -241,7 +242,7 @@ class SnapshotSync:
         try:
             header, body = unseal(self._key, raw.value)
             if header.get("model") != self.kind:
-                self._other_kind(header, joining)
+                self._other_kind.refuse(header, joining=joining)
                 return False
             who = str(header["member"])
             state = pickle.loads(inflate(body))  # signed by a holder of sync.key: verified above
@@ -269,19 +270,6 @@ class SnapshotSync:
         m.staleness.set_to_current_time()
         m.members.set(len(self.ensemble.peers) + 1)
         return True
-
-    def _other_kind(self, header: Mapping[str, Any], joining: bool) -> None:
-        who, theirs = str(header.get("member")), str(header.get("model"))
-        if joining:
-            raise ConfigError(
-                f"sync topic {self.topic!r} holds the snapshot of member {who!r}: {theirs}; this member's model is "
-                f"{self.kind}. Members of one sync topic need the same model (model.name, task, classes): fix "
-                "the config, or name another sync.topic")
-        self.metrics.refused.labels("model_kind").inc()
-        if (who, theirs) not in self._refused_from:
-            self._refused_from.add((who, theirs))
-            log.error("sync: member %s on %s has another model (%s; this member's is %s): its snapshots are "
-                      "refused", who, self.topic, theirs, self.kind)
 
     def _expire(self) -> None:
         """Members whose newest snapshot is older than max_snapshot_age_seconds leave the vote."""

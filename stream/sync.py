@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -145,7 +145,8 @@ class Syncer:
         self._sent_at = 0.0
         self._close_sent = False
         self._last_send = time.monotonic()
-        self._refused_from: set[tuple[str, str]] = set()
+        self._other_kind = OtherKind(topic, model.sync_kind, metrics, what="model",
+                                     must_match="model.name, task, classes, scale, one_hot")
         # the model version this syncer last set: another one means a drift policy adapted the model here since
         self._version_set: int | None = None
         # the privacy noise: seeded by sync.privacy.seed (tests) or the operating system's entropy
@@ -380,7 +381,7 @@ class Syncer:
             if kind not in TYPES:
                 raise FormatError(f"unknown sync record type {kind!r}")
             if header.get("model") != self.model.sync_kind:
-                self._refuse(raw, header, joining)
+                self._other_kind.refuse(header, joining=joining)
                 return None
             return SyncRecord(type=kind, member=str(header["member"]), round=int(header["round"]),
                               weight=float(header.get("weight", 0.0)), params=params,
@@ -394,16 +395,25 @@ class Syncer:
             log.error("sync: the record at %s-%d@%d is refused: %s", raw.topic, raw.partition, raw.offset, exc)
             return None
 
-    def _refuse(self, raw: InboundRecord, header: dict[str, Any], joining: bool) -> None:
-        who = str(header.get("member"))
-        theirs = str(header.get("model"))
+
+class OtherKind:
+    """Records of another model kind on the sync topic (a member whose config differs): at start a ConfigError
+    naming both models and what must match; while running, refused, counted and logged once per member and kind."""
+
+    def __init__(self, topic: str, kind: str, metrics: SyncMetrics, *, what: str, must_match: str) -> None:
+        self.topic, self.kind, self.metrics = topic, kind, metrics
+        self.what, self.must_match = what, must_match  # "model" / "snapshot"; the settings that must be equal
+        self._seen: set[tuple[str, str]] = set()
+
+    def refuse(self, header: Mapping[str, Any], *, joining: bool) -> None:
+        who, theirs = str(header.get("member")), str(header.get("model"))
         if joining:
             raise ConfigError(
-                f"sync topic {self.topic!r} holds the model of member {who!r}: {theirs}; this member's is "
-                f"{self.model.sync_kind}. Members of one sync topic need the same model config (model.name, "
-                "task, classes, scale, one_hot): fix the config, or name another sync.topic")
+                f"sync topic {self.topic!r} holds the {self.what} of member {who!r}: {theirs}; this member's is "
+                f"{self.kind}. Members of one sync topic need the same model config ({self.must_match}): fix the "
+                "config, or name another sync.topic")
         self.metrics.refused.labels("model_kind").inc()
-        if (who, theirs) not in self._refused_from:
-            self._refused_from.add((who, theirs))
+        if (who, theirs) not in self._seen:
+            self._seen.add((who, theirs))
             log.error("sync: member %s on %s has another model (%s; this member's is %s): its records are "
-                      "refused", who, self.topic, theirs, self.model.sync_kind)
+                      "refused", who, self.topic, theirs, self.kind)

@@ -18,34 +18,12 @@ from driftline.learners.ensemble import GroupEnsemble, Score, model_kind, vote
 from driftline.learners.factory import build_learner
 from driftline.monitoring.metrics import SyncMetrics
 from driftline.settings import ModelSettings, Settings, SyncSettings
-from driftline.stream.kafka.writer import FlushResult
-from driftline.stream.records import InboundRecord
 from driftline.stream.snapshots import MAGIC, SnapshotRefused, SnapshotSync, seal, unseal
 from driftline.stream.sources import from_generator
-from tests.unit.test_syncer import Log, Reader
+from tests.unit.test_syncer import Log, Reader, Writer
 
 TREE = ModelSettings(name="tree.HoeffdingTreeClassifier", params={"grace_period": 50}, classes=[False, True])
 KEY = "0123456789abcdef-a-test-key"
-
-
-class Writer:
-    """The sync topic's writer: records stamped with the time they were sent (the snapshot's age)."""
-
-    def __init__(self, log: Log) -> None:
-        self.log = log
-
-    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
-             headers: Any = None) -> None:
-        self.log.records.append(InboundRecord(topic, 0, len(self.log.records), int(time.time() * 1000), key, value))
-
-    def flush(self, timeout: float | None = None) -> FlushResult:
-        return FlushResult()
-
-    def partitions_for(self, topic: str) -> int:
-        return 1
-
-    def close(self, timeout: float = 30.0) -> None:
-        return None
 
 
 def _events(n: int, seed: int, variant: int = 0) -> list[Event]:

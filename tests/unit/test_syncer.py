@@ -5,6 +5,7 @@ broker runs the same code in tests/integration/test_sync.py."""
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,7 +38,8 @@ class Writer:
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
              headers: Any = None) -> None:
-        self.log.records.append(InboundRecord(topic, 0, len(self.log.records), 0, key, value))
+        # stamped with the time it was sent (an ensemble snapshot's age)
+        self.log.records.append(InboundRecord(topic, 0, len(self.log.records), int(time.time() * 1000), key, value))
 
     def flush(self, timeout: float | None = None) -> FlushResult:
         return FlushResult()
