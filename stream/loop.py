@@ -24,20 +24,18 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from driftline.errors import ConfigError, KafkaSecurityError
 from driftline.learners.base import Learner
-from driftline.learners.capabilities import background_trained, mergeable
-from driftline.learners.ensemble import GroupEnsemble, model_kind
-from driftline.learners.registry import MERGEABLE_RIVER
+from driftline.learners.capabilities import background_trained
+from driftline.learners.ensemble import GroupEnsemble
 from driftline.monitoring.http import MetricsServer
 from driftline.monitoring.http_security import http_security
 from driftline.monitoring.live import LiveSampler, LiveStatus
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.process import settle_heap
-from driftline.secrecy import resolve
 from driftline.settings import Settings
-from driftline.stream.audit import AuditPublisher
 from driftline.stream.checkpointing import Checkpointer, Commit
+from driftline.stream.group_sync import member_side
 from driftline.stream.kafka import open_backend
-from driftline.stream.kafka.ranges import partition_reader, read_partitions
+from driftline.stream.kafka.ranges import read_partitions
 from driftline.stream.kafka.seam import (
     CommitLostError,
     Consumer,
@@ -56,8 +54,7 @@ from driftline.stream.processor import EventProcessor
 from driftline.stream.quarantine import QUARANTINED, Quarantine
 from driftline.stream.records import InboundRecord
 from driftline.stream.sink import OutputSink
-from driftline.stream.snapshots import SnapshotSync, snapshot_topic_configs
-from driftline.stream.sync import SYNC_TOPIC, GroupSync, Syncer, SyncState
+from driftline.stream.sync import GroupSync, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -237,9 +234,8 @@ class Service:
                                     member=f"{s.kafka.client_id}@{socket.gethostname()}:{os.getpid()}",
                                     owner=self._identity())
         self.checkpointer = checkpointer
-        syncer: GroupSync | None = (
-            self._syncer(sync_state, writer, transactional, sink) if sync_state is not None
-            else self._snapshots(ensemble, sink) if ensemble is not None else None)
+        syncer = member_side(s, kafka, self.learner, member=self._identity(), state=sync_state, ensemble=ensemble,
+                             writer=writer, transactional=transactional, sink=sink, metrics=self.metrics)
         quarantine = Quarantine(s.checkpoint.directory)
         quarantine.start()
         try:
@@ -321,58 +317,6 @@ class Service:
         log.info("stopped after %d batches: %d consumed, %d predicted, %d learned, %d dead-lettered",
                  t.batches, t.consumed, t.predicted, t.learned, t.dead_lettered)
         return self.totals
-
-    def _syncer(self, state: SyncState, writer: RecordWriter, transactional: TransactionalWriter | None,
-                sink: OutputSink) -> Syncer:
-        """sync.mode average: the member's side of the group's rounds, on the sync topic (one partition)."""
-        s = self.settings
-        model = mergeable(self.learner)
-        if model is None:
-            raise ConfigError(f"sync.mode {s.sync.mode}: model {self.learner.name} cannot be averaged (mergeable: "
-                              f"{', '.join(sorted(MERGEABLE_RIVER))}, and the torch heads TorchLinear, TorchMLP); "
-                              "use sync.mode ensemble for it, or none")
-        kafka = self._sync_cluster(SYNC_TOPIC)
-        elsewhere = s.sync.kafka is not None
-        # with exactly_once, the update is in the save point's transaction (on this cluster only); the other
-        # records need none. On another cluster (sync.kafka), every record goes by a producer of that cluster.
-        plain = kafka.writer() if transactional is not None or elsewhere else writer
-        # a round is adopted between batches, outside any transaction: its audit record goes the plain way
-        audit = AuditPublisher(sink if transactional is None else OutputSink(
-            self.kafka.writer() if elsewhere else plain, s.topics.predictions, s.topics.dead_letter, self.metrics),
-            s.topics.audit)
-        return Syncer(s.sync, self.learner, model, state, topic=s.sync_topic, group=s.kafka.group_id,
-                      member=self._identity(), writer=plain, update_writer=plain if elsewhere else writer,
-                      owns_writer=plain is not writer, in_transaction=transactional is not None and not elsewhere,
-                      reader=partition_reader(s.sync.kafka or s.kafka), metrics=self.metrics.sync,
-                      audit=audit.publish if s.topics.audit else None)
-
-    def _sync_cluster(self, configs: Mapping[str, str]) -> KafkaBackend:
-        """The cluster of the sync topic (``sync.kafka``, checked like the service's own at start; else the
-        service's), with the topic created there (one partition) and known."""
-        s = self.settings
-        kafka = self.kafka
-        if s.sync.kafka is not None:
-            kafka = open_backend(s.sync.kafka)
-            try:
-                kafka.check_connection()  # a rejected certificate or password stops here
-            except (ConfigError, KafkaSecurityError) as exc:
-                raise type(exc)(f"sync.kafka (the sync topic's cluster, {s.sync.kafka.bootstrap_servers}): {exc}"
-                                ) from None
-        kafka.ensure_topics([s.sync_topic], partitions=1, configs=configs)
-        kafka.topic_partitions(s.sync_topic)  # waits until a topic just created is known
-        return kafka
-
-    def _snapshots(self, ensemble: GroupEnsemble, sink: OutputSink) -> SnapshotSync:
-        """sync.mode ensemble: this member's snapshots out, the others' in, on the sync topic (one partition)."""
-        s = self.settings
-        key = resolve(s.sync.key, s.sync.key_file, "sync.key")
-        assert key is not None  # required by the settings in ensemble mode
-        kafka = self._sync_cluster(snapshot_topic_configs(s.sync.max_snapshot_bytes))
-        return SnapshotSync(s.sync, ensemble, key, topic=s.sync_topic, group=s.kafka.group_id,
-                            kind=model_kind(ensemble.own),
-                            writer=kafka.writer(max_record_bytes=s.sync.max_snapshot_bytes + 65_536),
-                            reader=partition_reader(s.sync.kafka or s.kafka), metrics=self.metrics.sync,
-                            audit=AuditPublisher(sink, s.topics.audit).publish if s.topics.audit else None)
 
     def _sync(self, syncer: GroupSync, checkpointer: Checkpointer, transactional: TransactionalWriter | None) -> None:
         """The sync step: merge the rounds that closed; when an update is due, a save point first (the update
