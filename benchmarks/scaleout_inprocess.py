@@ -81,7 +81,7 @@ def accuracy(events: list[Event], run: str, per_round: int, mode: str, *, cfg: M
                 if s.due():
                     s.prepare()
                     s.send_update()
-    return hits / len(events), max(s.metrics.epsilon._value.get() for s in syncers)
+    return hits / len(events), max(s.epsilon for s in syncers)
 
 
 def main() -> None:

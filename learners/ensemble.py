@@ -51,7 +51,6 @@ class Peer:
     score: Score
     updates: int  # labeled events its model had learned
     sent_at: float  # unix seconds (its record's timestamp)
-    failures: int = 0  # predictions it failed to make (left out of the vote)
 
 
 class RollingScore:
@@ -79,13 +78,6 @@ class RollingScore:
     def score(self) -> Score:
         n = len(self._window)
         return Score(self._sum / n if n else 0.0, n)
-
-    def state_dict(self) -> list[float]:
-        return list(self._window)
-
-    def load_state_dict(self, state: Sequence[float]) -> None:
-        self._window = deque((float(v) for v in state), maxlen=SCORE_WINDOW)
-        self._sum = sum(self._window)
 
 
 class GroupEnsemble:
@@ -169,12 +161,11 @@ def model_kind(learner: Learner) -> str:
 
 
 def _predict(peer: Peer, x: Event) -> Prediction:
-    """A peer's prediction; one that fails (e.g. an input its model cannot take) is left out of the vote, and
-    counted: the event is still served by the others."""
+    """A peer's prediction; one that fails (e.g. an input its model cannot take) is left out of the vote: the
+    event is still served by the others."""
     try:
         return peer.learner.predict_one(x)
     except Exception:  # its failure is the peer model's, not the event's
-        peer.failures += 1
         return Prediction(None)
 
 

@@ -22,13 +22,28 @@ if TYPE_CHECKING:
     from driftline.learners.torch_head import TorchHeadLearner
 
 
+def _key(i: int) -> str:
+    """Position ``i`` as an entry key (zero-padded: keys sort in position order)."""
+    return f"{i:09d}"
+
+
+def _vector(values: list[float]) -> Entry:
+    """A vector as a MEAN entry, keyed by position."""
+    return mean_entry({_key(i): v for i, v in enumerate(values)})
+
+
+def _values(entry: Entry, n: int) -> list[float]:
+    """The first ``n`` positions of a `_vector` entry (0 where it has none)."""
+    values = entry.as_dict()
+    return [values.get(_key(i), 0.0) for i in range(n)]
+
+
 def _flat(prefix: str, tensors: dict[str, Any]) -> Params:
     out: Params = {}
     for name, t in tensors.items():
         if not t.is_floating_point():
             continue
-        values = t.detach().double().cpu().reshape(-1).tolist()
-        out[f"{prefix}/{name}"] = mean_entry({f"{i:09d}": v for i, v in enumerate(values)})
+        out[f"{prefix}/{name}"] = _vector(t.detach().double().cpu().reshape(-1).tolist())
     return out
 
 
@@ -40,8 +55,7 @@ def _load_flat(prefix: str, module: Any, params: Params) -> None:
         e = params.get(f"{prefix}/{name}")
         if e is None or not t.is_floating_point():
             continue
-        values = e.as_dict()
-        flat = torch.tensor([values.get(f"{i:09d}", 0.0) for i in range(t.numel())], dtype=torch.float64)
+        flat = torch.tensor(_values(e, t.numel()), dtype=torch.float64)
         state[name] = flat.reshape(t.shape).to(dtype=t.dtype)
     module.load_state_dict(state)
 
@@ -76,12 +90,12 @@ def sync_params(self: TorchHeadLearner) -> Params:
         for label in self._classes:
             col = self._index[label]
             key = json.dumps(label)
-            params[f"out.w/{key}"] = mean_entry({f"{i:09d}": float(v) for i, v in enumerate(w[col].tolist())})
+            params[f"out.w/{key}"] = _vector(w[col].tolist())
             params[f"out.b/{key}"] = mean_entry({"": float(b[col])})
     if self._scaler is not None and self._scaler.n > 0:
         s = self._scaler
         var = (s.m2 / s.n).tolist()
-        params["scaler"] = moments_entry({f"{i:09d}": (float(s.n), float(m), float(v))
+        params["scaler"] = moments_entry({_key(i): (float(s.n), float(m), float(v))
                                           for i, (m, v) in enumerate(zip(s.mean.tolist(), var, strict=True))})
     return params
 
@@ -101,16 +115,14 @@ def load_sync_params(self: TorchHeadLearner, params: Params) -> None:
         with torch.no_grad():
             for label, (we, be) in sorted(rows.items(), key=lambda kv: json.dumps(kv[0])):
                 col = class_column(label, self._index, self._classes, self._fixed, self.params.max_classes)
-                values = we.as_dict()
-                out_layer.weight[col] = torch.tensor([values.get(f"{i:09d}", 0.0)
-                                                      for i in range(out_layer.weight.shape[1])],
+                out_layer.weight[col] = torch.tensor(_values(we, out_layer.weight.shape[1]),
                                                      dtype=out_layer.weight.dtype)
                 if be is not None and len(be.values):
                     out_layer.bias[col] = float(be.values[0])
     scaler = params.get("scaler")
     if self._scaler is not None and scaler is not None and len(scaler.keys):
         rows_ = scaler.rows()
-        ordered = [rows_[f"{i:09d}"] for i in range(len(rows_))]
+        ordered = [rows_[_key(i)] for i in range(len(rows_))]
         n = ordered[0][0]
         self._scaler.n = round(n)
         self._scaler.mean = torch.tensor([r[1] for r in ordered], dtype=torch.float64)

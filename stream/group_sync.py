@@ -19,7 +19,7 @@ from driftline.stream.kafka.ranges import partition_reader
 from driftline.stream.kafka.seam import KafkaBackend, TransactionalWriter
 from driftline.stream.kafka.writer import RecordWriter
 from driftline.stream.sink import OutputSink
-from driftline.stream.snapshots import SnapshotSync, snapshot_topic_configs
+from driftline.stream.snapshots import SnapshotSync, max_record_bytes, snapshot_topic_configs
 from driftline.stream.sync import SYNC_TOPIC, GroupSync, Syncer, SyncState
 
 
@@ -49,13 +49,15 @@ def _averaging(s: Settings, kafka: KafkaBackend, learner: Learner, member: str, 
     # with exactly_once, the update is in the save point's transaction (on this cluster only); the other
     # records need none. On another cluster (sync.kafka), every record goes by a producer of that cluster.
     plain = cluster.writer() if transactional is not None or elsewhere else writer
-    # a round is adopted between batches, outside any transaction: its audit record goes the plain way
+    # a round is adopted between batches, outside any transaction: its audit record goes the plain way (on this
+    # service's cluster: with the sync topic elsewhere, a producer of its own)
+    audit_writer = kafka.writer() if transactional is not None and elsewhere else plain
     audit = AuditPublisher(sink if transactional is None else OutputSink(
-        kafka.writer() if elsewhere else plain, s.topics.predictions, s.topics.dead_letter, metrics),
-        s.topics.audit)
+        audit_writer, s.topics.predictions, s.topics.dead_letter, metrics), s.topics.audit)
+    owned = ((plain,) if plain is not writer else ()) + ((audit_writer,) if audit_writer is not plain else ())
     return Syncer(s.sync, learner, model, state, topic=s.sync_topic, group=s.kafka.group_id,
                   member=member, writer=plain, update_writer=plain if elsewhere else writer,
-                  owns_writer=plain is not writer, in_transaction=transactional is not None and not elsewhere,
+                  owned=owned, in_transaction=transactional is not None and not elsewhere,
                   reader=partition_reader(s.sync.kafka or s.kafka), metrics=metrics.sync,
                   audit=audit.publish if s.topics.audit else None)
 
@@ -69,7 +71,7 @@ def _snapshots(s: Settings, kafka: KafkaBackend, member: str, ensemble: GroupEns
     cluster = _sync_cluster(s, kafka, snapshot_topic_configs(s.sync.max_snapshot_bytes))
     return SnapshotSync(s.sync, ensemble, key, topic=s.sync_topic, group=s.kafka.group_id,
                         kind=model_kind(ensemble.own),
-                        writer=cluster.writer(max_record_bytes=s.sync.max_snapshot_bytes + 65_536),
+                        writer=cluster.writer(max_record_bytes=max_record_bytes(s.sync.max_snapshot_bytes)),
                         reader=partition_reader(s.sync.kafka or s.kafka), metrics=metrics.sync,
                         audit=AuditPublisher(sink, s.topics.audit).publish if s.topics.audit else None)
 

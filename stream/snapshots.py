@@ -50,11 +50,16 @@ MAX_INFLATED = 1 << 30  # a snapshot's pickle, uncompressed
 MIN_KEY_CHARS = 16
 
 
+def max_record_bytes(max_snapshot_bytes: int) -> int:
+    """The largest sync record in ensemble mode: a snapshot at its bound, with room for Kafka's record framing."""
+    return max_snapshot_bytes + 65_536
+
+
 def snapshot_topic_configs(max_snapshot_bytes: int) -> dict[str, str]:
     """The sync topic in ensemble mode: compacted (each member's latest snapshot), segments rolled every 10
     minutes so compaction can drop superseded snapshots, records up to a snapshot's bound."""
     return {"cleanup.policy": "compact", "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1",
-            "max.message.bytes": str(max_snapshot_bytes + 65_536)}
+            "max.message.bytes": str(max_record_bytes(max_snapshot_bytes))}
 
 
 class SnapshotRefused(Exception):
@@ -267,8 +272,7 @@ class SnapshotSync:
             return False
         m = self.metrics
         m.merge_seconds.observe(time.perf_counter() - t0)
-        m.staleness.set_to_current_time()
-        m.members.set(len(self.ensemble.peers) + 1)
+        m.staleness.set_to_current_time()  # (members in the vote: set by `_expire`, after every read)
         return True
 
     def _expire(self) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -123,8 +123,8 @@ class GroupSync(Protocol):
 class Syncer:
     def __init__(self, cfg: SyncSettings, learner: Learner, model: Mergeable, state: SyncState, *, topic: str,
                  group: str, member: str, writer: RecordWriter, reader: PartitionReader, metrics: SyncMetrics,
-                 update_writer: RecordWriter | None = None, owns_writer: bool = False, in_transaction: bool = False,
-                 audit: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 update_writer: RecordWriter | None = None, owned: Sequence[RecordWriter] = (),
+                 in_transaction: bool = False, audit: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.cfg = cfg
         self.learner = learner
         self.model = model
@@ -135,7 +135,7 @@ class Syncer:
         self.member = member
         self.writer = writer  # hello, close, merged, bye
         self.update_writer = update_writer or writer  # updates (kafka.exactly_once: the batch's transaction)
-        self.owns_writer = owns_writer  # ``writer`` is this syncer's own producer: closed with it
+        self.owned = tuple(owned)  # producers made for this syncer (its records, its audit): closed with it
         self.in_transaction = in_transaction  # updates go in the save point's transaction (GroupSync)
         self.reader = reader
         self.metrics = metrics
@@ -151,9 +151,10 @@ class Syncer:
         self._version_set: int | None = None
         # the privacy noise: seeded by sync.privacy.seed (tests) or the operating system's entropy
         self._rng = np.random.default_rng(cfg.privacy.seed)
+        self.epsilon = 0.0  # the privacy budget spent (sync.privacy)
         if cfg.privacy.clip is not None:
             require_accountant()
-            self.metrics.epsilon.set(epsilon(state.private_rounds, cfg.privacy.noise_multiplier, cfg.privacy.delta))
+            self._spend(state.private_rounds)
 
     # -- joining ---------------------------------------------------------------------------------------
     def join(self, timeout_s: float = 30.0) -> None:
@@ -272,7 +273,7 @@ class Syncer:
             return False
         if dp.clip is not None:
             st.private_rounds += 1
-            self.metrics.epsilon.set(epsilon(st.private_rounds, dp.noise_multiplier, dp.delta))
+            self._spend(st.private_rounds)
         self.metrics.updates.labels("sent").inc()
         self._waiting, self._sent_at, self._close_sent = True, time.monotonic(), False
         return True
@@ -339,8 +340,14 @@ class Syncer:
                         "weights": list(closed.weights), "digest": closed.digest, "timed_out": closed.timed_out,
                         "closer": closed.closer, "member": self.member,
                         **({"adapted_by": list(closed.adapted)} if closed.adapted else {}),
-                        **({"epsilon": self.metrics.epsilon._value.get(), "delta": self.cfg.privacy.delta}
+                        **({"epsilon": self.epsilon, "delta": self.cfg.privacy.delta}
                            if self.cfg.privacy.clip is not None else {})})
+
+    def _spend(self, rounds: int) -> None:
+        """The privacy budget after ``rounds`` private updates (Opacus's accountant), kept and exported."""
+        dp = self.cfg.privacy
+        self.epsilon = epsilon(rounds, dp.noise_multiplier, dp.delta)
+        self.metrics.epsilon.set(self.epsilon)
 
     def leave(self) -> None:
         """A graceful stop: the group expects this member no more (its partitions' next owner sends for them)."""
@@ -348,8 +355,8 @@ class Syncer:
 
     def close(self) -> None:
         self.reader.close()
-        if self.owns_writer:  # its own producer (exactly_once, or the sync topic on another cluster)
-            self.writer.close(timeout=10)
+        for writer in self.owned:  # flushed and closed
+            writer.close(timeout=10)
 
     # -- records ---------------------------------------------------------------------------------------
     def _send(self, writer: RecordWriter, kind: str, round_: int, *, weight: float = 0.0,
