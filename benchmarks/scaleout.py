@@ -184,25 +184,29 @@ def main() -> None:
                     help=f"comma-separated, of {', '.join(STREAMS)}")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--sync-every", type=float, default=1.0, help="sync.every_seconds of the average runs")
+    ap.add_argument("--models", default="linear,tree",
+                    help="linear (single / none / average with LogisticRegression), tree (single / none / ensemble "
+                         "with a Hoeffding tree), or both")
     args = ap.parse_args()
     print(f"# {platform.node()} {os.cpu_count()} CPUs, {args.events} events/stream at {args.rate:.0f}/s, "
           f"{PARTITIONS} partitions, sync.every_seconds {args.sync_every}")
+    models = args.models.split(",")
+    if not set(models) <= {"linear", "tree"}:
+        ap.error(f"--models: linear, tree or both, not {args.models!r}")
     results: dict[str, dict[str, dict[str, Any]]] = {}
     with kafka_cluster() as bootstrap, tempfile.TemporaryDirectory(prefix="driftline-scaleout-") as tmp:
         for name in args.streams.split(","):
             events = _events(STREAMS[name], args.events, args.seed)
-            results[name] = {
-                "single": run(bootstrap, events, members=1, mode="none", rate=args.rate, workdir=Path(tmp)),
-                "none": run(bootstrap, events, members=3, mode="none", rate=args.rate, workdir=Path(tmp)),
-                "average": run(bootstrap, events, members=3, mode="average", rate=args.rate, workdir=Path(tmp),
-                               sync_every=args.sync_every),
-                "single-tree": run(bootstrap, events, members=1, mode="none", rate=args.rate, workdir=Path(tmp),
-                                   model=TREE),
-                "none-tree": run(bootstrap, events, members=3, mode="none", rate=args.rate, workdir=Path(tmp),
-                                 model=TREE),
-                "ensemble-tree": run(bootstrap, events, members=3, mode="ensemble", rate=args.rate,
-                                     workdir=Path(tmp), sync_every=args.sync_every, model=TREE),
+            plan = {  # run -> (members, sync.mode, model)
+                **({"single": (1, "none", LINEAR), "none": (3, "none", LINEAR), "average": (3, "average", LINEAR)}
+                   if "linear" in models else {}),
+                **({"single-tree": (1, "none", TREE), "none-tree": (3, "none", TREE),
+                    "ensemble-tree": (3, "ensemble", TREE)} if "tree" in models else {}),
             }
+            results[name] = {
+                run_name: run(bootstrap, events, members=members, mode=mode, rate=args.rate, workdir=Path(tmp),
+                              sync_every=args.sync_every, model=model)
+                for run_name, (members, mode, model) in plan.items()}
             print(f"\n## {name}")
             print("| run | accuracy | rolling accuracy (10 windows) | CPU s/1k events | rounds | bytes/round | "
                   "merge p99 | timed-out rounds | predict p50 |")
@@ -214,25 +218,29 @@ def main() -> None:
                 print(f"| {run_name} | {r['accuracy']:.4f} | {roll} | {r['cpu_s_per_kevent']:.3f} | "
                       f"{r['rounds']:.0f} | {r['bytes_per_round']:.0f} | {p99} | {r['timed_out_rounds']:.0f} | "
                       f"{p50} |", flush=True)
-    gaps = {n: r["single"]["accuracy"] - r["average"]["accuracy"] for n, r in results.items()}
-    gains = {n: r["average"]["accuracy"] - r["none"]["accuracy"] for n, r in results.items()}
-    cpu_avg = sum(r["average"]["cpu_s_per_kevent"] for r in results.values())
-    cpu_none = sum(r["none"]["cpu_s_per_kevent"] for r in results.values())
-    e_gaps = {n: r["single-tree"]["accuracy"] - r["ensemble-tree"]["accuracy"] for n, r in results.items()}
-    e_gains = {n: r["ensemble-tree"]["accuracy"] - r["none-tree"]["accuracy"] for n, r in results.items()}
-    cpu_ens = sum(r["ensemble-tree"]["cpu_s_per_kevent"] for r in results.values())
-    cpu_none_tree = sum(r["none-tree"]["cpu_s_per_kevent"] for r in results.values())
-    p50s = [(r["ensemble-tree"]["predict_p50_s"], r["none-tree"]["predict_p50_s"]) for r in results.values()]
-    p50_ratio = max((e / n for e, n in p50s if e and n), default=None)
-    print(json.dumps({"worst_gap_vs_single": round(max(gaps.values()), 4),
-                      "best_gain_over_none": round(max(gains.values()), 4),
-                      "sync_cpu_cost": round(cpu_avg / cpu_none - 1, 4),
-                      "ensemble_worst_gap_vs_single": round(max(e_gaps.values()), 4),
-                      "ensemble_best_gain_over_none": round(max(e_gains.values()), 4),
-                      "ensemble_cpu_cost": round(cpu_ens / cpu_none_tree - 1, 4),
-                      "ensemble_predict_p50_ratio": round(p50_ratio, 2) if p50_ratio else None,
-                      "streams": {n: {k: round(r[k]["accuracy"], 4) for k in r} for n, r in results.items()}}))
+    summary: dict[str, Any] = {}
+    if "linear" in models:
+        summary.update(_compare(results, "single", "none", "average", ("worst_gap_vs_single",
+                                                                      "best_gain_over_none", "sync_cpu_cost")))
+    if "tree" in models:
+        summary.update(_compare(results, "single-tree", "none-tree", "ensemble-tree", (
+            "ensemble_worst_gap_vs_single", "ensemble_best_gain_over_none", "ensemble_cpu_cost")))
+        p50s = [(r["ensemble-tree"]["predict_p50_s"], r["none-tree"]["predict_p50_s"]) for r in results.values()]
+        p50_ratio = max((e / n for e, n in p50s if e and n), default=None)
+        summary["ensemble_predict_p50_ratio"] = round(p50_ratio, 2) if p50_ratio else None
+    summary["streams"] = {n: {k: round(r[k]["accuracy"], 4) for k in r} for n, r in results.items()}
+    print(json.dumps(summary))
 
+
+def _compare(results: dict[str, dict[str, dict[str, Any]]], single: str, none: str, synced: str,
+             keys: tuple[str, str, str]) -> dict[str, float]:
+    """The synced runs against the single instance (largest gap) and against mode none (largest gain), and the
+    CPU per event with sync over without (summed over streams), minus 1."""
+    gaps = [r[single]["accuracy"] - r[synced]["accuracy"] for r in results.values()]
+    gains = [r[synced]["accuracy"] - r[none]["accuracy"] for r in results.values()]
+    cpu_synced = sum(r[synced]["cpu_s_per_kevent"] for r in results.values())
+    cpu_none = sum(r[none]["cpu_s_per_kevent"] for r in results.values())
+    return {keys[0]: round(max(gaps), 4), keys[1]: round(max(gains), 4), keys[2]: round(cpu_synced / cpu_none - 1, 4)}
 
 if __name__ == "__main__":
     main()

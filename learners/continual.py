@@ -23,11 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from driftline.core import Event, Label, Prediction, Task
 from driftline.errors import ConfigError
+from driftline.learners import continual_sync
 from driftline.learners.backbones import Backbone
 from driftline.learners.base import LearnerBase, check_fingerprint, check_label_type, check_state_header, class_column
 from driftline.learners.capabilities import Capability
 from driftline.learners.config import ModelSettings
 from driftline.learners.embedding import BackboneParts, PreparedBatch
+from driftline.learners.mergeable import Params
 from driftline.learners.seeding import seeded
 from driftline.learners.strategies import build_strategy, dump_strategy, load_strategy, parse_strategy
 from driftline.learners.torch_head import RunningStandardizer, build_optimizer
@@ -65,7 +67,8 @@ class ContinualParams(BaseModel):
 class ContinualLearner(BackboneParts, LearnerBase):
     """Backbone + head trained in windows by an Avalanche strategy in a worker thread."""
 
-    capabilities = frozenset({Capability.HAS_BACKBONE, Capability.BACKGROUND_TRAINED, Capability.SELF_ADAPTING})
+    capabilities = frozenset({Capability.HAS_BACKBONE, Capability.BACKGROUND_TRAINED, Capability.SELF_ADAPTING,
+                              Capability.MERGEABLE})
 
     ladder_unsupported = ("the Continual learner adapts with its Avalanche strategy; drift detectors report and "
                           "audit, but the adaptation ladder does not apply to it (leave drift.policies empty)")
@@ -109,6 +112,9 @@ class ContinualLearner(BackboneParts, LearnerBase):
         # scaling statistics (identity backbone): over the first scale_warmup labeled events
         self._scale = RunningStandardizer(backbone.dim) if self._standardize else None
         self._version, self._updates = 1, 0
+        # sync.mode average sets the version (the group's round + 1): windows trained no longer number it
+        self._group_versioned = False
+        self._sync_basis: tuple[int, Params] = (0, {})  # (windows trained, parameters) last read for a merge
         self._published = (self._serving_copy(net), self._trained_classes, self._version)
         self._pinned = self._published
         self.worker = TrainingWorker(self._train_window, window_events=p.window_events,
@@ -144,7 +150,7 @@ class ContinualLearner(BackboneParts, LearnerBase):
         return self._published[2]
 
     def set_version(self, version: int) -> None:
-        self._version = version
+        self._version, self._group_versioned = version, True
         net, n, _ = self._published
         self._published = self._pinned = (net, n, version)
 
@@ -255,9 +261,24 @@ class ContinualLearner(BackboneParts, LearnerBase):
         """After training on ``w``: a copy of the trained network becomes the served one."""
         self._experiences += 1
         self._trained_classes = max(self._trained_classes, max(w.ys) + 1)
-        served = self._serving_copy(self.strategy.model)
-        self._version += 1
-        self._published = (served, self._trained_classes, self._version)  # one assignment: the swap
+        if not self._group_versioned:
+            self._version += 1
+        self._republish()
+
+    def _republish(self) -> None:
+        """A copy of the trained network becomes the served one (one assignment: the swap)."""
+        self._published = (self._serving_copy(self.strategy.model), self._trained_classes, self._version)
+
+    # -- Mergeable (sync.mode average; `learners.continual_sync`) ----------------------------------------
+    @property
+    def sync_kind(self) -> str:
+        return continual_sync.sync_kind(self)
+
+    def sync_params(self) -> Params:
+        return continual_sync.sync_params(self)
+
+    def load_sync_params(self, params: Params) -> None:
+        continual_sync.load_sync_params(self, params)
 
     # -- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

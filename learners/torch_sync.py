@@ -12,6 +12,7 @@ across members has no meaning for the merged weights), integer buffers (batch-no
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from driftline.core import Label
@@ -19,7 +20,7 @@ from driftline.learners.base import class_column
 from driftline.learners.mergeable import Entry, Params, mean_entry, moments_entry
 
 if TYPE_CHECKING:
-    from driftline.learners.torch_head import TorchHeadLearner
+    from driftline.learners.torch_head import RunningStandardizer, TorchHeadLearner
 
 
 def _key(i: int) -> str:
@@ -60,16 +61,87 @@ def _load_flat(prefix: str, module: Any, params: Params) -> None:
     module.load_state_dict(state)
 
 
-def output_layer(self: TorchHeadLearner) -> tuple[str, Any]:
-    """(state_dict prefix, module) of the head's last Linear layer."""
+def output_layer(head: Any) -> tuple[str, Any]:
+    """(state_dict prefix, module) of a head's last Linear layer (the head: a Linear or a Sequential)."""
     from torch import nn
 
-    head: Any = self.head
     if isinstance(head, nn.Linear):
         return "", head
     return f"{len(head) - 1}.", head[-1]
 
 
+def head_params(head: Any, top: Any, *, per_class: bool) -> Params:
+    """The head's and the unfrozen top layers' floating-point tensors (per class: the output layer's apart)."""
+    prefix, _ = output_layer(head)
+    tensors = {k: v for k, v in head.state_dict().items()
+               if not (per_class and k in (f"{prefix}weight", f"{prefix}bias"))}
+    return {**_flat("head", tensors), **({} if top is None else _flat("top", top.state_dict()))}
+
+
+def load_head_params(head: Any, top: Any, params: Params) -> None:
+    _load_flat("head", head, params)
+    if top is not None:
+        _load_flat("top", top, params)
+
+
+def class_rows(out_layer: Any, classes: Sequence[Label], index: Mapping[Label, int]) -> Params:
+    """The output layer's row (weights and bias) of every class, keyed by the class label."""
+    w = out_layer.weight.detach().double().cpu()
+    b = out_layer.bias.detach().double().cpu()
+    params: Params = {}
+    for label in classes:
+        col = index[label]
+        key = json.dumps(label)
+        params[f"out.w/{key}"] = _vector(w[col].tolist())
+        params[f"out.b/{key}"] = mean_entry({"": float(b[col])})
+    return params
+
+
+def load_class_rows(out_layer: Any, params: Params, column: Callable[[Label], int]) -> list[int]:
+    """Each class's row into its column here (``column``: this member's column of a label, given one if it is
+    new here); the columns loaded."""
+    import torch
+
+    rows: dict[Label, tuple[Entry, Entry | None]] = {}
+    for name, e in params.items():
+        head, _, key = name.partition("/")
+        if head == "out.w":
+            rows[json.loads(key)] = (e, params.get(f"out.b/{key}"))
+    cols = []
+    with torch.no_grad():
+        for label, (we, be) in sorted(rows.items(), key=lambda kv: json.dumps(kv[0])):
+            col = column(label)
+            out_layer.weight[col] = torch.tensor(_values(we, out_layer.weight.shape[1]), dtype=out_layer.weight.dtype)
+            if be is not None and len(be.values):
+                out_layer.bias[col] = float(be.values[0])
+            cols.append(col)
+    return cols
+
+
+def scaler_params(scaler: RunningStandardizer | None) -> Params:
+    """An online standardiser's count, mean and variance per dimension (MOMENTS: merged exactly)."""
+    if scaler is None or scaler.n == 0:
+        return {}
+    var = (scaler.m2 / scaler.n).tolist()
+    return {"scaler": moments_entry({_key(i): (float(scaler.n), float(m), float(v))
+                                     for i, (m, v) in enumerate(zip(scaler.mean.tolist(), var, strict=True))})}
+
+
+def load_scaler(scaler: RunningStandardizer | None, params: Params) -> None:
+    import torch
+
+    entry = params.get("scaler")
+    if scaler is None or entry is None or not len(entry.keys):
+        return
+    rows = entry.rows()
+    ordered = [rows[_key(i)] for i in range(len(rows))]
+    n = ordered[0][0]
+    scaler.n = round(n)
+    scaler.mean = torch.tensor([r[1] for r in ordered], dtype=torch.float64)
+    scaler.m2 = torch.tensor([r[2] * n for r in ordered], dtype=torch.float64)
+
+
+# -- the torch head (TorchLinear, TorchMLP) -----------------------------------------------------------------
 def sync_kind(self: TorchHeadLearner) -> str:
     return json.dumps({"state": "driftline.torch-head/1", "task": self.task, "name": self.name,
                        "classes": list(self._fixed) if self._fixed else None, "hidden": self.params.hidden,
@@ -79,52 +151,18 @@ def sync_kind(self: TorchHeadLearner) -> str:
 
 
 def sync_params(self: TorchHeadLearner) -> Params:
-    prefix, out_layer = output_layer(self)
     per_class = self.task == "classification"
-    head = {k: v for k, v in self.head.state_dict().items()
-            if not (per_class and k in (f"{prefix}weight", f"{prefix}bias"))}
-    params = {**_flat("head", head), **_flat("top", self.top.modules.state_dict())}
+    params = head_params(self.head, self.top.modules, per_class=per_class)
     if per_class:
-        w = out_layer.weight.detach().double().cpu()
-        b = out_layer.bias.detach().double().cpu()
-        for label in self._classes:
-            col = self._index[label]
-            key = json.dumps(label)
-            params[f"out.w/{key}"] = _vector(w[col].tolist())
-            params[f"out.b/{key}"] = mean_entry({"": float(b[col])})
-    if self._scaler is not None and self._scaler.n > 0:
-        s = self._scaler
-        var = (s.m2 / s.n).tolist()
-        params["scaler"] = moments_entry({_key(i): (float(s.n), float(m), float(v))
-                                          for i, (m, v) in enumerate(zip(s.mean.tolist(), var, strict=True))})
+        params.update(class_rows(output_layer(self.head)[1], self._classes, self._index))
+    params.update(scaler_params(self._scaler))
     return params
 
 
 def load_sync_params(self: TorchHeadLearner, params: Params) -> None:
-    import torch
-
-    _, out_layer = output_layer(self)
-    _load_flat("head", self.head, params)
-    _load_flat("top", self.top.modules, params)
+    load_head_params(self.head, self.top.modules, params)
     if self.task == "classification":
-        rows: dict[Label, tuple[Entry, Entry | None]] = {}
-        for name, e in params.items():
-            head, _, key = name.partition("/")
-            if head == "out.w":
-                rows[json.loads(key)] = (e, params.get(f"out.b/{key}"))
-        with torch.no_grad():
-            for label, (we, be) in sorted(rows.items(), key=lambda kv: json.dumps(kv[0])):
-                col = class_column(label, self._index, self._classes, self._fixed, self.params.max_classes)
-                out_layer.weight[col] = torch.tensor(_values(we, out_layer.weight.shape[1]),
-                                                     dtype=out_layer.weight.dtype)
-                if be is not None and len(be.values):
-                    out_layer.bias[col] = float(be.values[0])
-    scaler = params.get("scaler")
-    if self._scaler is not None and scaler is not None and len(scaler.keys):
-        rows_ = scaler.rows()
-        ordered = [rows_[_key(i)] for i in range(len(rows_))]
-        n = ordered[0][0]
-        self._scaler.n = round(n)
-        self._scaler.mean = torch.tensor([r[1] for r in ordered], dtype=torch.float64)
-        self._scaler.m2 = torch.tensor([r[2] * n for r in ordered], dtype=torch.float64)
+        load_class_rows(output_layer(self.head)[1], params, lambda label: class_column(
+            label, self._index, self._classes, self._fixed, self.params.max_classes))
+    load_scaler(self._scaler, params)
     self._adopted = True

@@ -190,7 +190,8 @@ class Syncer:
                 included = True
         if not self._waiting and self.rounds.merged_round > st.ref_round:
             self._adopt_latest(included=bool(included))
-        if self._version_set is None:
+        if self._version_set is None:  # the group numbers the model's versions from now on: round + 1
+            self.learner.set_version(self.rounds.merged_round + 1)
             self._version_set = self.learner.version
         self._send(self.writer, "hello", 0)
         log.info("sync: member %s of %s, %s; group model at round %d", self.member, self.topic,

@@ -30,9 +30,9 @@ RATE = 1_500.0  # the stream lasts 16 s: ~16 rounds, and the fourth member joins
 
 
 def _config(tmp_path: Path, bootstrap: str, prefix: str, name: str, *, model: str = "LogisticRegression",
-            kafka: dict[str, Any] | None = None, **sync: Any) -> Path:
+            model_cfg: dict[str, Any] | None = None, kafka: dict[str, Any] | None = None, **sync: Any) -> Path:
     return write_config(tmp_path / f"{name}.yaml", bootstrap, prefix,
-                        model={"name": model, "classes": [False, True]},
+                        model=model_cfg or {"name": model, "classes": [False, True]},
                         topics={"audit": f"{prefix}-audit"}, kafka={"max_poll_records": 200, **(kafka or {})},
                         checkpoint={"directory": str(tmp_path / name), "every_events": 5000, "every_seconds": 2.0},
                         sync={"mode": "average", "every_seconds": 1.0, "every_events": 100_000,
@@ -148,6 +148,62 @@ def test_members_merge_the_same_model_every_round_and_a_new_member_starts_from_i
         print(f"{n}: round {s['driftline_sync_round']:.0f}, rounds complete {complete:.0f} timed out "
               f"{timed_out:.0f}, accuracy {s.get(acc, float('nan')):.4f}")
         assert s["driftline_sync_diverged_rounds_total"] == 0
+
+
+CONTINUAL = {"name": "Continual", "classes": [False, True],
+             "backbone": {"kind": "identity", "features": ["0", "1", "2"]},
+             "params": {"hidden": 16, "window_events": 200, "window_seconds": 1.0, "lr": 0.01,
+                        "strategy": "Replay", "strategy_params": {"mem_size": 500}}}
+
+
+def test_continual_learners_average_their_networks_trained_in_the_background(
+        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    """Two members with the Continual learner (windows trained in a worker thread, Replay): every round, both
+    compute the same network, the weighted mean of their updates (recomputed here), and serve it."""
+    topic, group = f"{topic_prefix}-in", f"{topic_prefix}-group"
+    ensure_topics(KafkaSettings(bootstrap_servers=kafka_bootstrap), [topic], partitions=PARTITIONS)
+    n = 8_000
+    events = _events(seed=5, n=n)
+    members = {m: ServiceProcess(_config(tmp_path, kafka_bootstrap, topic_prefix, m, model_cfg=CONTINUAL),
+                                 tmp_path / f"{m}.log") for m in ("a", "b")}
+    try:
+        for m in members.values():
+            m.wait_ready()
+        _stream(kafka_bootstrap, topic, events, 1_000.0)
+        wait_for(lambda: committed_offsets(kafka_bootstrap, group, topic) == end_offsets(kafka_bootstrap, topic),
+                 120, "the group to consume and commit everything")
+        time.sleep(3)  # a last round
+        stats = {name: m.metrics() for name, m in members.items()}
+    finally:
+        codes = {name: m.terminate() for name, m in members.items()}
+        assert all(c == 0 for c in codes.values()), "\n".join(m.log() for m in members.values())
+    digests = _round_digests(kafka_bootstrap, f"{topic_prefix}-audit")
+    assert len(digests) >= 4, f"only {len(digests)} rounds"
+    assert all(len(d) == 1 for d in digests.values()), {r: d for r, d in digests.items() if len(d) > 1}
+    records = _sync_records(kafka_bootstrap, f"driftline.{group}.sync")
+    updates = {(h["round"], h["member"]): (h, p) for h, p in records if h["type"] == "update"}
+    checked = 0
+    for h, p in records:
+        if h["type"] != "merged" or len(h["members"]) < 2:
+            continue
+        assert p is not None
+        ups = [updates[(h["round"], m)] for m in h["members"]]
+        weights = np.array([u[0]["weight"] for u in ups], dtype=float)
+        weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(ups), 1 / len(ups))
+        for name in ("head/0.weight", "out.w/true", "out.w/false"):  # the hidden layer, each class's row
+            expect = sum(w * u[1][name].values for w, u in zip(weights, ups, strict=True) if u[1] is not None)
+            np.testing.assert_allclose(p[name].values, expect, rtol=1e-12, atol=1e-15)
+        checked += 1
+    assert checked >= 3
+    preds = [json.loads(r.value) for r in read_topic(kafka_bootstrap, f"{topic_prefix}-pred")]
+    assert {p["id"] for p in preds} == {e["id"] for e in events}
+    for name, s in stats.items():
+        assert s["driftline_sync_diverged_rounds_total"] == 0, name
+        assert s['driftline_model_version{model="Continual"}'] == s["driftline_sync_round"] + 1, name
+    predicted = {p["id"]: p["prediction"] for p in preds}
+    late = events[-2_000:]
+    accuracy = sum(predicted[e["id"]] == e["label"] for e in late) / len(late)
+    assert accuracy > 0.8, accuracy  # SEA: the group's network learned the concept
 
 
 def _round_digests(bootstrap: str, audit_topic: str) -> dict[int, set[str]]:
