@@ -13,7 +13,8 @@ per event with sync / without, minus 1), the ensemble's counterparts (ensemble_w
 ensemble_best_gain_over_none, ensemble_cpu_cost) and its extra predict cost (ensemble_predict_p50_ratio: the
 median time to predict one event, ensemble / none), and per stream the figures.
 
-    python benchmarks/scaleout.py --events 60000 --rate 4000
+    python benchmarks/scaleout.py --events 60000 --rate 1000
+    python benchmarks/scaleout.py --streams Hyperplane-500 --models linear
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ def run(bootstrap: str, events: list[dict[str, Any]], *, members: int, mode: str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=60_000)
-    ap.add_argument("--rate", type=float, default=4_000.0, help="events/s produced (default 4000: 15 s, 15 rounds)")
+    ap.add_argument("--rate", type=float, default=1_000.0,
+                    help="events/s produced (default 1000: 60 s and ~60 rounds of ~1000 events per stream)")
     ap.add_argument("--streams", default="SEA-drift,Hyperplane-50,Hyperplane-200",
                     help=f"comma-separated, of {', '.join(STREAMS)}")
     ap.add_argument("--seed", type=int, default=7)

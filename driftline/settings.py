@@ -339,7 +339,8 @@ class PrivacySettings(Frozen):
 class SyncSettings(Frozen):
     """One model for the consumer group: members share what they learned over a Kafka topic (`stream.sync`).
     ``average``: federated averaging of the model's parameters, weighted by labeled events (River's linear
-    models: LogisticRegression, Perceptron, LinearRegression, SoftmaxRegression, with their scaler).
+    models: LogisticRegression, Perceptron, LinearRegression, SoftmaxRegression, with their scaler; naive Bayes's
+    counts added exactly; the torch heads and the Continual learner's network).
     ``ensemble``: every member publishes a signed snapshot of its model; each serves the vote of its own model
     and the others' latest snapshots, weighted by their recent accuracy (any model; `stream.snapshots`)."""
 
@@ -387,6 +388,8 @@ class SyncSettings(Frozen):
 # drift policies a group in sync.mode average cannot carry: they change the backbone's state (batch-norm
 # statistics, its layers), which is not among the parameters members merge
 GROUP_UNSUPPORTED_POLICIES = ("adabn", "adversarial")
+# models whose merged state is counts of the members' events (sync.mode average merges them exactly)
+COUNTING_MODELS = ("GaussianNB", "MultinomialNB")
 MAX_MODELS = 16
 MODEL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -468,6 +471,9 @@ class Settings(BaseSettings):
             raise ValueError("sync.privacy with model.scale: the scaler's running means and variances are statistics "
                              "of each member's data and would be sent exactly (privacy covers the averaged weights); "
                              "set model.scale false (and send features on a common scale)")
+        if self.sync.privacy.clip is not None and self.model.name.rsplit(".", 1)[-1] in COUNTING_MODELS:
+            raise ValueError(f"sync.privacy with model {self.model.name}: its counts are statistics of each member's "
+                             "data and would be sent exactly (privacy covers averaged weights); use a linear model")
         text = self.model.text_features
         if self.sync.mode == "average" and text is not None and text.kind == "TFIDF":
             raise ValueError("sync.mode average with model.text_features TFIDF: each member's document frequencies "

@@ -6,6 +6,9 @@ Two kinds of entry:
 - ``MEAN``: model parameters (a linear model's weights and intercept). A round's merged value is the mean of the
   members' values weighted by the labeled events each learned since the last round (federated averaging). A key
   a member does not have counts as 0 there (River's linear models start every weight at 0).
+- ``SUM``: counts (naive Bayes's per-class and per-feature counts). A member sends what it counted since the merged
+  model it last adopted; the merged value is the previous one plus every contribution: exactly the counts of all
+  the events the group learned.
 - ``MOMENTS``: running statistics as (count, mean, variance) per key (the scaler's). A member sends what it
   learned since the merged model it last adopted (its *contribution*); the merged value is the previous merged
   value combined with every contribution (Chan et al.'s parallel update): exactly the statistics of all the
@@ -29,22 +32,23 @@ import numpy.typing as npt
 
 MEAN: Literal["mean"] = "mean"
 MOMENTS: Literal["moments"] = "moments"
-EntryKind = Literal["mean", "moments"]
+SUM: Literal["sum"] = "sum"
+EntryKind = Literal["mean", "moments", "sum"]
 
 Vector = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One named parameter: ``values[i]`` belongs to ``keys[i]``; shape (n,) for MEAN, (n, 3) = (count, mean,
-    variance) for MOMENTS. Keys are sorted and unique."""
+    """One named parameter: ``values[i]`` belongs to ``keys[i]``; shape (n,) for MEAN and SUM, (n, 3) = (count,
+    mean, variance) for MOMENTS. Keys are sorted and unique."""
 
     kind: EntryKind
     keys: tuple[str, ...]
     values: Vector
 
     def as_dict(self) -> dict[str, float]:
-        """MEAN entries: key -> value."""
+        """MEAN and SUM entries: key -> value."""
         return dict(zip(self.keys, (float(v) for v in self.values), strict=True))
 
     def rows(self) -> dict[str, tuple[float, float, float]]:
@@ -58,6 +62,11 @@ Params = dict[str, Entry]
 def mean_entry(values: Mapping[str, float]) -> Entry:
     keys = tuple(sorted(values))
     return Entry(MEAN, keys, np.array([values[k] for k in keys], dtype=np.float64))
+
+
+def sum_entry(values: Mapping[str, float]) -> Entry:
+    keys = tuple(sorted(values))
+    return Entry(SUM, keys, np.array([values[k] for k in keys], dtype=np.float64))
 
 
 def moments_entry(rows: Mapping[str, tuple[float, float, float]]) -> Entry:
@@ -107,8 +116,8 @@ def _subtract(total: Vector, part: Vector) -> Vector:
 
 
 def contribution(now: Params, base: Params) -> Params:
-    """What a member sends for a round: MEAN entries as they are now, MOMENTS entries minus the merged model it
-    last adopted (``base``): the statistics of the events it learned since."""
+    """What a member sends for a round: MEAN entries as they are now, MOMENTS and SUM entries minus the merged model
+    it last adopted (``base``): the statistics and counts of the events it learned since."""
     out: Params = {}
     for name, e in now.items():
         b = base.get(name)
@@ -116,14 +125,14 @@ def contribution(now: Params, base: Params) -> Params:
             out[name] = e
             continue
         keys, (v, bv) = _aligned([e, b])
-        out[name] = Entry(MOMENTS, keys, _subtract(v, bv))
+        out[name] = Entry(e.kind, keys, v - bv if e.kind == SUM else _subtract(v, bv))
     return out
 
 
 def merge(previous: Params, updates: Sequence[tuple[float, Params]]) -> Params:
     """The round's merged model from the members' contributions (in member order) and their weights (labeled
     events learned since the last round; all zero: equal weights). MEAN: weighted mean; MOMENTS: ``previous``
-    combined with every contribution."""
+    combined with every contribution; SUM: ``previous`` plus every contribution."""
     if not updates:
         return dict(previous)
     weights = np.array([max(w, 0.0) for w, _ in updates], dtype=np.float64)
@@ -152,15 +161,15 @@ def merge(previous: Params, updates: Sequence[tuple[float, Params]]) -> Params:
             keys, vals = _aligned(parts)
             acc = vals[0]
             for v in vals[1:]:
-                acc = _combine(acc, v)
-            out[name] = Entry(MOMENTS, keys, acc)
+                acc = acc + v if kind == SUM else _combine(acc, v)
+            out[name] = Entry(kind, keys, acc)
     return out
 
 
 def rebase(merged: Params, now: Params, ref: Params) -> Params:
     """A member's model after adopting ``merged``: the merged model plus what it learned since ``ref`` (the
     values it sent, when its update was in the round; else the merged model it adopted before), which the group
-    has not seen yet. MEAN: merged + (now - ref); MOMENTS: merged combined with (now minus ref)."""
+    has not seen yet. MEAN and SUM: merged + (now - ref); MOMENTS: merged combined with (now minus ref)."""
     out: Params = {}
     for name in sorted(set(merged) | set(now)):
         m, n, r = merged.get(name), now.get(name), ref.get(name)
@@ -175,8 +184,8 @@ def rebase(merged: Params, now: Params, ref: Params) -> Params:
         keys, vals = _aligned(parts)
         mv, nv = vals[0], vals[1]
         rv = vals[2] if r is not None else np.zeros_like(nv)
-        if m.kind == MEAN:
-            out[name] = Entry(MEAN, keys, mv + (nv - rv))
+        if m.kind in (MEAN, SUM):
+            out[name] = Entry(m.kind, keys, mv + (nv - rv))
         else:
             out[name] = Entry(MOMENTS, keys, _combine(mv, _subtract(nv, rv)))
     return out
@@ -242,10 +251,10 @@ def decode(payload: bytes) -> tuple[dict[str, Any], Params | None]:
             shape = tuple(int(d) for d in a["shape"])
             kind = a["kind"]
             keys = tuple(str(k) for k in a["keys"])
-            if kind not in (MEAN, MOMENTS) or len(payload) < pos + n:
+            if kind not in (MEAN, MOMENTS, SUM) or len(payload) < pos + n:
                 raise FormatError(f"sync record array {a.get('name')!r} is truncated or of unknown kind {kind!r}")
             values = np.frombuffer(payload, dtype="<f8", count=n // 8, offset=pos).astype(np.float64).reshape(shape)
-            if values.shape[0] != len(keys) or (kind == MOMENTS and values.shape[1:] != (3,)):
+            if values.shape[0] != len(keys) or values.shape[1:] != ((3,) if kind == MOMENTS else ()):
                 raise FormatError(f"sync record array {a['name']!r}: shape {shape} does not fit {len(keys)} keys")
             params[str(a["name"])] = Entry(kind, keys, values)
             pos += n

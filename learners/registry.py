@@ -29,7 +29,8 @@ REGRESSORS: dict[str, str] = {
 
 # River models whose parameters members of a group can average (sync.mode average; driftline.learners.river_sync)
 MERGEABLE_RIVER: frozenset[str] = frozenset({"LogisticRegression", "Perceptron", "LinearRegression",
-                                             "SoftmaxRegression"})
+                                             "SoftmaxRegression", "GaussianNB", "naive_bayes.GaussianNB",
+                                             "naive_bayes.MultinomialNB"})
 
 # Torch heads (trained online with a torch optimizer; see driftline.learners.torch_head).
 TORCH_HEADS: dict[str, str] = {

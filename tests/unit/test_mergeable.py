@@ -16,6 +16,7 @@ from driftline.learners.mergeable import (
     merge,
     moments_entry,
     rebase,
+    sum_entry,
 )
 
 
@@ -83,3 +84,15 @@ def test_wire_format_round_trips_and_refuses_what_is_not_one() -> None:
         decode(bytes(bad))
     with pytest.raises(FormatError, match=r"truncated|bytes after"):
         decode(encode({"type": "x"}, params)[:-8])
+
+
+def test_counts_add_up_exactly_and_survive_the_wire() -> None:
+    base = {"c": sum_entry({"a": 10.0, "b": 4.0})}
+    members = [{"c": sum_entry({"a": 13.0, "b": 4.0})}, {"c": sum_entry({"a": 10.0, "b": 9.0, "z": 2.0})}]
+    merged = merge(base, [(3.0, contribution(m, base)) for m in members])
+    assert merged["c"].as_dict() == {"a": 13.0, "b": 9.0, "z": 2.0}
+    # the first member counted one more "a" after it sent: kept on top of the group's counts
+    out = rebase(merged, {"c": sum_entry({"a": 14.0, "b": 4.0})}, members[0])
+    assert out["c"].as_dict() == {"a": 14.0, "b": 9.0, "z": 2.0}
+    _, back = decode(encode({"type": "update"}, merged))
+    assert back is not None and back["c"].kind == "sum" and digest(back) == digest(merged)

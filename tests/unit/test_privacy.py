@@ -55,6 +55,9 @@ def test_statistics_of_the_data_cannot_be_privatised() -> None:
         privatize(update, {}, clip=1.0, noise_multiplier=1.0, rng=_rng())
     with pytest.raises(ValueError, match=r"sync\.privacy with model\.scale"):
         Settings(sync={"mode": "average", "privacy": {"clip": 1.0}})
+    for name in ("GaussianNB", "naive_bayes.MultinomialNB"):  # counts of the member's events
+        with pytest.raises(ValueError, match=rf"sync\.privacy with model {name}: its counts"):
+            Settings(model={"name": name, "scale": False}, sync={"mode": "average", "privacy": {"clip": 1.0}})
     with pytest.raises(ValueError, match=r"sync\.privacy is for sync\.mode average"):
         SyncSettings(mode="ensemble", key="k" * 16, privacy={"clip": 1.0})
 
