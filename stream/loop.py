@@ -281,8 +281,11 @@ class Service:
                         sink.flush()  # 1. outputs acknowledged
                         consistent = True
                         # 2. at a save point: partition state, model state; 3. the offsets they reflect (with
-                        # exactly_once: every batch's outputs and offsets in one transaction)
-                        checkpointer.end_batch()
+                        # exactly_once: every batch's outputs and offsets in one transaction); when the group's
+                        # update is due, this batch's save point is the one it needs (4. sends it)
+                        if syncer is None or not self._send_update(syncer, checkpointer, transactional,
+                                                                   batch_end=True):
+                            checkpointer.end_batch()
                     elif checkpointer.due():  # the stream went quiet: its tail is saved and committed
                         checkpointer.save("interval")
                     if syncer is not None:  # 4. the group's rounds: merge what closed, send when due
@@ -319,23 +322,35 @@ class Service:
         return self.totals
 
     def _sync(self, syncer: GroupSync, checkpointer: Checkpointer, transactional: TransactionalWriter | None) -> None:
-        """The sync step: merge the rounds that closed; when an update is due, a save point first (the update
-        reflects only learning whose offsets are committed; with exactly_once, in the same transaction, or for a
-        snapshot, right after it)."""
+        """The sync step: merge the rounds that closed; send an update that is due (a batch's end sends it with
+        its save point: here, when the stream is quiet)."""
         syncer.poll()
+        if syncer.due():
+            if transactional is not None and syncer.in_transaction:
+                transactional.begin()
+            self._send_update(syncer, checkpointer, transactional, batch_end=False)
+
+    def _send_update(self, syncer: GroupSync, checkpointer: Checkpointer, transactional: TransactionalWriter | None,
+                     *, batch_end: bool) -> bool:
+        """When an update is due: a save point first (the update reflects only learning whose offsets are
+        committed, and the checkpoint records the update, so a restart knows it was sent; with exactly_once, in
+        the same transaction, or for a snapshot, right after it), then the update. At a batch's end
+        (``batch_end``) that save point is the batch's. Whether an update was due."""
         if not syncer.due():
-            return
+            return False
         syncer.prepare()
         if transactional is not None and syncer.in_transaction:
-            transactional.begin()
             syncer.send_update()
             checkpointer.save("sync", changed=True)  # commits the transaction, update included
-            return
+            return True
         if syncer.labels_since() > 0:  # (nothing learned since the group's model: nothing uncommitted to send)
             checkpointer.save("sync", changed=True)
             if checkpointer.uncommitted:
-                return  # sent at the next round, once its learning is committed
+                return True  # sent at the next round, once its learning is committed
+        elif batch_end:  # the batch's own save point, if one is due
+            checkpointer.end_batch()
         syncer.send_update()
+        return True
 
     def _replay(self, records: Sequence[InboundRecord], processor: EventProcessor, sink: OutputSink) -> None:
         sink.muted = True

@@ -387,3 +387,41 @@ def test_a_failed_commit_is_retried_even_when_no_record_comes(monkeypatch: pytes
     service(backend).run()
     assert backend.consumer_ is not None and backend.consumer_.offsets == {TP: 5}
     assert backend.calls[:5] == ["poll", "flush", "poll", "commit", "poll"]  # retried while the stream is quiet
+
+
+def test_an_update_due_at_a_batch_end_rides_on_that_batch_s_save_point(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """sync.mode average: when the group's update is due at the end of a batch, that batch's save point is the one
+    the update needs (it records the update, then its offsets are committed), and the update is sent after the
+    commit: one save point, not the batch's and then the sync's."""
+    from driftline.stream import group_sync
+    from tests.unit.test_syncer import Log, Reader
+
+    monkeypatch.setattr(group_sync, "partition_reader", lambda _kafka: Reader(Log()))
+    backend = FakeBackend(Script([records(0, 10), records(10, 10)]))
+    save, send = Checkpointer.save, backend.writer_.send
+
+    def recorded(self: Checkpointer, trigger: str, **kw: Any) -> Any:
+        backend.calls.append(f"save:{trigger}")
+        return save(self, trigger, **kw)
+
+    def sent(topic: str, key: bytes | None, value: bytes | None, *args: Any, **kw: Any) -> None:
+        if topic.endswith(".sync"):
+            backend.calls.append(f"send:{topic}")
+        send(topic, key, value, *args, **kw)
+
+    monkeypatch.setattr(Checkpointer, "save", recorded)
+    monkeypatch.setattr(backend.writer_, "send", sent)
+    s = Settings(model={"name": "GaussianNB"}, kafka={"poll_timeout_ms": 1},
+                 checkpoint={"every_events": 10, "directory": str(tmp_path)},
+                 sync={"mode": "average", "every_events": 10, "every_seconds": 3600})
+    svc = Service(s, build_learner(s.model), None, serve_http=False, kafka=backend)
+    backend.service = svc
+    svc.run()
+    topic = s.sync_topic
+    first = backend.calls.index("poll")
+    # (before: the hello at join; the second batch: the update is out and its round open, a plain save point;
+    # the way out: a bye)
+    assert backend.calls[first:] == ["poll", "flush", "save:sync", "commit", f"send:{topic}", "flush",
+                                     "poll", "flush", "save:interval", "commit", "save:shutdown",
+                                     f"send:{topic}", "flush", "close"]
