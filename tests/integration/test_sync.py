@@ -206,6 +206,63 @@ def test_continual_learners_average_their_networks_trained_in_the_background(
     assert accuracy > 0.8, accuracy  # SEA: the group's network learned the concept
 
 
+def test_with_privacy_the_sent_noise_has_the_set_scale_and_the_reported_epsilon_is_the_accountants(
+        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    """sync.privacy on two services: what each update carries beyond the group model its member started the round
+    from is the clipped change plus Gaussian noise of standard deviation noise_multiplier x clip (measured on the
+    topic: the change is clipped to a norm far below the noise), and every member reports Opacus's epsilon for the
+    updates it sent, in its metrics and in every round's audit record."""
+    from driftline.learners.privacy import epsilon
+
+    topic, group = f"{topic_prefix}-in", f"{topic_prefix}-group"
+    ensure_topics(KafkaSettings(bootstrap_servers=kafka_bootstrap), [topic], partitions=PARTITIONS)
+    clip, noise_multiplier, delta = 0.001, 5.0, 1e-5
+    events = list(itertools.islice(from_generator("Hyperplane", params={"n_features": 20}, seed=4, id_prefix="h-"),
+                                   6_000))
+    model = {"name": "LogisticRegression", "classes": [False, True], "scale": False}
+    privacy = {"clip": clip, "noise_multiplier": noise_multiplier, "delta": delta}
+    members = {m: ServiceProcess(_config(tmp_path, kafka_bootstrap, topic_prefix, m, model_cfg=model,
+                                         kafka={"instance_id": f"member-{m}"}, privacy=privacy),
+                                 tmp_path / f"{m}.log") for m in ("a", "b")}
+    try:
+        for m in members.values():
+            m.wait_ready()
+        _stream(kafka_bootstrap, topic, events, 1_000.0)
+        wait_for(lambda: committed_offsets(kafka_bootstrap, group, topic) == end_offsets(kafka_bootstrap, topic),
+                 120, "the group to consume and commit everything")
+        time.sleep(3)
+        stats = {name: m.metrics() for name, m in members.items()}
+    finally:
+        codes = {name: m.terminate() for name, m in members.items()}
+        assert all(c == 0 for c in codes.values()), "\n".join(m.log() for m in members.values())
+    records = _sync_records(kafka_bootstrap, f"driftline.{group}.sync")
+    merged = {h["round"]: p for h, p in records if h["type"] == "merged"}
+    noise: list[np.ndarray] = []
+    sent: collections.Counter[str] = collections.Counter()
+    for h, p in records:
+        if h["type"] != "update":
+            continue
+        sent[h["member"]] += 1
+        assert h["weight"] == 1.0 and p is not None  # every member weighs the same: its count is not sent
+        base = merged.get(h["round"] - 1)
+        if base is None:  # the first round: from the initial model
+            continue
+        for name in ("w", "b"):
+            have = base[name].as_dict()
+            noise.append(p[name].values - np.array([have.get(k, 0.0) for k in p[name].keys]))
+    values = np.concatenate(noise)
+    assert len(values) >= 200, len(values)
+    assert float(values.std()) == pytest.approx(clip * noise_multiplier, rel=0.15)
+    assert abs(float(values.mean())) < 0.2 * clip * noise_multiplier
+    audit = [json.loads(r.value) for r in read_topic(kafka_bootstrap, f"{topic_prefix}-audit", timeout=5)]
+    for name, s in stats.items():
+        member = f"member-{name}"
+        assert sent[member] >= 3
+        assert s["driftline_sync_privacy_epsilon"] == pytest.approx(epsilon(sent[member], noise_multiplier, delta))
+        rounds = [r for r in audit if r.get("action") == "sync_round" and r["member"] == member]
+        assert rounds and all(r["delta"] == delta and r["epsilon"] > 0 for r in rounds)
+
+
 def _round_digests(bootstrap: str, audit_topic: str) -> dict[int, set[str]]:
     digests: dict[int, set[str]] = collections.defaultdict(set)
     for r in read_topic(bootstrap, audit_topic, timeout=5):
