@@ -238,9 +238,11 @@ class Syncer:
 
     def due(self) -> bool:
         """Whether this member sends an update now: not waiting on its last one, and every_events labeled events
-        or every_seconds since its last."""
+        or every_seconds since its last (with sync.privacy: only when it learned something since)."""
         if self._waiting:
             return False
+        if self.cfg.privacy.clip is not None and self.labels_since() == 0:
+            return False  # a private update spends privacy budget: none while this member learns nothing
         return (self.labels_since() >= self.cfg.every_events
                 or time.monotonic() - self._last_send >= self.cfg.every_seconds)
 

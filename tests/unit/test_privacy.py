@@ -4,6 +4,7 @@ accountant; the real `Syncer` over the in-memory sync topic of tests/unit/test_s
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -124,3 +125,23 @@ def _on(ref: dict[str, Entry], name: str, like: Entry) -> np.ndarray:
     values = dict(zip(base.keys, base.values, strict=True))
     assert like.kind == MEAN
     return np.array([values.get(k, 0.0) for k in like.keys])
+
+
+def test_a_member_that_learned_nothing_sends_no_private_update() -> None:
+    """Every private update spends privacy budget: an idle member (a quiet stream, no partitions) sends none."""
+    log = Log()
+    learner = build_learner(CFG)
+    model = mergeable(learner)
+    assert model is not None
+    cfg = SyncSettings(mode="average", every_seconds=0.001, every_events=10**9,
+                       privacy={"clip": 0.5, "noise_multiplier": 1.0, "seed": 1})
+    syncer = Syncer(cfg, learner, model, SyncState(), topic="sync", group="g", member="a", writer=Writer(log),
+                    reader=Reader(log), metrics=SyncMetrics(CollectorRegistry()))
+    syncer.join()
+    time.sleep(0.01)
+    assert not syncer.due()
+    e = next(Event.model_validate(x) for x in from_generator("Hyperplane", params={"n_features": 100}, seed=3,
+                                                           id_prefix="h"))
+    assert e.label is not None
+    learner.learn_one(e, e.label)
+    assert syncer.due()
