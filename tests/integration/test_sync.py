@@ -150,6 +150,25 @@ def test_members_merge_the_same_model_every_round_and_a_new_member_starts_from_i
         assert s["driftline_sync_diverged_rounds_total"] == 0
 
 
+def _two_members(tmp_path: Path, bootstrap: str, prefix: str, events: list[dict[str, Any]],
+                 config: Any) -> dict[str, dict[str, float]]:
+    """Members "a" and "b" (``config(name)``: their config file) through ``events`` at 1,000 a second, until the
+    group committed everything and a last round passed; their metrics then (they stop cleanly)."""
+    topic, group = f"{prefix}-in", f"{prefix}-group"
+    members = {m: ServiceProcess(config(m), tmp_path / f"{m}.log") for m in ("a", "b")}
+    try:
+        for m in members.values():
+            m.wait_ready()
+        _stream(bootstrap, topic, events, 1_000.0)
+        wait_for(lambda: committed_offsets(bootstrap, group, topic) == end_offsets(bootstrap, topic),
+                 120, "the group to consume and commit everything")
+        time.sleep(3)  # a last round
+        return {name: m.metrics() for name, m in members.items()}
+    finally:
+        codes = {name: m.terminate() for name, m in members.items()}
+        assert all(c == 0 for c in codes.values()), "\n".join(m.log() for m in members.values())
+
+
 CONTINUAL = {"name": "Continual", "classes": [False, True],
              "backbone": {"kind": "identity", "features": ["0", "1", "2"]},
              "params": {"hidden": 16, "window_events": 200, "window_seconds": 1.0, "lr": 0.01,
@@ -164,19 +183,8 @@ def test_continual_learners_average_their_networks_trained_in_the_background(
     ensure_topics(KafkaSettings(bootstrap_servers=kafka_bootstrap), [topic], partitions=PARTITIONS)
     n = 8_000
     events = _events(seed=5, n=n)
-    members = {m: ServiceProcess(_config(tmp_path, kafka_bootstrap, topic_prefix, m, model_cfg=CONTINUAL),
-                                 tmp_path / f"{m}.log") for m in ("a", "b")}
-    try:
-        for m in members.values():
-            m.wait_ready()
-        _stream(kafka_bootstrap, topic, events, 1_000.0)
-        wait_for(lambda: committed_offsets(kafka_bootstrap, group, topic) == end_offsets(kafka_bootstrap, topic),
-                 120, "the group to consume and commit everything")
-        time.sleep(3)  # a last round
-        stats = {name: m.metrics() for name, m in members.items()}
-    finally:
-        codes = {name: m.terminate() for name, m in members.items()}
-        assert all(c == 0 for c in codes.values()), "\n".join(m.log() for m in members.values())
+    stats = _two_members(tmp_path, kafka_bootstrap, topic_prefix, events, lambda m: _config(
+        tmp_path, kafka_bootstrap, topic_prefix, m, model_cfg=CONTINUAL))
     digests = _round_digests(kafka_bootstrap, f"{topic_prefix}-audit")
     assert len(digests) >= 4, f"only {len(digests)} rounds"
     assert all(len(d) == 1 for d in digests.values()), {r: d for r, d in digests.items() if len(d) > 1}
@@ -221,20 +229,9 @@ def test_with_privacy_the_sent_noise_has_the_set_scale_and_the_reported_epsilon_
                                    6_000))
     model = {"name": "LogisticRegression", "classes": [False, True], "scale": False}
     privacy = {"clip": clip, "noise_multiplier": noise_multiplier, "delta": delta}
-    members = {m: ServiceProcess(_config(tmp_path, kafka_bootstrap, topic_prefix, m, model_cfg=model,
-                                         kafka={"instance_id": f"member-{m}"}, privacy=privacy),
-                                 tmp_path / f"{m}.log") for m in ("a", "b")}
-    try:
-        for m in members.values():
-            m.wait_ready()
-        _stream(kafka_bootstrap, topic, events, 1_000.0)
-        wait_for(lambda: committed_offsets(kafka_bootstrap, group, topic) == end_offsets(kafka_bootstrap, topic),
-                 120, "the group to consume and commit everything")
-        time.sleep(3)
-        stats = {name: m.metrics() for name, m in members.items()}
-    finally:
-        codes = {name: m.terminate() for name, m in members.items()}
-        assert all(c == 0 for c in codes.values()), "\n".join(m.log() for m in members.values())
+    stats = _two_members(tmp_path, kafka_bootstrap, topic_prefix, events, lambda m: _config(
+        tmp_path, kafka_bootstrap, topic_prefix, m, model_cfg=model, kafka={"instance_id": f"member-{m}"},
+        privacy=privacy))
     records = _sync_records(kafka_bootstrap, f"driftline.{group}.sync")
     merged = {h["round"]: p for h, p in records if h["type"] == "merged"}
     noise: list[np.ndarray] = []
