@@ -20,6 +20,7 @@ bits from the same updates (`digest` is identical on every member).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import struct
@@ -59,6 +60,13 @@ class Entry:
 Params = dict[str, Entry]
 
 
+@functools.lru_cache(maxsize=256)
+def positions(n: int) -> tuple[str, ...]:
+    """The keys of a vector's positions 0..n-1 (zero-padded: sorted in position order); one tuple per size. A
+    network's tensors are keyed so, and travel without their keys (the manifest says ``positions``)."""
+    return tuple(f"{i:09d}" for i in range(n))
+
+
 def mean_entry(values: Mapping[str, float]) -> Entry:
     keys = tuple(sorted(values))
     return Entry(MEAN, keys, np.array([values[k] for k in keys], dtype=np.float64))
@@ -77,6 +85,9 @@ def moments_entry(rows: Mapping[str, tuple[float, float, float]]) -> Entry:
 
 def _aligned(entries: Sequence[Entry]) -> tuple[tuple[str, ...], list[Vector]]:
     """The union of the entries' keys (sorted), and each entry's values on it (absent keys: 0)."""
+    first = entries[0].keys
+    if all(e.keys == first for e in entries[1:]):  # the same keys (a network's tensors, a settled model): as they are
+        return first, [e.values for e in entries]
     keys = tuple(sorted(set().union(*(e.keys for e in entries))))
     where = {k: i for i, k in enumerate(keys)}
     out: list[Vector] = []
@@ -196,7 +207,8 @@ def digest(params: Params) -> str:
     h = hashlib.sha256()
     for name in sorted(params):
         e = params[name]
-        h.update(json.dumps([name, e.kind, list(e.keys)]).encode())
+        keys = len(e.keys) if e.keys == positions(len(e.keys)) else list(e.keys)  # (as on the wire)
+        h.update(json.dumps([name, e.kind, keys]).encode())
         h.update(np.ascontiguousarray(e.values, dtype="<f8").tobytes())
     return h.hexdigest()
 
@@ -217,8 +229,9 @@ def encode(header: Mapping[str, object], params: Params | None) -> bytes:
     for name in sorted(params or {}):
         e = (params or {})[name]
         data = np.ascontiguousarray(e.values, dtype="<f8").tobytes()
-        manifest.append({"name": name, "kind": e.kind, "keys": list(e.keys), "shape": list(e.values.shape),
-                         "bytes": len(data)})
+        keyed: dict[str, object] = ({"positions": len(e.keys)} if e.keys == positions(len(e.keys))
+                                    else {"keys": list(e.keys)})
+        manifest.append({"name": name, "kind": e.kind, **keyed, "shape": list(e.values.shape), "bytes": len(data)})
         blobs.append(data)
     head = json.dumps({**header, "arrays": manifest if params is not None else None},
                       separators=(",", ":")).encode()
@@ -250,7 +263,8 @@ def decode(payload: bytes) -> tuple[dict[str, Any], Params | None]:
             n = int(a["bytes"])
             shape = tuple(int(d) for d in a["shape"])
             kind = a["kind"]
-            keys = tuple(str(k) for k in a["keys"])
+            keys = (positions(int(a["positions"])) if "positions" in a
+                    else tuple(str(k) for k in a["keys"]))
             if kind not in (MEAN, MOMENTS, SUM) or len(payload) < pos + n:
                 raise FormatError(f"sync record array {a.get('name')!r} is truncated or of unknown kind {kind!r}")
             values = np.frombuffer(payload, dtype="<f8", count=n // 8, offset=pos).astype(np.float64).reshape(shape)

@@ -15,9 +15,12 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
+
 from driftline.core import Label
 from driftline.learners.base import class_column
-from driftline.learners.mergeable import Entry, Params, mean_entry, moments_entry
+from driftline.learners.mergeable import MEAN, Entry, Params, mean_entry, moments_entry, positions
 
 if TYPE_CHECKING:
     from driftline.learners.torch_head import RunningStandardizer, TorchHeadLearner
@@ -28,15 +31,18 @@ def _key(i: int) -> str:
     return f"{i:09d}"
 
 
-def _vector(values: list[float]) -> Entry:
-    """A vector as a MEAN entry, keyed by position."""
-    return mean_entry({_key(i): v for i, v in enumerate(values)})
+def _vector(values: Any) -> Entry:
+    """A vector (a sequence or a 1-d array) as a MEAN entry, keyed by position: the array as it is, no dict."""
+    arr = np.array(values, dtype=np.float64).reshape(-1)
+    return Entry(MEAN, positions(len(arr)), arr)
 
 
-def _values(entry: Entry, n: int) -> list[float]:
+def _values(entry: Entry, n: int) -> npt.NDArray[np.float64]:
     """The first ``n`` positions of a `_vector` entry (0 where it has none)."""
+    if entry.keys == positions(n):  # every position: the array itself
+        return entry.values
     values = entry.as_dict()
-    return [values.get(_key(i), 0.0) for i in range(n)]
+    return np.array([values.get(_key(i), 0.0) for i in range(n)], dtype=np.float64)
 
 
 def _flat(prefix: str, tensors: dict[str, Any]) -> Params:
@@ -44,7 +50,7 @@ def _flat(prefix: str, tensors: dict[str, Any]) -> Params:
     for name, t in tensors.items():
         if not t.is_floating_point():
             continue
-        out[f"{prefix}/{name}"] = _vector(t.detach().double().cpu().reshape(-1).tolist())
+        out[f"{prefix}/{name}"] = _vector(t.detach().double().cpu().reshape(-1).numpy())
     return out
 
 
@@ -56,7 +62,7 @@ def _load_flat(prefix: str, module: Any, params: Params) -> None:
         e = params.get(f"{prefix}/{name}")
         if e is None or not t.is_floating_point():
             continue
-        flat = torch.tensor(_values(e, t.numel()), dtype=torch.float64)
+        flat = torch.from_numpy(np.array(_values(e, t.numel())))
         state[name] = flat.reshape(t.shape).to(dtype=t.dtype)
     module.load_state_dict(state)
 
@@ -92,7 +98,7 @@ def class_rows(out_layer: Any, classes: Sequence[Label], index: Mapping[Label, i
     for label in classes:
         col = index[label]
         key = json.dumps(label)
-        params[f"out.w/{key}"] = _vector(w[col].tolist())
+        params[f"out.w/{key}"] = _vector(w[col].numpy())
         params[f"out.b/{key}"] = mean_entry({"": float(b[col])})
     return params
 
@@ -111,7 +117,8 @@ def load_class_rows(out_layer: Any, params: Params, column: Callable[[Label], in
     with torch.no_grad():
         for label, (we, be) in sorted(rows.items(), key=lambda kv: json.dumps(kv[0])):
             col = column(label)
-            out_layer.weight[col] = torch.tensor(_values(we, out_layer.weight.shape[1]), dtype=out_layer.weight.dtype)
+            out_layer.weight[col] = torch.from_numpy(np.array(_values(we, out_layer.weight.shape[1]))).to(
+                dtype=out_layer.weight.dtype)
             if be is not None and len(be.values):
                 out_layer.bias[col] = float(be.values[0])
             cols.append(col)

@@ -7,6 +7,7 @@ import pytest
 
 from driftline.learners.mergeable import (
     MEAN,
+    Entry,
     FormatError,
     contribution,
     decode,
@@ -15,6 +16,7 @@ from driftline.learners.mergeable import (
     mean_entry,
     merge,
     moments_entry,
+    positions,
     rebase,
     sum_entry,
 )
@@ -96,3 +98,15 @@ def test_counts_add_up_exactly_and_survive_the_wire() -> None:
     assert out["c"].as_dict() == {"a": 14.0, "b": 9.0, "z": 2.0}
     _, back = decode(encode({"type": "update"}, merged))
     assert back is not None and back["c"].kind == "sum" and digest(back) == digest(merged)
+
+
+def test_a_vector_keyed_by_position_travels_without_its_keys() -> None:
+    values = np.linspace(-1.0, 1.0, 1000)
+    vec = Entry(MEAN, positions(1000), values)
+    named = mean_entry({f"f{i}": float(v) for i, v in enumerate(values)})
+    small, big = encode({"type": "update"}, {"w": vec}), encode({"type": "update"}, {"w": named})
+    assert len(small) < 8_200 < len(big)  # 8,000 bytes of float64 and a short header; names cost their length
+    _, back = decode(small)
+    assert back is not None and back["w"].keys == positions(1000) and digest(back) == digest({"w": vec})
+    merged = merge({}, [(1.0, {"w": vec}), (3.0, back)])
+    assert merged["w"].keys is positions(1000) and merged["w"].values == pytest.approx(values)
