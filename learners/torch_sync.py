@@ -20,15 +20,10 @@ import numpy.typing as npt
 
 from driftline.core import Label
 from driftline.learners.base import class_column
-from driftline.learners.mergeable import MEAN, Entry, Params, mean_entry, moments_entry, positions
+from driftline.learners.mergeable import MEAN, MOMENTS, Entry, Params, mean_entry, positions
 
 if TYPE_CHECKING:
     from driftline.learners.torch_head import RunningStandardizer, TorchHeadLearner
-
-
-def _key(i: int) -> str:
-    """Position ``i`` as an entry key (zero-padded: keys sort in position order)."""
-    return f"{i:09d}"
 
 
 def _vector(values: Any) -> Entry:
@@ -42,7 +37,7 @@ def _values(entry: Entry, n: int) -> npt.NDArray[np.float64]:
     if entry.keys == positions(n):  # every position: the array itself
         return entry.values
     values = entry.as_dict()
-    return np.array([values.get(_key(i), 0.0) for i in range(n)], dtype=np.float64)
+    return np.array([values.get(k, 0.0) for k in positions(n)], dtype=np.float64)
 
 
 def _flat(prefix: str, tensors: dict[str, Any]) -> Params:
@@ -129,9 +124,9 @@ def scaler_params(scaler: RunningStandardizer | None) -> Params:
     """An online standardiser's count, mean and variance per dimension (MOMENTS: merged exactly)."""
     if scaler is None or scaler.n == 0:
         return {}
-    var = (scaler.m2 / scaler.n).tolist()
-    return {"scaler": moments_entry({_key(i): (float(scaler.n), float(m), float(v))
-                                     for i, (m, v) in enumerate(zip(scaler.mean.tolist(), var, strict=True))})}
+    mean = scaler.mean.double().numpy()
+    rows = np.stack([np.full_like(mean, float(scaler.n)), mean, (scaler.m2 / scaler.n).double().numpy()], axis=1)
+    return {"scaler": Entry(MOMENTS, positions(len(mean)), rows)}
 
 
 def load_scaler(scaler: RunningStandardizer | None, params: Params) -> None:
@@ -140,12 +135,13 @@ def load_scaler(scaler: RunningStandardizer | None, params: Params) -> None:
     entry = params.get("scaler")
     if scaler is None or entry is None or not len(entry.keys):
         return
-    rows = entry.rows()
-    ordered = [rows[_key(i)] for i in range(len(rows))]
-    n = ordered[0][0]
+    if entry.keys != positions(len(entry.keys)):
+        raise ValueError("the scaler's statistics are not keyed by position: not a torch head's")
+    rows = np.array(entry.values)  # (count, mean, variance) per position, in position order
+    n = float(rows[0, 0])
     scaler.n = round(n)
-    scaler.mean = torch.tensor([r[1] for r in ordered], dtype=torch.float64)
-    scaler.m2 = torch.tensor([r[2] * n for r in ordered], dtype=torch.float64)
+    scaler.mean = torch.from_numpy(rows[:, 1].copy())
+    scaler.m2 = torch.from_numpy(rows[:, 2] * n)
 
 
 # -- the torch head (TorchLinear, TorchMLP) -----------------------------------------------------------------

@@ -43,8 +43,7 @@ def _averaging(s: Settings, kafka: KafkaBackend, learner: Learner, member: str, 
     if model is None:
         raise ConfigError(f"sync.mode {s.sync.mode}: model {learner.name} cannot be averaged (mergeable: "
                           f"{', '.join(sorted(MERGEABLE_RIVER))}, the torch heads TorchLinear, TorchMLP, and "
-                          "Continual); "
-                          "use sync.mode ensemble for it, or none")
+                          "Continual); use sync.mode ensemble for it, or none")
     cluster = _sync_cluster(s, kafka, SYNC_TOPIC)
     elsewhere = s.sync.kafka is not None
     # with exactly_once, the update is in the save point's transaction (on this cluster only); the other

@@ -325,10 +325,7 @@ class Service:
         """The sync step: merge the rounds that closed; send an update that is due (a batch's end sends it with
         its save point: here, when the stream is quiet)."""
         syncer.poll()
-        if syncer.due():
-            if transactional is not None and syncer.in_transaction:
-                transactional.begin()
-            self._send_update(syncer, checkpointer, transactional, batch_end=False)
+        self._send_update(syncer, checkpointer, transactional, batch_end=False)
 
     def _send_update(self, syncer: GroupSync, checkpointer: Checkpointer, transactional: TransactionalWriter | None,
                      *, batch_end: bool) -> bool:
@@ -340,6 +337,7 @@ class Service:
             return False
         syncer.prepare()
         if transactional is not None and syncer.in_transaction:
+            transactional.begin()  # (at a batch's end: the batch's, open already)
             syncer.send_update()
             checkpointer.save("sync", changed=True)  # commits the transaction, update included
             return True
