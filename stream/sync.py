@@ -225,9 +225,9 @@ class Syncer:
             st.ref_updates = st.pub_updates
         st.clear_pub()
         st.ref, st.ref_round = self.rounds.merged, self.rounds.merged_round
+        self.metrics.round.set(self.rounds.merged_round)
         self.learner.set_version(self.rounds.merged_round + 1)
         self._version_set = self.learner.version
-        self.metrics.round.set(self.rounds.merged_round)
         self.metrics.staleness.set_to_current_time()
         log.info("sync: adopted the group model of round %d", self.rounds.merged_round)
 
@@ -324,16 +324,16 @@ class Syncer:
             st.clear_pub()
             self._waiting = False
         st.ref, st.ref_round = closed.merged, closed.round
+        m = self.metrics
+        m.round.set(closed.round)  # beside the version it numbers
         self.learner.set_version(closed.round + 1)
         self._version_set = self.learner.version
-        m = self.metrics
         m.merge_seconds.observe(time.perf_counter() - t0)
         m.rounds.labels("timed_out" if closed.timed_out else "complete").inc()
         if closed.adapted:
             m.group_adaptations.inc()
             log.info("sync: round %d carries the adaptation of %s: the group takes its model", closed.round,
                      ", ".join(closed.adapted))
-        m.round.set(closed.round)
         m.members.set(len(closed.members))
         m.staleness.set_to_current_time()
         if closed.closer == self.member:

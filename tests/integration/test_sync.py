@@ -65,6 +65,19 @@ def _sync_records(bootstrap: str, topic: str) -> list[tuple[dict[str, Any], dict
     return [decode(r.value) for r in read_topic(bootstrap, topic, timeout=5)]  # type: ignore[misc]
 
 
+def _round_and_version(m: ServiceProcess) -> tuple[float, float]:
+    """The member's adopted round and model version, as a pair from two scrapes that agree: rounds close
+    every second and a scrape reads the gauges one after the other, so one scrape can catch a round between."""
+    last = None
+    for _ in range(50):
+        s = m.metrics()
+        pair = (s["driftline_sync_round"], s['driftline_model_version{model="LogisticRegression"}'])
+        if pair == last:
+            return pair
+        last = pair
+    raise AssertionError(f"the round and version never held still for two scrapes: {last}")
+
+
 def test_members_merge_the_same_model_every_round_and_a_new_member_starts_from_it(
         kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, kafka_client: str) -> None:
     topic, group = f"{topic_prefix}-in", f"{topic_prefix}-group"
@@ -84,8 +97,7 @@ def test_members_merge_the_same_model_every_round_and_a_new_member_starts_from_i
         d = members["d"] = ServiceProcess(_config(tmp_path, kafka_bootstrap, topic_prefix, "d"), tmp_path / "d.log")
         d.wait_ready()
         # the group's model is adopted at start, before the first prediction
-        joined_round = d.metric("driftline_sync_round")
-        joined_version = d.metric('driftline_model_version{model="LogisticRegression"}')
+        joined_round, joined_version = _round_and_version(d)
         wait_for(lambda: d.metric('driftline_events_total{outcome="predicted"}') > 0, 60, "the fourth member to serve")
         d_serves.set()
         producer.join(120)
