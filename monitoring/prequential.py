@@ -5,8 +5,10 @@ Each update takes the prediction made *before* the model saw the label. O(1) per
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -31,6 +33,23 @@ class ClassificationTracker:
         self._recent.append(ok)
         self._recent_correct += ok
         return ok
+
+    def update_many(self, pairs: Iterable[tuple[Any, Any]]) -> None:
+        """`update` for each (y_true, y_pred) in order, at once (a batch's labeled events)."""
+        oks = [p is not None and p == y and type(p) is type(y) for y, p in pairs]
+        good, k = sum(oks), len(oks)
+        self.n += k
+        self.correct += good
+        recent, window = self._recent, self.window
+        if k >= window:
+            recent.extend(oks)
+            self._recent_correct = sum(recent)
+            return
+        drop = len(recent) + k - window
+        if drop > 0:
+            self._recent_correct -= sum(itertools.islice(recent, drop))
+        recent.extend(oks)
+        self._recent_correct += good
 
     @property
     def cumulative_accuracy(self) -> float:
@@ -84,6 +103,11 @@ class RegressionTracker:
         self._r_abs += abs(err)
         self._r_sq += err * err
         return err
+
+    def update_many(self, pairs: Iterable[tuple[Any, Any]]) -> None:
+        """`update` for each (y_true, y_pred) in order."""
+        for y, p in pairs:
+            self.update(y, p)
 
     @property
     def cumulative_mae(self) -> float:

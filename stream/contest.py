@@ -105,6 +105,7 @@ class Contest:
             predicted = shadow.get(lane.name) if shadow is not None else None
             losses[lane.name] = loss(task, item.label, predicted)
             theirs = item._replace(predicted=predicted)
+            lane.learned.items.append(theirs)
             for hook in lane.on_learned:
                 if detections := hook(theirs):
                     lane.detected(detections, item.event)

@@ -35,6 +35,7 @@ class Lane:
             o.on_predicted for o in observers if type(o).on_predicted is not Observer.on_predicted]
         self.on_learned: list[Callable[[Labeled], Sequence[Detection]]] = [
             o.on_learned for o in observers if type(o).on_learned is not Observer.on_learned]
+        self.learned = LearnedBatch(observers)  # this batch's learned events, for on_learned_batch at its end
         self.on_detection: list[Callable[[Detection, Event], None]] = [
             o.on_detection for o in observers if type(o).on_detection is not Observer.on_detection]
         self.on_batch_end: list[Callable[[BatchResult], None]] = [
@@ -76,6 +77,21 @@ class Lane:
             if obs.key is not None:
                 state[obs.key] = obs.state_dict()
         return state
+
+
+class LearnedBatch:
+    """A batch's learned events (``items``, in order), for the observers' `on_learned_batch` at its end."""
+
+    def __init__(self, observers: Sequence[Observer]) -> None:
+        self.hooks = [o.on_learned_batch for o in observers
+                      if type(o).on_learned_batch is not Observer.on_learned_batch]
+        self.items: list[Labeled] = []
+
+    def end(self) -> None:
+        if self.items:
+            for hook in self.hooks:
+                hook(self.items)
+            self.items = []
 
 
 def loss(task: Task, label: Label | float, predicted: Any) -> float | None:

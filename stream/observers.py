@@ -1,7 +1,8 @@
 """What watches the pipeline: one small protocol, and the observers the service runs.
 
 The processor calls every observer at the same points, in list order: `on_predicted` after an event
-is predicted and its prediction published; `on_learned` after the learner learned a labeled event;
+is predicted and its prediction published; `on_learned` after the learner learned a labeled event
+(`on_learned_batch` with all of them once the batch's are learned, for work nothing in the batch reads);
 `on_detection` when any observer's hook reported a drift detection (to every observer, the one that
 reported it included); `on_batch_end` with the batch's counts when its records are done (work that may
 dead-letter);
@@ -82,6 +83,11 @@ class Observer:
     def on_learned(self, item: Labeled) -> Sequence[Detection]:
         return NO_DETECTIONS
 
+    def on_learned_batch(self, items: Sequence[Labeled]) -> None:
+        """The batch's learned events in order, once they are all learned: for observers whose per-event work
+        nothing later in the batch reads (quality, the ledger), at a fraction of `on_learned`'s cost."""
+        return None
+
     def on_detection(self, d: Detection, event: Event) -> None:
         return None
 
@@ -108,9 +114,8 @@ class Quality(Observer):
         self.metrics = metrics
         self.model = model
 
-    def on_learned(self, item: Labeled) -> Sequence[Detection]:
-        self.tracker.update(item.label, item.predicted)  # type: ignore[arg-type]
-        return NO_DETECTIONS
+    def on_learned_batch(self, items: Sequence[Labeled]) -> None:
+        self.tracker.update_many([(item.label, item.predicted) for item in items])
 
     def publish_gauges(self) -> None:
         m, t, model = self.metrics, self.tracker, self.model
@@ -171,9 +176,12 @@ class Ledger(Observer):
         self.learned += 1
         self.digest = (self.digest + id_hash(event_id)) & _MASK64
 
-    def on_learned(self, item: Labeled) -> Sequence[Detection]:
-        self.add(item.event.id)
-        return NO_DETECTIONS
+    def on_learned_batch(self, items: Sequence[Labeled]) -> None:
+        blake2b, from_bytes = hashlib.blake2b, int.from_bytes  # id_hash, inline: this runs for every event
+        total = sum(from_bytes(blake2b(item.event.id.encode("utf-8"), digest_size=8).digest(), "little")
+                    for item in items)
+        self.learned += len(items)
+        self.digest = (self.digest + total) & _MASK64
 
     def on_batch_end(self, result: BatchResult) -> None:
         self.predicted += result.predicted

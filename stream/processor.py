@@ -22,7 +22,7 @@ from driftline.stream.audit import DeadLetters, internal_error
 from driftline.stream.codec import encode_prediction
 from driftline.stream.contest import Contest
 from driftline.stream.label_stage import LabelStage
-from driftline.stream.lanes import Lane, ObserverT, lane_named, load_lanes, save_lanes
+from driftline.stream.lanes import Lane, LearnedBatch, ObserverT, lane_named, load_lanes, save_lanes
 from driftline.stream.observers import BatchResult, Labeled, Observer, Predicted
 from driftline.stream.records import InboundRecord
 from driftline.stream.routing import Router
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 PREDICT_FAILED = "predict_failed"
 LEARN_FAILED = "learn_failed"
-
 
 
 class EventProcessor:
@@ -55,6 +54,8 @@ class EventProcessor:
         self._on_predicted = [o.on_predicted for o in shared if type(o).on_predicted is not Observer.on_predicted]
         self._on_learned = [o.on_learned for o in shared if type(o).on_learned is not Observer.on_learned]
         self._on_batch_end = [o.on_batch_end for o in shared if type(o).on_batch_end is not Observer.on_batch_end]
+        self._learned = LearnedBatch(shared)
+        self._one = self.lanes[0] if contest is None else None  # the champion for good, with one model
 
     @property
     def champion(self) -> Lane:
@@ -97,6 +98,8 @@ class EventProcessor:
                     self._learn(labeled, res)
             except Exception as exc:  # a bug met by this record alone (an observer, the encoder, ...): not a stop
                 internal_error(self.dead, rec, exc, "processing")
+        for learned in (*(lane.learned for lane in self.lanes), self._learned):
+            learned.end()
         for end in [*(e for lane in self.lanes for e in lane.on_batch_end), *self._on_batch_end]:
             end(res)
         res.dead_lettered = self.dead.take_count()
@@ -111,8 +114,7 @@ class EventProcessor:
         return res
 
     def promote(self, name: str, *, by: str = "manual") -> Promotion:
-        """Make the model ``name`` the champion now, audited and counted (KeyError naming the models when there
-        is no such model; ValueError with a single model)."""
+        """Make the model ``name`` the champion now, audited and counted (KeyError: no such model)."""
         if self.contest is None:
             raise ValueError("promotion needs several models (models: ...); this pipeline serves one")
         return self.contest.promote(name, by=by)
@@ -123,7 +125,7 @@ class EventProcessor:
 
     def _predict(self, rec: InboundRecord, event: Event, res: BatchResult) -> Labeled | None:
         """Predict and publish (then challengers predict); what to learn now (its own label, or one that waited)."""
-        champion = self.champion
+        champion = self._one or self.champion
         learner = champion.learner
         t0 = time.perf_counter()
         try:
@@ -138,17 +140,14 @@ class EventProcessor:
         dt = time.perf_counter() - t0
         champion.predict_times.append(dt)
         now_ms = int(time.time() * 1000)
-        self.sink.prediction(
-            event.id,
-            encode_prediction(
-                event_id=event.id, prediction=pred.value, proba=pred.proba, model=champion.name,
-                model_version=learner.version, model_updates=learner.updates, latency_ms=dt * 1000.0,
-                source=rec.coordinates, predicted_at_ms=now_ms,
-            ),
-            rec.timestamp_ms,
-            rec.partition,
-        )
+        source = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
+        self.sink.prediction(event.id, encode_prediction(
+            event_id=event.id, prediction=pred.value, proba=pred.proba, model=champion.name, source=source,
+            model_version=learner.version, model_updates=learner.updates, latency_ms=dt * 1000.0,
+            predicted_at_ms=now_ms), rec.timestamp_ms, rec.partition)
         res.predicted += 1
+        if self._one is not None and event.label is not None and not champion.on_predicted and not self._on_predicted:
+            return Labeled(event, event.label, pred.value, rec)  # nothing else needs the prediction (most events)
         predicted = Predicted(event, pred, rec, dt, now_ms)
         shadow = self.contest.predict(predicted) if self.contest is not None else None
         for hooks in (champion.on_predicted, self._on_predicted):
@@ -160,9 +159,8 @@ class EventProcessor:
         return Labeled(event, event.label, pred.value, rec, None, shadow)
 
     def _learn(self, item: Labeled, res: BatchResult) -> None:
-        """Learn ``item``, then the challengers do; a failure of the serving model dead-letters the record that
-        brought the label (and no model learns it)."""
-        champion = self.champion
+        """Learn ``item``, then the challengers do (the serving model failing dead-letters the label's record)."""
+        champion = self._one or self.champion
         t1 = time.perf_counter()
         try:
             champion.learner.learn_one(item.event, item.label)
@@ -176,6 +174,8 @@ class EventProcessor:
         champion.learn_times.append(time.perf_counter() - t1)
         res.learned += 1
         mine = self.contest.learn(item) if self.contest is not None else item
+        champion.learned.items.append(mine)
+        self._learned.items.append(item)
         for hook in champion.on_learned:
             if detections := hook(mine):
                 champion.detected(detections, item.event)

@@ -48,3 +48,22 @@ def test_state_round_trip(cls: type) -> None:
     a.update(1, 1)
     b.update(1, 1)
     assert a.state_dict() == b.state_dict()
+
+
+@pytest.mark.parametrize("cls", [ClassificationTracker, RegressionTracker])
+@pytest.mark.parametrize("chunks", [[3, 1, 7], [20], [2, 9, 0, 9]])
+def test_update_many_is_update_for_each_in_order(cls: type, chunks: list[int]) -> None:
+    """A batch at once (the quality observer's) leaves the tracker where one update per event does, whether a
+    batch fits in the rolling window, overflows it, or replaces it whole."""
+    rng = random.Random(7)
+    pairs = [(rng.choice([True, False]), rng.choice([True, False, None, 1])) if cls is ClassificationTracker
+             else (rng.uniform(-5, 5), rng.choice([rng.uniform(-5, 5), None])) for _ in range(sum(chunks))]
+    one, many = cls(5), cls(5)
+    for y, p in pairs:
+        one.update(y, p)
+    start = 0
+    for k in chunks:
+        many.update_many(pairs[start:start + k])
+        start += k
+    assert many.state_dict() == one.state_dict()
+    assert (many.rolling, many.cumulative) == pytest.approx((one.rolling, one.cumulative))

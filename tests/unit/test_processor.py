@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from driftline.learners.factory import build_learner
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import ModelSettings
 from driftline.stream.dedup import DedupWindow
-from driftline.stream.observers import BatchResult, Labeled, Observer, Predicted, Quality
+from driftline.stream.observers import BatchResult, Labeled, Ledger, Observer, Predicted, Quality, id_hash
 from driftline.stream.pipeline import build_processor
 from driftline.stream.processor import EventProcessor
 from driftline.stream.records import InboundRecord
@@ -167,6 +168,39 @@ def test_an_added_observer_sees_every_hook_and_is_checkpointed_under_its_key() -
     restored = Counting()
     _with(restored).load_state_dict(state)
     assert restored.seen == counting.seen
+
+
+class Batched(Observer):
+    """Takes the learned events once per batch; notes what it got and what the others had seen by then."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.batches_before: list[int] = []
+        self.counting: Counting | None = None
+
+    def on_learned_batch(self, items: Sequence[Labeled]) -> None:
+        self.calls.append([item.event.id for item in items])
+        self.batches_before.append(self.counting.seen["batches"] if self.counting is not None else -1)
+
+
+def test_batch_observers_get_the_learned_events_once_in_order_before_the_batch_ends() -> None:
+    """on_learned_batch: once per batch, its learned events in stream order (not the dead-lettered one), before
+    any on_batch_end; the ledger and quality (which take it) count as one event at a time would."""
+    batched, counting = Batched(), Counting()
+    batched.counting = counting
+    learner = build_learner(ModelSettings(name="GaussianNB"))
+    metrics = ServiceMetrics(CollectorRegistry(), model=learner.name, task=learner.task)
+    proc = build_processor(learner, OutputSink(MemoryWriter(), "pred", "dlq", metrics), metrics, rolling_window=3,
+                           max_payload_bytes=10_000, extra=[batched, counting])
+    bad = InboundRecord("in", 0, 99, 0, None, b"{not json")
+    proc.process([_rec(0, "a"), _rec(1, "b"), bad, _rec(2, "c")])
+    proc.process([])
+    proc.process([_rec(3, "d")])
+    assert batched.calls == [["a", "b", "c"], ["d"]]
+    assert batched.batches_before == [0, 2]  # before the batch's own on_batch_end
+    ledger = proc.require(Ledger)
+    assert (ledger.learned, ledger.digest) == (4, sum(id_hash(x) for x in "abcd") % 2**64)
+    assert proc.require(Quality).tracker.n == 4
 
 
 class Faulty(Observer):
