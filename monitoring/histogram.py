@@ -31,7 +31,7 @@ class HistogramChild:
         self.counts[bisect_left(self._bounds, value)] += 1
         self.sum += value
 
-    def observe_many(self, values: Sequence[float]) -> None:
+    def observe_many(self, values: Sequence[float] | np.ndarray) -> None:
         """Observe each of ``values`` (a batch's latencies: one vectorised pass instead of one call each)."""
         n = len(values)
         if n < 16:
@@ -78,7 +78,7 @@ class FastHistogram(Collector):
     def observe(self, value: float) -> None:
         self._children[()].observe(value)
 
-    def observe_many(self, values: Sequence[float]) -> None:
+    def observe_many(self, values: Sequence[float] | np.ndarray) -> None:
         self._children[()].observe_many(values)
 
     def describe(self) -> list[HistogramMetricFamily]:

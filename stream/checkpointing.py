@@ -144,14 +144,14 @@ class Checkpointer:
 
     def advance(self, records: Sequence[InboundRecord]) -> None:
         """Record that the state now reflects these records (call after processing a batch)."""
-        offsets, dirty = self.offsets, self._dirty
-        for r in records:
-            offsets[TopicPartition(r.topic, r.partition)] = r.offset + 1
-            dirty.add(r.partition)
+        last = {(r.topic, r.partition): r.offset for r in records}  # a partition's records come in offset order
+        for (topic, partition), offset in last.items():
+            self.offsets[TopicPartition(topic, partition)] = offset + 1
+            self._dirty.add(partition)
         self._since += len(records)
         if self.catch_up:
             for tp, end in list(self.catch_up.items()):
-                if offsets.get(tp, 0) >= end:
+                if self.offsets.get(tp, 0) >= end:
                     del self.catch_up[tp]
                     log.info("partition %s-%d caught up at offset %d (replayed without outputs)", tp.topic,
                              tp.partition, end)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from driftline.errors import PublishError
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.stream.kafka.writer import RecordWriter
@@ -95,5 +97,7 @@ class OutputSink:
                 self.metrics.publish_errors.labels(topic).inc(len(errs))
             detail = "; ".join(f"{t}: {len(e)} failed, first: {e[0]}" for t, e in result.failed.items())
             raise PublishError(f"outputs were not delivered, offsets not committed: {detail}")
-        now_ms = time.time() * 1000
-        self.metrics.e2e_latency.observe_many([max(now_ms - ts, 0.0) / 1000.0 for ts in times if ts > 0])
+        if times:
+            stamps = np.asarray(times, dtype=np.float64)
+            stamps = stamps[stamps > 0]
+            self.metrics.e2e_latency.observe_many(np.maximum(time.time() * 1000 - stamps, 0.0) / 1000.0)
