@@ -14,7 +14,10 @@
 Each rate is measured from the first consumed batch to the last commit. Prints a table, then one JSON
 line: passthrough_eps(_confluent), inprocess_eps, service_eps_confluent, service_eps_kafka_python,
 service_eps_exactly_once, service_eps_three_models, service_eps (the default backend's), ratio_confluent =
-service_eps_confluent / min(passthrough_eps_confluent, inprocess_eps) and ratio_kafka_python likewise.
+service_eps_confluent / min(passthrough_eps_confluent, inprocess_eps) and ratio_kafka_python likewise, and
+overhead_us_confluent = 1e6 / service_eps_confluent - 1e6 / inprocess_eps: the microseconds per event the service
+spends outside the model (consuming, decoding, publishing, accounting), a figure that does not move when the model
+gets faster or slower.
 
     python benchmarks/throughput.py --events 100000
 """
@@ -201,6 +204,7 @@ def main() -> None:
         svc_c, svc_py = statistics.median(runs["confluent"]), statistics.median(runs["kafka-python"])
         ratio_c = svc_c / min(pass_c_eps, inproc_eps)
         ratio_py = svc_py / min(pass_eps, inproc_eps)
+        overhead_us = 1e6 / svc_c - 1e6 / inproc_eps
 
     print(f"driftline throughput: {n} SEA events, 1 partition, Kafka at {bootstrap}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
@@ -221,12 +225,15 @@ def main() -> None:
     print(f"ratio_confluent = service / min(a confluent, b) = {ratio_c:.2f}; "
           f"ratio_kafka_python = {ratio_py:.2f}; prequential accuracy {accuracy['confluent']:.4f} "
           f"(kafka-python backend: {accuracy['kafka-python']:.4f})")
+    print(f"outside the model, per event on librdkafka: {overhead_us:.1f} us (service {1e6 / svc_c:.1f} us, "
+          f"model in-process {1e6 / inproc_eps:.1f} us)")
     print(json.dumps({"passthrough_eps": round(pass_eps, 1), "passthrough_eps_confluent": round(pass_c_eps, 1),
                       "inprocess_eps": round(inproc_eps, 1), "service_eps": round(svc_c, 1),
                       "service_eps_confluent": round(svc_c, 1), "service_eps_kafka_python": round(svc_py, 1),
                       "service_eps_exactly_once": round(statistics.median(runs["exactly-once"]), 1),
                       "service_eps_three_models": round(statistics.median(runs["challengers"]), 1),
-                      "ratio_confluent": round(ratio_c, 3), "ratio_kafka_python": round(ratio_py, 3)}))
+                      "ratio_confluent": round(ratio_c, 3), "ratio_kafka_python": round(ratio_py, 3),
+                      "overhead_us_confluent": round(overhead_us, 2)}))
 
 
 if __name__ == "__main__":
