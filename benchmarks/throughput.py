@@ -204,7 +204,8 @@ def main() -> None:
         svc_c, svc_py = statistics.median(runs["confluent"]), statistics.median(runs["kafka-python"])
         ratio_c = svc_c / min(pass_c_eps, inproc_eps)
         ratio_py = svc_py / min(pass_eps, inproc_eps)
-        overhead_us = 1e6 / svc_c - 1e6 / inproc_eps
+        service_us, model_us = 1e6 / svc_c, 1e6 / inproc_eps
+        overhead_us = service_us - model_us
 
     print(f"driftline throughput: {n} SEA events, 1 partition, Kafka at {bootstrap}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
@@ -225,8 +226,8 @@ def main() -> None:
     print(f"ratio_confluent = service / min(a confluent, b) = {ratio_c:.2f}; "
           f"ratio_kafka_python = {ratio_py:.2f}; prequential accuracy {accuracy['confluent']:.4f} "
           f"(kafka-python backend: {accuracy['kafka-python']:.4f})")
-    print(f"outside the model, per event on librdkafka: {overhead_us:.1f} us (service {1e6 / svc_c:.1f} us, "
-          f"model in-process {1e6 / inproc_eps:.1f} us)")
+    print(f"outside the model, per event on librdkafka: {overhead_us:.1f} us (service {service_us:.1f} us, "
+          f"model in-process {model_us:.1f} us)")
     print(json.dumps({"passthrough_eps": round(pass_eps, 1), "passthrough_eps_confluent": round(pass_c_eps, 1),
                       "inprocess_eps": round(inproc_eps, 1), "service_eps": round(svc_c, 1),
                       "service_eps_confluent": round(svc_c, 1), "service_eps_kafka_python": round(svc_py, 1),
