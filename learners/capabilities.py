@@ -32,7 +32,8 @@ class Capability(enum.Enum):
 @runtime_checkable
 class BackgroundTrained(Protocol):
     """Trains off the poll loop (the Continual learner): the run loop applies back-pressure while it is
-    saturated, drains it on a graceful stop and closes it; replay and pretraining make it synchronous."""
+    saturated, defers a save point while it trains, drains it on a graceful stop and closes it; replay and
+    pretraining make it synchronous."""
 
     @property
     def latest_version(self) -> int:
@@ -44,6 +45,12 @@ class BackgroundTrained(Protocol):
     def backlog(self) -> int: ...
 
     def drain(self, timeout: float | None = None) -> bool: ...
+
+    def between_windows(self) -> bool:
+        """Whether a snapshot (`state_dict`) now would not wait for training in progress. Either way training
+        starts nothing new until the next snapshot (or a few seconds pass), so a save point deferred now finds
+        the learner between windows soon after."""
+        ...
 
     def close(self) -> None: ...
 

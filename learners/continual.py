@@ -167,6 +167,9 @@ class ContinualLearner(BackboneParts, LearnerBase):
     def drain(self, timeout: float | None = None) -> bool:
         return self.worker.drain(timeout)
 
+    def between_windows(self) -> bool:
+        return self.worker.between_windows()
+
     def close(self) -> None:
         self.worker.close()
 
@@ -282,6 +285,12 @@ class ContinualLearner(BackboneParts, LearnerBase):
 
     # -- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        try:
+            return self._snapshot()
+        finally:
+            self.worker.release()  # the worker held its next window for this snapshot (`between_windows`)
+
+    def _snapshot(self) -> dict[str, Any]:
         import torch
 
         with self.worker.train_lock:  # waits for a window in training: a snapshot between experiences

@@ -8,7 +8,10 @@ until the worker catches up. In synchronous mode (replay, pretraining, tests) a 
 at once in the caller's thread, so results do not depend on timing.
 
 `train_lock` is held while a window trains: a state snapshot taken under it sees every window either
-trained or pending, never half of one.
+trained or pending, never half of one. So that a snapshot does not wait for a window in training, the poll loop
+asks `between_windows` first: false, the save point is deferred, and the worker starts no new window after the
+one in training until the snapshot is taken (`release`) or ``hold_seconds`` pass; the next batch's end finds it
+between windows.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ class TrainingError(RuntimeError):
 
 class TrainingWorker:
     def __init__(self, train_fn: Callable[[Window], None], *, window_events: int, window_seconds: float,
-                 max_pending: int, synchronous: bool = False, name: str = "driftline-trainer") -> None:
+                 max_pending: int, synchronous: bool = False, name: str = "driftline-trainer",
+                 hold_seconds: float = 5.0) -> None:
         self.train_fn = train_fn
         self.window_events, self.window_seconds, self.max_pending = window_events, window_seconds, max_pending
         self.synchronous = synchronous
@@ -53,6 +57,8 @@ class TrainingWorker:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._name = name
+        self.hold_seconds = hold_seconds
+        self._hold_until: float | None = None  # no new window starts before this (monotonic), or release()
         self.trained_windows = 0
 
     # -- feeding (the poll loop's thread) -----------------------------------------------------------
@@ -93,11 +99,39 @@ class TrainingWorker:
         with self._cv:
             return sum(len(w) for w in self._windows_locked())
 
+    # -- snapshots between windows -------------------------------------------------------------------
+    def between_windows(self) -> bool:
+        """Whether no window is in training now (a snapshot under `train_lock` would not wait). Either way the
+        worker starts no new window until `release` or ``hold_seconds`` pass: asked again after the window in
+        training ends, the answer is true."""
+        with self._cv:
+            self._hold_until = time.monotonic() + self.hold_seconds
+            return self._inflight is None
+
+    def release(self) -> None:
+        """The snapshot `between_windows` held the worker for is taken (or not wanted): windows train again."""
+        with self._cv:
+            if self._hold_until is not None:
+                self._hold_until = None
+                self._cv.notify_all()
+
+    def _held_locked(self) -> float:
+        """Seconds the hold lasts still (0: none)."""
+        if self._hold_until is None:
+            return 0.0
+        left = self._hold_until - time.monotonic()
+        if left <= 0:
+            self._hold_until = None
+            return 0.0
+        return left
+
     # -- training -------------------------------------------------------------------------------------
-    def _train_one(self) -> bool:
+    def _train_one(self, *, here: bool = False) -> bool:
+        """Train the next sealed window, if any (the worker thread: unless held for a snapshot; ``here``, the
+        synchronous caller's thread: always)."""
         with self.train_lock:
             with self._cv:
-                w = self._sealed.popleft() if self._sealed else None
+                w = self._sealed.popleft() if self._sealed and (here or not self._held_locked()) else None
                 self._inflight = w
             if w is None:
                 return False
@@ -115,7 +149,7 @@ class TrainingWorker:
         return True
 
     def _train_pending_here(self) -> None:
-        while self._train_one():
+        while self._train_one(here=True):
             pass
 
     def _ensure_thread(self) -> None:
@@ -127,7 +161,10 @@ class TrainingWorker:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._stop and not self._sealed:
+                while not self._stop and (not self._sealed or self._held_locked()):
+                    if held := self._held_locked():  # a snapshot is wanted between two windows
+                        self._cv.wait(held)
+                        continue
                     if self._open is not None and len(self._open) and len(self._sealed) < self.max_pending:
                         age = time.monotonic() - self._open.opened
                         # full (it grew while training was behind), or a quiet stream's partial window
@@ -152,6 +189,8 @@ class TrainingWorker:
     def drain(self, timeout: float | None = None) -> bool:
         """Seal the open window and wait until everything is trained; False on timeout."""
         with self._cv:
+            self._hold_until = None  # everything is to be trained now
+            self._cv.notify_all()
             if self._open is not None and len(self._open):
                 self._seal_locked()
         if self.synchronous:
@@ -191,6 +230,7 @@ class TrainingWorker:
     def close(self, timeout: float = 10.0) -> None:
         with self._cv:
             self._stop = True
+            self._hold_until = None
             self._cv.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)

@@ -85,9 +85,11 @@ DASHBOARDS = (
         Panel("Training backlog and back-pressure", (
             (f"driftline_training_backlog_windows{{{MSEL}}}", "windows waiting {{model}}"),
             (f"driftline_consumer_paused{{{SEL}}}", "consumer paused"),
-            (f"increase(driftline_backpressure_pauses_total{{{SEL}}}[5m])", "pauses / 5m")), "short",
+            (f"increase(driftline_backpressure_pauses_total{{{SEL}}}[5m])", "pauses / 5m"),
+            (f"increase(driftline_checkpoint_deferrals_total{{{SEL}}}[5m])", "save points put off / 5m")), "short",
               "Learners that train off the poll loop (Continual): windows of labeled events waiting for training, "
-              "and whether the consumer is paused until training catches up."),
+              "whether the consumer is paused until training catches up, and save points put off to a batch end "
+              "between two windows (the loop does not wait for one)."),
     ), ANNOTATIONS),
     Dashboard("driftline-kafka", "driftline / Kafka", (
         Panel("Consumer lag", ((f"driftline_consumer_lag_records{{{SEL}}}", "{{topic}}/{{partition}}"),), "short"),

@@ -55,7 +55,8 @@ class Checkpointer:
                  store: CheckpointStore | None = None, *, parts: Sequence[Partitioned] = (),
                  changelog: Changelog | None = None,
                  flush: Callable[[], None] = _nothing, commit: Commit | None = None,
-                 begin: Callable[[], None] | None = None, member: str = "driftline", owner: str = "") -> None:
+                 begin: Callable[[], None] | None = None, member: str = "driftline", owner: str = "",
+                 ready: Callable[[], bool] | None = None) -> None:
         self.cfg = cfg
         self.processor = processor
         self.metrics = metrics
@@ -68,6 +69,10 @@ class Checkpointer:
         # kafka.exactly_once: every batch's outputs and offsets are committed in one transaction (``begin`` opens
         # it, ``commit`` commits it with the offsets), save points every interval inside one
         self.begin = begin
+        # a learner training in the background (Continual): whether a snapshot now would not wait for a window in
+        # training; a due save point is deferred until it is (at most every_seconds more)
+        self.ready = ready
+        self._deferred_at: float | None = None
         self.member = member
         self.owner = owner  # this instance's stable name (the same across its restarts); "": unknown
         self.catch_up: dict[TopicPartition, int] = {}  # replay below these offsets without outputs (exactly_once)
@@ -175,8 +180,22 @@ class Checkpointer:
         last save point's commit failed and a second has passed (it is retried, also on a quiet stream)."""
         if self._since == 0:
             return self._uncommitted and time.monotonic() - self._last >= min(1.0, self.cfg.every_seconds)
-        return (self._since >= self.cfg.every_events or time.monotonic() - self._last >= self.cfg.every_seconds
-                or (self.begin is not None and not self._saved.issuperset(self.offsets)))
+        if self.begin is not None and not self._saved.issuperset(self.offsets):
+            return True
+        return ((self._since >= self.cfg.every_events or time.monotonic() - self._last >= self.cfg.every_seconds)
+                and self._learner_ready())
+
+    def _learner_ready(self) -> bool:
+        """A due save point waits (without blocking the loop) until a learner training in the background is
+        between two windows, which it then holds for the snapshot; deferred for every_seconds, it is taken
+        anyway (waiting for the window in training). Without a checkpoint directory no snapshot is taken."""
+        if self.ready is None or self.store is None or self.ready():
+            return True
+        now = time.monotonic()
+        if self._deferred_at is None:
+            self._deferred_at = now
+            self.metrics.checkpoint_deferrals.inc()
+        return now - self._deferred_at >= self.cfg.every_seconds
 
     def end_batch(self) -> None:
         """After a batch's outputs are flushed: a save point when one is due; with exactly_once, the batch's
@@ -205,6 +224,7 @@ class Checkpointer:
         self._saved = set(self.offsets)
         self._since = 0
         self._last = time.monotonic()
+        self._deferred_at = None
         return True
 
     @property

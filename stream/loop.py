@@ -232,7 +232,8 @@ class Service:
                                     flush=sink.flush, commit=commit,
                                     begin=transactional.begin if transactional is not None else None,
                                     member=f"{s.kafka.client_id}@{socket.gethostname()}:{os.getpid()}",
-                                    owner=self._identity())
+                                    owner=self._identity(),
+                                    ready=self.trained.between_windows if self.trained is not None else None)
         self.checkpointer = checkpointer
         syncer = member_side(s, kafka, self.learner, member=self._identity(), state=sync_state, ensemble=ensemble,
                              writer=writer, transactional=transactional, sink=sink, metrics=self.metrics)

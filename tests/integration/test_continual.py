@@ -35,12 +35,16 @@ def _agrawal(n: int, prefix: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.usefixtures("kafka_client")  # on both Kafka client libraries
-def test_poll_loop_keeps_polling_while_a_slow_strategy_trains(kafka_bootstrap: str, topic_prefix: str) -> None:
+@pytest.mark.parametrize("checkpoints", [False, True], ids=["no-checkpoints", "checkpoints"])
+def test_poll_loop_keeps_polling_while_a_slow_strategy_trains(kafka_bootstrap: str, topic_prefix: str,
+                                                              tmp_path: Path, checkpoints: bool) -> None:
     """Each window's training waits until the run loop has gone round five more times: were training on
     the loop's thread, the loop could not go round and the test would time out. The loop pauses its
     partitions while a window waits (max_pending_windows: 1) and every record is still predicted, learned
-    and committed."""
+    and committed. With checkpoints, save points fall due while a window trains: a save point waiting for
+    that window would stop the loop too; it is deferred to a batch end between two windows instead."""
     settings = load_settings(
+        checkpoint={"directory": str(tmp_path / "ckpt"), "every_events": 50} if checkpoints else {},
         kafka={"bootstrap_servers": kafka_bootstrap, "group_id": f"{topic_prefix}-g", "client_id": topic_prefix,
                "max_poll_records": 50, "max_poll_interval_ms": 6000, "session_timeout_ms": 6000,
                "publisher": "thread"},
@@ -91,6 +95,9 @@ def test_poll_loop_keeps_polling_while_a_slow_strategy_trains(kafka_bootstrap: s
     assert versions == sorted(versions) and versions[-1] > 1  # swaps appear in order on the records
     assert read_topic(kafka_bootstrap, f"{topic_prefix}-dlq") == []
     assert committed_offsets(kafka_bootstrap, f"{topic_prefix}-g", f"{topic_prefix}-in") == {0: EVENTS}
+    if checkpoints:
+        assert m.checkpoint_deferrals._value.get() >= 1
+        assert sum(s.value for s in m.checkpoints.collect()[0].samples if s.name.endswith("_total")) >= 3
 
 
 @pytest.mark.slow

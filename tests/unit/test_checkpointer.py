@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,35 @@ def test_a_checkpoint_of_another_model_is_a_clear_startup_error(tmp_path: Path) 
     other, metrics2, _ = _processor("LogisticRegression")
     with pytest.raises(ConfigError, match="does not fit this configuration"):
         Checkpointer(cfg, other, metrics2).restore()
+
+
+def test_a_due_save_point_waits_for_a_learner_between_windows_for_at_most_every_seconds(tmp_path: Path) -> None:
+    """A model training in the background (Continual) is asked whether a snapshot now would wait for a window
+    in training: while it would, the due save point is deferred (counted once) instead of blocking the loop;
+    deferred for every_seconds, it is taken anyway. Without a checkpoint directory nothing waits."""
+    proc, metrics, reg = _processor()
+    answers = iter([False, False, True])
+    ck = Checkpointer(CheckpointSettings(directory=str(tmp_path / "a"), every_events=1, every_seconds=60), proc,
+                      metrics, ready=lambda: next(answers))
+    ck.advance(_records(range(3)))
+    assert not ck.due() and not ck.due()
+    assert ck.due()
+    assert reg.get_sample_value("driftline_checkpoint_deferrals_total") == 1
+    assert ck.save("interval") and not ck.due()
+
+    never = Checkpointer(CheckpointSettings(directory=str(tmp_path / "b"), every_events=1, every_seconds=0.2), proc,
+                         metrics, ready=lambda: False)
+    never.advance(_records(range(3)))
+    assert not never.due()
+    time.sleep(0.25)
+    assert never.due()  # deferred long enough: taken, waiting for the window in training
+
+    asked: list[int] = []
+
+    def ready() -> bool:
+        asked.append(1)
+        return False
+
+    no_directory = Checkpointer(CheckpointSettings(every_events=1), proc, metrics, ready=ready)
+    no_directory.advance(_records(range(3)))
+    assert no_directory.due() and not asked

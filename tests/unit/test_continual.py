@@ -214,6 +214,74 @@ def test_back_pressure_bounds_the_pending_windows() -> None:
     worker.close()
 
 
+def _until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_between_windows_holds_the_next_window_until_the_snapshot_is_taken() -> None:
+    """The poll loop asks before a save point: a window in training answers no, and the worker then starts no
+    new window, so the next ask finds it between windows; `release` (the snapshot taken) lets training go on."""
+    gate = threading.Event()
+    trained: list[int] = []
+
+    def slow(w: Window) -> None:
+        gate.wait(10)
+        trained.append(len(w))
+
+    worker = TrainingWorker(slow, window_events=5, window_seconds=60, max_pending=5)
+    for i in range(15):
+        worker.add(torch.zeros(1), i % 2)
+    _until(lambda: worker._inflight is not None)
+    assert not worker.between_windows()  # a snapshot now would wait for this window
+    gate.set()
+    _until(lambda: trained == [5])
+    time.sleep(0.3)  # two windows are sealed: held, the worker takes neither
+    assert trained == [5] and worker.backlog() == 2
+    assert worker.between_windows()
+    worker.release()
+    _until(lambda: trained == [5, 5, 5])
+    worker.close()
+
+
+def test_a_hold_nobody_releases_ends_after_hold_seconds() -> None:
+    trained: list[float] = []
+    worker = TrainingWorker(lambda w: trained.append(time.monotonic()), window_events=5, window_seconds=60,
+                            max_pending=5, hold_seconds=0.5)
+    t0 = time.monotonic()
+    assert worker.between_windows()  # nothing in training; the save point that asked then failed, say
+    for i in range(5):
+        worker.add(torch.zeros(1), i % 2)
+    _until(lambda: len(trained) == 1)
+    assert trained[0] - t0 >= 0.45
+    worker.close()
+
+
+def test_a_snapshot_releases_the_window_held_for_it_and_sees_it_pending() -> None:
+    gate = threading.Event()
+    a = _learner(synchronous=False, window_events=50, max_pending_windows=10)
+    train = a._train_window
+
+    def held(w: Window) -> None:
+        gate.wait(30)
+        train(w)
+
+    a.worker.train_fn = held
+    _feed(a, _events(100))
+    _until(lambda: a.worker._inflight is not None)
+    assert not a.between_windows()
+    gate.set()
+    _until(lambda: a.worker.trained_windows == 1)
+    time.sleep(0.3)
+    assert a.worker.trained_windows == 1 and a.between_windows()
+    state = a.state_dict()  # between windows: no wait; the second window is in it, pending
+    assert state["experiences"] == 1 and [len(ys) for _, ys in state["pending"]] == [50]
+    _until(lambda: a.worker.trained_windows == 2)  # released by the snapshot
+    a.close()
+
+
 def test_a_quiet_stream_trains_a_partial_window_after_window_seconds() -> None:
     trained: list[int] = []
     worker = TrainingWorker(lambda w: trained.append(len(w)), window_events=100, window_seconds=0.2, max_pending=2)

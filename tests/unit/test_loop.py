@@ -280,11 +280,29 @@ class Saturating(RiverLearner):
         self.drained.set()
         return True
 
+    def between_windows(self) -> bool:
+        return True
+
     def close(self) -> None:
         pass
 
     def set_synchronous(self, on: bool = True) -> None:
         pass
+
+
+class Training(Saturating):
+    """Never behind, but a window is in training through its first two asks before a save point."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def saturated(self) -> bool:
+        return False
+
+    def between_windows(self) -> bool:
+        self.asked += 1
+        return self.asked > 2
 
 
 def test_a_background_trained_model_is_saved_on_the_way_out_even_with_no_new_record(tmp_path: Path) -> None:
@@ -306,6 +324,26 @@ def test_back_pressure_pauses_while_training_is_behind_and_resumes_after() -> No
     assert backend.calls[:6] == ["poll", "flush", "commit", "pause", "resume", "poll"]
     assert registry.get_sample_value("driftline_backpressure_pauses_total") == 1
     assert registry.get_sample_value("driftline_consumer_paused") == 0
+
+
+def test_a_save_point_due_while_a_window_trains_is_taken_at_a_later_batch_end_the_loop_never_waits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = FakeBackend(Script([records(0, 5), records(5, 5), records(10, 5)]))
+    save = Checkpointer.save
+
+    def recorded(self: Checkpointer, trigger: str, **kw: Any) -> Any:
+        backend.calls.append(f"save:{trigger}")
+        return save(self, trigger, **kw)
+
+    monkeypatch.setattr(Checkpointer, "save", recorded)
+    registry = CollectorRegistry()
+    learner = Training()
+    service(backend, tmp_path, learner=learner, registry=registry).run()
+    batch = ["poll", "flush"]
+    # (the shutdown save point commits again: draining may have trained a window since)
+    assert backend.calls == [*batch, *batch, *batch, "save:interval", "commit", "save:shutdown", "commit", "close"]
+    assert learner.asked == 3
+    assert registry.get_sample_value("driftline_checkpoint_deferrals_total") == 1
 
 
 class Deadly(RiverLearner):
