@@ -32,7 +32,7 @@ class Capability(enum.Enum):
 @runtime_checkable
 class BackgroundTrained(Protocol):
     """Trains off the poll loop (the Continual learner): the run loop applies back-pressure while it is
-    saturated, defers a save point while it trains, drains it on a graceful stop and closes it; replay and
+    saturated, puts off a save point while it trains a window, drains it on a graceful stop and closes it; replay and
     pretraining make it synchronous."""
 
     @property
@@ -46,10 +46,14 @@ class BackgroundTrained(Protocol):
 
     def drain(self, timeout: float | None = None) -> bool: ...
 
-    def between_windows(self) -> bool:
-        """Whether a snapshot (`state_dict`) now would not wait for training in progress. Either way training
-        starts nothing new until the next snapshot (or a few seconds pass), so a save point deferred now finds
-        the learner between windows soon after."""
+    def hold_between_windows(self) -> bool:
+        """Whether no window is in training now: a snapshot (`state_dict`) or a read of the parameters would not
+        wait. Either way training starts no new window until `release_hold` (or a few seconds pass), so a step
+        put off now finds the learner between windows soon after."""
+        ...
+
+    def release_hold(self) -> None:
+        """The step `hold_between_windows` held training for is done: windows train again."""
         ...
 
     def close(self) -> None: ...

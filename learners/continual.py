@@ -167,8 +167,11 @@ class ContinualLearner(BackboneParts, LearnerBase):
     def drain(self, timeout: float | None = None) -> bool:
         return self.worker.drain(timeout)
 
-    def between_windows(self) -> bool:
+    def hold_between_windows(self) -> bool:
         return self.worker.between_windows()
+
+    def release_hold(self) -> None:
+        self.worker.release()
 
     def close(self) -> None:
         self.worker.close()
@@ -285,12 +288,6 @@ class ContinualLearner(BackboneParts, LearnerBase):
 
     # -- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        try:
-            return self._snapshot()
-        finally:
-            self.worker.release()  # the worker held its next window for this snapshot (`between_windows`)
-
-    def _snapshot(self) -> dict[str, Any]:
         import torch
 
         with self.worker.train_lock:  # waits for a window in training: a snapshot between experiences

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pydantic import ValidationError
 
 from driftline.errors import ConfigError
+from driftline.learners.capabilities import BackgroundTrained
 from driftline.learners.checkpoint import CheckpointInfo, CheckpointStore, DirectoryStore
 from driftline.monitoring.metrics import ServiceMetrics
 from driftline.settings import CheckpointSettings
@@ -56,7 +57,7 @@ class Checkpointer:
                  changelog: Changelog | None = None,
                  flush: Callable[[], None] = _nothing, commit: Commit | None = None,
                  begin: Callable[[], None] | None = None, member: str = "driftline", owner: str = "",
-                 ready: Callable[[], bool] | None = None) -> None:
+                 trained: BackgroundTrained | None = None) -> None:
         self.cfg = cfg
         self.processor = processor
         self.metrics = metrics
@@ -69,10 +70,9 @@ class Checkpointer:
         # kafka.exactly_once: every batch's outputs and offsets are committed in one transaction (``begin`` opens
         # it, ``commit`` commits it with the offsets), save points every interval inside one
         self.begin = begin
-        # a learner training in the background (Continual): whether a snapshot now would not wait for a window in
-        # training; a due save point is deferred until it is (at most every_seconds more)
-        self.ready = ready
-        self._deferred_at: float | None = None
+        # a learner training in the background (Continual): a due save point is put off while it trains a window
+        self.trained = trained
+        self._put_off: dict[str, float] = {}  # since when, by trigger
         self.member = member
         self.owner = owner  # this instance's stable name (the same across its restarts); "": unknown
         self.catch_up: dict[TopicPartition, int] = {}  # replay below these offsets without outputs (exactly_once)
@@ -183,19 +183,29 @@ class Checkpointer:
         if self.begin is not None and not self._saved.issuperset(self.offsets):
             return True
         return ((self._since >= self.cfg.every_events or time.monotonic() - self._last >= self.cfg.every_seconds)
-                and self._learner_ready())
+                and (self.store is None or self.between_windows("interval", self.cfg.every_seconds)))
 
-    def _learner_ready(self) -> bool:
-        """A due save point waits (without blocking the loop) until a learner training in the background is
-        between two windows, which it then holds for the snapshot; deferred for every_seconds, it is taken
-        anyway (waiting for the window in training). Without a checkpoint directory no snapshot is taken."""
-        if self.ready is None or self.store is None or self.ready():
+    def between_windows(self, trigger: str, limit: float) -> bool:
+        """Whether a save point for ``trigger`` (that snapshots the model or reads its parameters) can be taken
+        now without waiting for a window in training: it is put off (counted once) until the learner is between
+        two windows, which the learner then holds until the save point is over; put off for ``limit`` seconds,
+        it is taken anyway (waiting for the window). Always true without a learner training in the background."""
+        if self.trained is None or self.trained.hold_between_windows():
+            self._put_off.pop(trigger, None)
             return True
         now = time.monotonic()
-        if self._deferred_at is None:
-            self._deferred_at = now
-            self.metrics.checkpoint_deferrals.inc()
-        return now - self._deferred_at >= self.cfg.every_seconds
+        if trigger not in self._put_off:
+            self._put_off[trigger] = now
+            self.metrics.checkpoint_deferrals.labels(trigger).inc()
+        if now - self._put_off[trigger] < limit:
+            return False
+        del self._put_off[trigger]
+        return True
+
+    def release(self) -> None:
+        """After a step `between_windows` held the learner's training for (a save point does it itself)."""
+        if self.trained is not None:
+            self.trained.release_hold()
 
     def end_batch(self) -> None:
         """After a batch's outputs are flushed: a save point when one is due; with exactly_once, the batch's
@@ -215,16 +225,18 @@ class Checkpointer:
                 self._commit_owned()
                 self._last = time.monotonic()
             return False
-        if self.begin is not None:
-            self.begin()  # snapshots, and the offsets, in the batch's transaction (or one of their own)
-        self._write_snapshots()
-        if self.store is not None:
-            self._save_checkpoint(trigger)
+        try:
+            if self.begin is not None:
+                self.begin()  # snapshots, and the offsets, in the batch's transaction (or one of their own)
+            self._write_snapshots()
+            if self.store is not None:
+                self._save_checkpoint(trigger)
+        finally:
+            self.release()  # the learner's training was held for this save point (`between_windows`)
         self._commit_owned()
         self._saved = set(self.offsets)
         self._since = 0
         self._last = time.monotonic()
-        self._deferred_at = None
         return True
 
     @property

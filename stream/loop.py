@@ -233,7 +233,7 @@ class Service:
                                     begin=transactional.begin if transactional is not None else None,
                                     member=f"{s.kafka.client_id}@{socket.gethostname()}:{os.getpid()}",
                                     owner=self._identity(),
-                                    ready=self.trained.between_windows if self.trained is not None else None)
+                                    trained=self.trained)
         self.checkpointer = checkpointer
         syncer = member_side(s, kafka, self.learner, member=self._identity(), state=sync_state, ensemble=ensemble,
                              writer=writer, transactional=transactional, sink=sink, metrics=self.metrics)
@@ -334,22 +334,25 @@ class Service:
         committed, and the checkpoint records the update, so a restart knows it was sent; with exactly_once, in
         the same transaction, or for a snapshot, right after it), then the update. At a batch's end
         (``batch_end``) that save point is the batch's. Whether an update was due."""
-        if not syncer.due():
-            return False
-        syncer.prepare()
-        if transactional is not None and syncer.in_transaction:
-            transactional.begin()  # (at a batch's end: the batch's, open already)
+        if not syncer.due() or not checkpointer.between_windows("sync", self.settings.sync.every_seconds):
+            return False  # (put off while the model trains a window: taken at a later batch's end)
+        try:
+            syncer.prepare()
+            if transactional is not None and syncer.in_transaction:
+                transactional.begin()  # (at a batch's end: the batch's, open already)
+                syncer.send_update()
+                checkpointer.save("sync", changed=True)  # commits the transaction, update included
+                return True
+            if syncer.labels_since() > 0:  # (nothing learned since the group's model: nothing uncommitted to send)
+                checkpointer.save("sync", changed=True)
+                if checkpointer.uncommitted:
+                    return True  # sent at the next round, once its learning is committed
+            elif batch_end:  # the batch's own save point, if one is due
+                checkpointer.end_batch()
             syncer.send_update()
-            checkpointer.save("sync", changed=True)  # commits the transaction, update included
             return True
-        if syncer.labels_since() > 0:  # (nothing learned since the group's model: nothing uncommitted to send)
-            checkpointer.save("sync", changed=True)
-            if checkpointer.uncommitted:
-                return True  # sent at the next round, once its learning is committed
-        elif batch_end:  # the batch's own save point, if one is due
-            checkpointer.end_batch()
-        syncer.send_update()
-        return True
+        finally:
+            checkpointer.release()
 
     def _replay(self, records: Sequence[InboundRecord], processor: EventProcessor, sink: OutputSink) -> None:
         sink.muted = True

@@ -70,33 +70,45 @@ def test_a_checkpoint_of_another_model_is_a_clear_startup_error(tmp_path: Path) 
         Checkpointer(cfg, other, metrics2).restore()
 
 
-def test_a_due_save_point_waits_for_a_learner_between_windows_for_at_most_every_seconds(tmp_path: Path) -> None:
+class Trains:
+    """A learner training in the background: ``answers`` to hold_between_windows, then True; holds counted."""
+
+    def __init__(self, *answers: bool) -> None:
+        self.answers, self.holds = list(answers), 0
+
+    def hold_between_windows(self) -> bool:
+        self.holds += 1
+        return self.answers.pop(0) if self.answers else True
+
+    def release_hold(self) -> None:
+        self.holds = 0
+
+
+def test_a_due_save_point_is_put_off_while_the_learner_trains_a_window_for_at_most_every_seconds(
+        tmp_path: Path) -> None:
     """A model training in the background (Continual) is asked whether a snapshot now would wait for a window
-    in training: while it would, the due save point is deferred (counted once) instead of blocking the loop;
-    deferred for every_seconds, it is taken anyway. Without a checkpoint directory nothing waits."""
+    in training: while it would, the due save point is put off (counted once) instead of blocking the loop,
+    and the learner holds its next window; the save point releases it. Put off for every_seconds, it is taken
+    anyway. Without a checkpoint directory there is no snapshot to wait for."""
     proc, metrics, reg = _processor()
-    answers = iter([False, False, True])
+    learner = Trains(False, False)
     ck = Checkpointer(CheckpointSettings(directory=str(tmp_path / "a"), every_events=1, every_seconds=60), proc,
-                      metrics, ready=lambda: next(answers))
+                      metrics, trained=learner)  # type: ignore[arg-type]
     ck.advance(_records(range(3)))
     assert not ck.due() and not ck.due()
-    assert ck.due()
-    assert reg.get_sample_value("driftline_checkpoint_deferrals_total") == 1
+    assert ck.due() and learner.holds == 3
+    assert reg.get_sample_value("driftline_checkpoint_deferrals_total", {"trigger": "interval"}) == 1
     assert ck.save("interval") and not ck.due()
+    assert learner.holds == 0  # released
 
     never = Checkpointer(CheckpointSettings(directory=str(tmp_path / "b"), every_events=1, every_seconds=0.2), proc,
-                         metrics, ready=lambda: False)
+                         metrics, trained=Trains(*[False] * 100))  # type: ignore[arg-type]
     never.advance(_records(range(3)))
     assert not never.due()
     time.sleep(0.25)
-    assert never.due()  # deferred long enough: taken, waiting for the window in training
+    assert never.due()  # put off long enough: taken, waiting for the window in training
 
-    asked: list[int] = []
-
-    def ready() -> bool:
-        asked.append(1)
-        return False
-
-    no_directory = Checkpointer(CheckpointSettings(every_events=1), proc, metrics, ready=ready)
+    idle = Trains(False)
+    no_directory = Checkpointer(CheckpointSettings(every_events=1), proc, metrics, trained=idle)  # type: ignore[arg-type]
     no_directory.advance(_records(range(3)))
-    assert no_directory.due() and not asked
+    assert no_directory.due() and idle.holds == 0

@@ -187,7 +187,8 @@ def test_training_runs_in_the_worker_and_published_weights_never_change() -> Non
     learner.close()
 
 
-def test_back_pressure_bounds_the_pending_windows() -> None:
+def _gated(window_events: int, max_pending: int) -> tuple[TrainingWorker, threading.Event, list[int]]:
+    """A worker whose windows wait for the gate before they count as trained (their sizes, in order)."""
     gate = threading.Event()
     trained: list[int] = []
 
@@ -195,7 +196,11 @@ def test_back_pressure_bounds_the_pending_windows() -> None:
         gate.wait(10)
         trained.append(len(w))
 
-    worker = TrainingWorker(slow, window_events=10, window_seconds=60, max_pending=2)
+    return TrainingWorker(slow, window_events=window_events, window_seconds=60, max_pending=max_pending), gate, trained
+
+
+def test_back_pressure_bounds_the_pending_windows() -> None:
+    worker, gate, trained = _gated(window_events=10, max_pending=2)
     for i in range(10):
         worker.add(torch.zeros(1), i % 2)
     deadline = time.monotonic() + 10
@@ -224,14 +229,7 @@ def _until(condition: Any, timeout: float = 10.0) -> None:
 def test_between_windows_holds_the_next_window_until_the_snapshot_is_taken() -> None:
     """The poll loop asks before a save point: a window in training answers no, and the worker then starts no
     new window, so the next ask finds it between windows; `release` (the snapshot taken) lets training go on."""
-    gate = threading.Event()
-    trained: list[int] = []
-
-    def slow(w: Window) -> None:
-        gate.wait(10)
-        trained.append(len(w))
-
-    worker = TrainingWorker(slow, window_events=5, window_seconds=60, max_pending=5)
+    worker, gate, trained = _gated(window_events=5, max_pending=5)
     for i in range(15):
         worker.add(torch.zeros(1), i % 2)
     _until(lambda: worker._inflight is not None)
@@ -259,7 +257,8 @@ def test_a_hold_nobody_releases_ends_after_hold_seconds() -> None:
     worker.close()
 
 
-def test_a_snapshot_releases_the_window_held_for_it_and_sees_it_pending() -> None:
+def _gated_learner() -> tuple[ContinualLearner, threading.Event]:
+    """An asynchronous learner (windows of 50) whose windows wait for the gate before they train."""
     gate = threading.Event()
     a = _learner(synchronous=False, window_events=50, max_pending_windows=10)
     train = a._train_window
@@ -269,16 +268,24 @@ def test_a_snapshot_releases_the_window_held_for_it_and_sees_it_pending() -> Non
         train(w)
 
     a.worker.train_fn = held
+    return a, gate
+
+
+def test_a_snapshot_between_windows_sees_the_held_window_pending_and_training_goes_on_after_release() -> None:
+    a, gate = _gated_learner()
     _feed(a, _events(100))
     _until(lambda: a.worker._inflight is not None)
-    assert not a.between_windows()
+    assert not a.hold_between_windows()
     gate.set()
     _until(lambda: a.worker.trained_windows == 1)
     time.sleep(0.3)
-    assert a.worker.trained_windows == 1 and a.between_windows()
+    assert a.worker.trained_windows == 1 and a.hold_between_windows()
     state = a.state_dict()  # between windows: no wait; the second window is in it, pending
     assert state["experiences"] == 1 and [len(ys) for _, ys in state["pending"]] == [50]
-    _until(lambda: a.worker.trained_windows == 2)  # released by the snapshot
+    time.sleep(0.3)
+    assert a.worker.trained_windows == 1  # still held: the save point is not over
+    a.release_hold()
+    _until(lambda: a.worker.trained_windows == 2)
     a.close()
 
 
@@ -308,15 +315,7 @@ def test_a_failed_window_surfaces_in_the_feeding_thread() -> None:
 
 
 def test_pending_windows_travel_in_the_state_and_are_trained_after_restore() -> None:
-    gate = threading.Event()
-    a = _learner(synchronous=False, window_events=50, max_pending_windows=10)
-    train = a._train_window
-
-    def held(w: Window) -> None:
-        gate.wait(30)
-        train(w)
-
-    a.worker.train_fn = held
+    a, gate = _gated_learner()
     events = _events(230)
     _feed(a, events)
     # the worker waits on the gate holding the first window; a snapshot waits for it, so open the gate in

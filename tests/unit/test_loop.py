@@ -16,6 +16,7 @@ from driftline.errors import KafkaSecurityError, PublishError
 from driftline.learners.capabilities import Capability
 from driftline.learners.factory import build_learner
 from driftline.learners.river_head import RiverLearner
+from driftline.learners.river_sync import MergeableRiverLearner
 from driftline.settings import ModelSettings, Settings
 from driftline.stream.checkpointing import Checkpointer
 from driftline.stream.kafka.seam import (
@@ -280,8 +281,11 @@ class Saturating(RiverLearner):
         self.drained.set()
         return True
 
-    def between_windows(self) -> bool:
+    def hold_between_windows(self) -> bool:
         return True
+
+    def release_hold(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -295,14 +299,17 @@ class Training(Saturating):
 
     def __init__(self) -> None:
         super().__init__()
-        self.asked = 0
+        self.asked = self.released = 0
 
     def saturated(self) -> bool:
         return False
 
-    def between_windows(self) -> bool:
+    def hold_between_windows(self) -> bool:
         self.asked += 1
         return self.asked > 2
+
+    def release_hold(self) -> None:
+        self.released += 1
 
 
 def test_a_background_trained_model_is_saved_on_the_way_out_even_with_no_new_record(tmp_path: Path) -> None:
@@ -342,8 +349,8 @@ def test_a_save_point_due_while_a_window_trains_is_taken_at_a_later_batch_end_th
     batch = ["poll", "flush"]
     # (the shutdown save point commits again: draining may have trained a window since)
     assert backend.calls == [*batch, *batch, *batch, "save:interval", "commit", "save:shutdown", "commit", "close"]
-    assert learner.asked == 3
-    assert registry.get_sample_value("driftline_checkpoint_deferrals_total") == 1
+    assert learner.asked == 3 and learner.released == 2  # (the interval save point's and the shutdown's)
+    assert registry.get_sample_value("driftline_checkpoint_deferrals_total", {"trigger": "interval"}) == 1
 
 
 class Deadly(RiverLearner):
@@ -427,16 +434,14 @@ def test_a_failed_commit_is_retried_even_when_no_record_comes(monkeypatch: pytes
     assert backend.calls[:5] == ["poll", "flush", "poll", "commit", "poll"]  # retried while the stream is quiet
 
 
-def test_an_update_due_at_a_batch_end_rides_on_that_batch_s_save_point(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """sync.mode average: when the group's update is due at the end of a batch, that batch's save point is the one
-    the update needs (it records the update, then its offsets are committed), and the update is sent after the
-    commit: one save point, not the batch's and then the sync's."""
+def _synced(monkeypatch: pytest.MonkeyPatch, script: Script) -> FakeBackend:
+    """A backend for sync.mode average (the sync topic in memory) whose calls also name each save point and each
+    record sent to the sync topic."""
     from driftline.stream import group_sync
     from tests.unit.test_syncer import Log, Reader
 
     monkeypatch.setattr(group_sync, "partition_reader", lambda _kafka: Reader(Log()))
-    backend = FakeBackend(Script([records(0, 10), records(10, 10)]))
+    backend = FakeBackend(script)
     save, send = Checkpointer.save, backend.writer_.send
 
     def recorded(self: Checkpointer, trigger: str, **kw: Any) -> Any:
@@ -450,6 +455,15 @@ def test_an_update_due_at_a_batch_end_rides_on_that_batch_s_save_point(tmp_path:
 
     monkeypatch.setattr(Checkpointer, "save", recorded)
     monkeypatch.setattr(backend.writer_, "send", sent)
+    return backend
+
+
+def test_an_update_due_at_a_batch_end_rides_on_that_batch_s_save_point(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """sync.mode average: when the group's update is due at the end of a batch, that batch's save point is the one
+    the update needs (it records the update, then its offsets are committed), and the update is sent after the
+    commit: one save point, not the batch's and then the sync's."""
+    backend = _synced(monkeypatch, Script([records(0, 10), records(10, 10)]))
     s = Settings(model={"name": "GaussianNB"}, kafka={"poll_timeout_ms": 1},
                  checkpoint={"every_events": 10, "directory": str(tmp_path)},
                  sync={"mode": "average", "every_events": 10, "every_seconds": 3600})
@@ -463,3 +477,38 @@ def test_an_update_due_at_a_batch_end_rides_on_that_batch_s_save_point(tmp_path:
     assert backend.calls[first:] == ["poll", "flush", "save:sync", "commit", f"send:{topic}", "flush",
                                      "poll", "flush", "save:interval", "commit", "save:shutdown",
                                      f"send:{topic}", "flush", "close"]
+
+
+class TrainingMergeable(Training, MergeableRiverLearner):
+    """A window is in training through its first three asks; the group can average it (GaussianNB's counts)."""
+
+    capabilities = frozenset({Capability.BACKGROUND_TRAINED, Capability.MERGEABLE})
+
+    def hold_between_windows(self) -> bool:
+        self.asked += 1
+        return self.asked > 3
+
+
+def test_an_update_due_while_the_model_trains_a_window_is_put_off_to_a_later_batch_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The group's update reads the model's parameters and comes with a save point: due while a window trains,
+    it is put off (the loop goes on polling) and goes out at the first batch end where the model is between
+    two windows, riding on that batch's save point as usual."""
+    backend = _synced(monkeypatch, Script([records(0, 10), records(10, 10), records(20, 10)]))
+    s = Settings(model={"name": "GaussianNB"}, kafka={"poll_timeout_ms": 1},
+                 checkpoint={"every_events": 10, "directory": str(tmp_path)},
+                 sync={"mode": "average", "every_events": 10, "every_seconds": 3600})
+    registry = CollectorRegistry()
+    learner = TrainingMergeable()
+    svc = Service(s, learner, registry, serve_http=False, kafka=backend)
+    backend.service = svc
+    svc.run()
+    topic = s.sync_topic
+    first = backend.calls.index("poll")
+    # the first batch: the update and the save point put off (three asks); the second: both go out
+    assert backend.calls[first:] == ["poll", "flush", "poll", "flush", "save:sync", "commit", f"send:{topic}",
+                                     "flush", "poll", "flush", "save:interval", "commit", "save:shutdown", "commit",
+                                     f"send:{topic}", "flush", "close"]
+    for trigger in ("sync", "interval"):
+        assert registry.get_sample_value("driftline_checkpoint_deferrals_total", {"trigger": trigger}) == 1
+    assert learner.released >= 3
