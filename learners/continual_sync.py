@@ -11,9 +11,11 @@ on from the merged network with its own memories: a replay buffer replays the me
 group's network; EWC, SI and MAS pull towards the member's weights at its last experience, LwF distils from its
 own previous network (which is why replay is the strategy that suits a group best).
 
-Training runs in a worker thread: the parameters are read and loaded under its ``train_lock`` (a window in
-training finishes first). A window trained after the parameters were read for a merge and before the merged
-model is loaded is kept: the load rebases it onto the merged model.
+Training runs in a worker thread: the parameters are read and loaded under its ``train_lock``. The run loop puts
+the update and the merge off until the worker is between two windows, and the worker holds its next window for
+them (`ContinualLearner.hold_between_windows`); put off too long, they wait for the window in training. A window
+trained after the parameters were read for a merge and before the merged model is loaded is kept: the load
+rebases it onto the merged model.
 """
 
 from __future__ import annotations

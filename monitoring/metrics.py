@@ -142,7 +142,7 @@ class ServiceMetrics:
             "driftline_checkpoint_deferrals",
             "Due save points put off to a later batch's end because the model was training a window in the "
             "background (Continual): the loop does not wait for it. By trigger: interval, sync (the group's "
-            "update).", ["trigger"], registry=registry)
+            "update), merge (a round's merge).", ["trigger"], registry=registry)
         self.checkpoint_last = Gauge("driftline_checkpoint_last_timestamp_seconds",
                                      "Unix time of the last checkpoint written.", registry=registry)
         self.checkpoint_bytes = Gauge("driftline_checkpoint_size_bytes", "Size of the last checkpoint.",

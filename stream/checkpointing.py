@@ -203,8 +203,9 @@ class Checkpointer:
         return True
 
     def release(self) -> None:
-        """After a step `between_windows` held the learner's training for (a save point does it itself)."""
-        if self.trained is not None:
+        """After a step `between_windows` held the learner's training for (a save point does it itself): training
+        goes on, unless another step is still put off (it is taken at the next ask, the learner still held)."""
+        if self.trained is not None and not self._put_off:
             self.trained.release_hold()
 
     def end_batch(self) -> None:
@@ -232,6 +233,7 @@ class Checkpointer:
             if self.store is not None:
                 self._save_checkpoint(trigger)
         finally:
+            self._put_off.pop("interval", None)  # (whatever the trigger: this save point is the interval's too)
             self.release()  # the learner's training was held for this save point (`between_windows`)
         self._commit_owned()
         self._saved = set(self.offsets)

@@ -323,9 +323,16 @@ class Service:
         return self.totals
 
     def _sync(self, syncer: GroupSync, checkpointer: Checkpointer, transactional: TransactionalWriter | None) -> None:
-        """The sync step: merge the rounds that closed; send an update that is due (a batch's end sends it with
-        its save point: here, when the stream is quiet)."""
-        syncer.poll()
+        """The sync step: merge the rounds that closed (put off while the model trains a window, like a save
+        point); send an update that is due (a batch's end sends it with its save point: here, when the stream is
+        quiet)."""
+        if not syncer.incoming():
+            syncer.poll()  # (nothing new: closes the open round if it waited too long)
+        elif checkpointer.between_windows("merge", self.settings.sync.every_seconds):
+            try:
+                syncer.poll()
+            finally:
+                checkpointer.release()
         self._send_update(syncer, checkpointer, transactional, batch_end=False)
 
     def _send_update(self, syncer: GroupSync, checkpointer: Checkpointer, transactional: TransactionalWriter | None,

@@ -201,6 +201,9 @@ class SnapshotSync:
                         "snapshot": self.sent, "members": sorted([self.member, *self.ensemble.peers])})
         return True
 
+    def incoming(self) -> bool:
+        return False  # members' snapshots never touch this member's own model: nothing to put off
+
     def poll(self) -> None:
         """The snapshots published since: each member's newest loaded; members that left or went quiet leave
         the vote."""

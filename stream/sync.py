@@ -105,6 +105,12 @@ class GroupSync(Protocol):
 
     def join(self, timeout_s: float = 30.0) -> None: ...
 
+    def incoming(self) -> bool:
+        """Whether records wait on the sync topic (read now and kept for the next `poll`) whose handling may
+        read or load the model (a round that closes): the run loop puts that off while the model trains a
+        window."""
+        ...
+
     def poll(self) -> None: ...
 
     def due(self) -> bool: ...
@@ -141,6 +147,7 @@ class Syncer:
         self.metrics = metrics
         self.audit = audit
         self.rounds = Rounds()
+        self._unread: list[InboundRecord] | None = None  # read by incoming(), handled by the next poll()
         self._waiting = False  # this member's update (state.pub_round) is on the topic, its round still open
         self._sent_at = 0.0
         self._close_sent = False
@@ -281,10 +288,15 @@ class Syncer:
         self._waiting, self._sent_at, self._close_sent = True, time.monotonic(), False
         return True
 
+    def incoming(self) -> bool:
+        self._unread = [*(self._unread or ()), *self.reader.poll(0.0)]
+        return bool(self._unread)
+
     def poll(self) -> None:
-        """Read what the sync topic has now; merge and adopt every round that closes; close the open round when
-        this member has waited round_timeout_seconds for the others."""
-        for raw in self.reader.poll(0.0):
+        """Read what the sync topic has now (what `incoming` read, if it was asked); merge and adopt every round
+        that closes; close the open round when this member has waited round_timeout_seconds for the others."""
+        unread, self._unread = self._unread if self._unread is not None else self.reader.poll(0.0), None
+        for raw in unread:
             rec = self._decode(raw, joining=False)
             if rec is None:
                 continue

@@ -112,3 +112,21 @@ def test_a_due_save_point_is_put_off_while_the_learner_trains_a_window_for_at_mo
     no_directory = Checkpointer(CheckpointSettings(every_events=1), proc, metrics, trained=idle)  # type: ignore[arg-type]
     no_directory.advance(_records(range(3)))
     assert no_directory.due() and idle.holds == 0
+
+
+def test_training_stays_held_while_another_step_is_put_off(tmp_path: Path) -> None:
+    """A merge put off while a window trained, then a save point taken between windows: releasing the learner
+    after the save point would let it start a window that the merge would wait for again; it is released when
+    no step is put off any more."""
+    proc, metrics, reg = _processor()
+    learner = Trains(False)
+    ck = Checkpointer(CheckpointSettings(directory=str(tmp_path), every_events=1), proc, metrics,
+                      trained=learner)  # type: ignore[arg-type]
+    assert not ck.between_windows("merge", 60)
+    ck.advance(_records(range(3)))
+    assert ck.due() and ck.save("interval")
+    assert learner.holds > 0  # still held for the merge
+    assert ck.between_windows("merge", 60)
+    ck.release()
+    assert learner.holds == 0
+    assert reg.get_sample_value("driftline_checkpoint_deferrals_total", {"trigger": "merge"}) == 1

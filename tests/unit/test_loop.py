@@ -434,13 +434,14 @@ def test_a_failed_commit_is_retried_even_when_no_record_comes(monkeypatch: pytes
     assert backend.calls[:5] == ["poll", "flush", "poll", "commit", "poll"]  # retried while the stream is quiet
 
 
-def _synced(monkeypatch: pytest.MonkeyPatch, script: Script) -> FakeBackend:
+def _synced(monkeypatch: pytest.MonkeyPatch, script: Script, *, loop_back: bool = False) -> FakeBackend:
     """A backend for sync.mode average (the sync topic in memory) whose calls also name each save point and each
-    record sent to the sync topic."""
+    record sent to the sync topic; ``loop_back``: what is sent to the sync topic is on it (rounds close)."""
     from driftline.stream import group_sync
-    from tests.unit.test_syncer import Log, Reader
+    from tests.unit.test_syncer import Log, Reader, Writer
 
-    monkeypatch.setattr(group_sync, "partition_reader", lambda _kafka: Reader(Log()))
+    log = Log()
+    monkeypatch.setattr(group_sync, "partition_reader", lambda _kafka: Reader(log))
     backend = FakeBackend(script)
     save, send = Checkpointer.save, backend.writer_.send
 
@@ -451,6 +452,8 @@ def _synced(monkeypatch: pytest.MonkeyPatch, script: Script) -> FakeBackend:
     def sent(topic: str, key: bytes | None, value: bytes | None, *args: Any, **kw: Any) -> None:
         if topic.endswith(".sync"):
             backend.calls.append(f"send:{topic}")
+            if loop_back:
+                Writer(log).send(topic, key, value)
         send(topic, key, value, *args, **kw)
 
     monkeypatch.setattr(Checkpointer, "save", recorded)
@@ -480,13 +483,18 @@ def test_an_update_due_at_a_batch_end_rides_on_that_batch_s_save_point(tmp_path:
 
 
 class TrainingMergeable(Training, MergeableRiverLearner):
-    """A window is in training through its first three asks; the group can average it (GaussianNB's counts)."""
+    """A window is in training at the asks ``busy`` names (by number, from 1); the group can average it
+    (GaussianNB's counts)."""
 
     capabilities = frozenset({Capability.BACKGROUND_TRAINED, Capability.MERGEABLE})
 
+    def __init__(self, busy: Collection[int]) -> None:
+        super().__init__()
+        self.busy = busy
+
     def hold_between_windows(self) -> bool:
         self.asked += 1
-        return self.asked > 3
+        return self.asked not in self.busy
 
 
 def test_an_update_due_while_the_model_trains_a_window_is_put_off_to_a_later_batch_end(
@@ -499,7 +507,7 @@ def test_an_update_due_while_the_model_trains_a_window_is_put_off_to_a_later_bat
                  checkpoint={"every_events": 10, "directory": str(tmp_path)},
                  sync={"mode": "average", "every_events": 10, "every_seconds": 3600})
     registry = CollectorRegistry()
-    learner = TrainingMergeable()
+    learner = TrainingMergeable(busy={1, 2, 3})
     svc = Service(s, learner, registry, serve_http=False, kafka=backend)
     backend.service = svc
     svc.run()
@@ -512,3 +520,20 @@ def test_an_update_due_while_the_model_trains_a_window_is_put_off_to_a_later_bat
     for trigger in ("sync", "interval"):
         assert registry.get_sample_value("driftline_checkpoint_deferrals_total", {"trigger": trigger}) == 1
     assert learner.released >= 3
+
+
+def test_a_round_that_closes_while_the_model_trains_a_window_is_merged_at_a_later_step(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Merging a round reads and loads the model: while a window trains it is put off (the records wait, read
+    once), and the round is merged at the next sync step where the model is between two windows."""
+    backend = _synced(monkeypatch, Script([records(0, 10), records(10, 10)]), loop_back=True)
+    s = Settings(model={"name": "GaussianNB"}, kafka={"poll_timeout_ms": 1},
+                 sync={"mode": "average", "every_events": 10, "every_seconds": 3600})
+    registry = CollectorRegistry()
+    learner = TrainingMergeable(busy={2})  # 1: the update (sent); 2: the merge of its round (put off)
+    svc = Service(s, learner, registry, serve_http=False, kafka=backend)
+    backend.service = svc
+    svc.run()
+    assert registry.get_sample_value("driftline_checkpoint_deferrals_total", {"trigger": "merge"}) == 1
+    merged = registry.get_sample_value("driftline_sync_round")
+    assert merged is not None and merged >= 1 and learner.version == merged + 1  # (the second batch's round too)

@@ -230,3 +230,34 @@ def test_a_members_drift_adaptation_is_carried_by_the_round_and_taken_by_every_m
     assert b.state.ref is not None and digest(b.state.ref) == digest(merged)  # every member computed the same
     assert _params_digest(b) == digest(rebase(merged, now_b, pub_b))  # b: the group's model + what it learned since
     assert b.metrics.group_adaptations._value.get() == 1
+
+
+def test_incoming_reads_the_records_that_the_next_poll_handles_and_nothing_else() -> None:
+    """The run loop asks `incoming` first and puts the merge off while the model trains a window: what poll then
+    handles is what incoming read (a record arriving in between waits for the next step), and a round that
+    closes is merged only when poll runs."""
+    log = Log()
+    a, b = _member(log, "a"), _member(log, "b")
+    a.join()
+    b.join()
+    a.poll()
+    b.poll()
+    for m, seed in ((a, 1), (b, 2)):
+        _learn(m, _events(100, seed=seed))
+        m.prepare()
+        assert m.send_update()
+    assert a.incoming()  # both updates wait: the round closes when they are handled
+    assert a.rounds.merged_round == 0
+    assert a.incoming()  # asked again while the merge is put off: nothing is read twice or lost
+    a.poll()
+    assert a.rounds.merged_round == 1 and a.learner.version == 2
+    b.poll()  # never asked: reads what the topic has
+    assert b.rounds.merged_round == 1 and _params_digest(a) == _params_digest(b)
+    while a.incoming():  # the round's merged record (published by its closer)
+        a.poll()
+    seen = len(log.records)
+    Writer(log).send("sync", b"x", b"{}")  # arrives after the ask
+    a.poll()
+    assert a._unread is None and a.reader.pos == seen  # left for the next step
+    assert a.incoming()
+    a.poll()
