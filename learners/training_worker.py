@@ -8,10 +8,10 @@ until the worker catches up. In synchronous mode (replay, pretraining, tests) a 
 at once in the caller's thread, so results do not depend on timing.
 
 `train_lock` is held while a window trains: a state snapshot taken under it sees every window either
-trained or pending, never half of one. So that a snapshot does not wait for a window in training, the poll loop
-asks `between_windows` first: false, the save point is deferred, and the worker starts no new window after the
-one in training until the snapshot is taken (`release`) or ``hold_seconds`` pass; the next batch's end finds it
-between windows.
+trained or pending, never half of one. So that a step under it (a snapshot, the group's update or merge) does not
+wait for a window in training, the poll loop asks `between_windows` first: false, the step is put off, and the
+worker starts no new window after the one in training until the step is done (`release`) or ``hold_seconds``
+pass; the loop's next ask finds it between windows.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class TrainingWorker:
             return self._inflight is None
 
     def release(self) -> None:
-        """The snapshot `between_windows` held the worker for is taken (or not wanted): windows train again."""
+        """The step `between_windows` held the worker for is done (or not wanted): windows train again."""
         with self._cv:
             if self._hold_until is not None:
                 self._hold_until = None
@@ -161,10 +161,12 @@ class TrainingWorker:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._stop and (not self._sealed or self._held_locked()):
-                    if held := self._held_locked():  # a snapshot is wanted between two windows
+                while not self._stop:
+                    if held := self._held_locked():  # a step (a snapshot, a merge) is wanted between two windows
                         self._cv.wait(held)
                         continue
+                    if self._sealed:
+                        break
                     if self._open is not None and len(self._open) and len(self._sealed) < self.max_pending:
                         age = time.monotonic() - self._open.opened
                         # full (it grew while training was behind), or a quiet stream's partial window
@@ -188,9 +190,8 @@ class TrainingWorker:
 
     def drain(self, timeout: float | None = None) -> bool:
         """Seal the open window and wait until everything is trained; False on timeout."""
+        self.release()  # everything is to be trained now
         with self._cv:
-            self._hold_until = None  # everything is to be trained now
-            self._cv.notify_all()
             if self._open is not None and len(self._open):
                 self._seal_locked()
         if self.synchronous:

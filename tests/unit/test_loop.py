@@ -183,8 +183,8 @@ def service(backend: FakeBackend, tmp_path: Path | None = None, learner: Any = N
     return svc
 
 
-def test_each_batch_is_flushed_then_saved_then_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    backend = FakeBackend(Script([records(0, 10), records(10, 10)]))
+def _saves_named(monkeypatch: pytest.MonkeyPatch, backend: FakeBackend) -> FakeBackend:
+    """``backend``, whose calls also name each save point (``save:<trigger>``)."""
     save = Checkpointer.save
 
     def recorded(self: Checkpointer, trigger: str, **kw: Any) -> Any:
@@ -192,6 +192,11 @@ def test_each_batch_is_flushed_then_saved_then_committed(tmp_path: Path, monkeyp
         return save(self, trigger, **kw)
 
     monkeypatch.setattr(Checkpointer, "save", recorded)
+    return backend
+
+
+def test_each_batch_is_flushed_then_saved_then_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = _saves_named(monkeypatch, FakeBackend(Script([records(0, 10), records(10, 10)])))
     totals = service(backend, tmp_path).run()
     assert (totals.consumed, totals.learned) == (20, 20)
     batch = ["poll", "flush", "save:interval", "commit"]
@@ -295,10 +300,11 @@ class Saturating(RiverLearner):
 
 
 class Training(Saturating):
-    """Never behind, but a window is in training through its first two asks before a save point."""
+    """Never behind, but a window is in training at the asks ``busy`` names (by number, from 1)."""
 
-    def __init__(self) -> None:
+    def __init__(self, busy: Collection[int] = (1, 2)) -> None:
         super().__init__()
+        self.busy = busy
         self.asked = self.released = 0
 
     def saturated(self) -> bool:
@@ -306,7 +312,7 @@ class Training(Saturating):
 
     def hold_between_windows(self) -> bool:
         self.asked += 1
-        return self.asked > 2
+        return self.asked not in self.busy
 
     def release_hold(self) -> None:
         self.released += 1
@@ -335,14 +341,7 @@ def test_back_pressure_pauses_while_training_is_behind_and_resumes_after() -> No
 
 def test_a_save_point_due_while_a_window_trains_is_taken_at_a_later_batch_end_the_loop_never_waits(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    backend = FakeBackend(Script([records(0, 5), records(5, 5), records(10, 5)]))
-    save = Checkpointer.save
-
-    def recorded(self: Checkpointer, trigger: str, **kw: Any) -> Any:
-        backend.calls.append(f"save:{trigger}")
-        return save(self, trigger, **kw)
-
-    monkeypatch.setattr(Checkpointer, "save", recorded)
+    backend = _saves_named(monkeypatch, FakeBackend(Script([records(0, 5), records(5, 5), records(10, 5)])))
     registry = CollectorRegistry()
     learner = Training()
     service(backend, tmp_path, learner=learner, registry=registry).run()
@@ -442,12 +441,8 @@ def _synced(monkeypatch: pytest.MonkeyPatch, script: Script, *, loop_back: bool 
 
     log = Log()
     monkeypatch.setattr(group_sync, "partition_reader", lambda _kafka: Reader(log))
-    backend = FakeBackend(script)
-    save, send = Checkpointer.save, backend.writer_.send
-
-    def recorded(self: Checkpointer, trigger: str, **kw: Any) -> Any:
-        backend.calls.append(f"save:{trigger}")
-        return save(self, trigger, **kw)
+    backend = _saves_named(monkeypatch, FakeBackend(script))
+    send = backend.writer_.send
 
     def sent(topic: str, key: bytes | None, value: bytes | None, *args: Any, **kw: Any) -> None:
         if topic.endswith(".sync"):
@@ -456,7 +451,6 @@ def _synced(monkeypatch: pytest.MonkeyPatch, script: Script, *, loop_back: bool 
                 Writer(log).send(topic, key, value)
         send(topic, key, value, *args, **kw)
 
-    monkeypatch.setattr(Checkpointer, "save", recorded)
     monkeypatch.setattr(backend.writer_, "send", sent)
     return backend
 
@@ -483,18 +477,9 @@ def test_an_update_due_at_a_batch_end_rides_on_that_batch_s_save_point(tmp_path:
 
 
 class TrainingMergeable(Training, MergeableRiverLearner):
-    """A window is in training at the asks ``busy`` names (by number, from 1); the group can average it
-    (GaussianNB's counts)."""
+    """`Training` that the group can average (GaussianNB's counts)."""
 
     capabilities = frozenset({Capability.BACKGROUND_TRAINED, Capability.MERGEABLE})
-
-    def __init__(self, busy: Collection[int]) -> None:
-        super().__init__()
-        self.busy = busy
-
-    def hold_between_windows(self) -> bool:
-        self.asked += 1
-        return self.asked not in self.busy
 
 
 def test_an_update_due_while_the_model_trains_a_window_is_put_off_to_a_later_batch_end(
